@@ -1,0 +1,9 @@
+//! pgmulti: PostgreSQL middleware. One mio event loop relays (and, in replication mode,
+//! replicates) the PostgreSQL v3 protocol between clients and a set of ordinary nodes.
+
+pub mod auth;
+pub mod config;
+pub mod net;
+pub mod protocol;
+pub mod reactor;
+pub mod session;

@@ -1,0 +1,218 @@
+//! `pgmulti`: command line, configuration, logging, listeners, then the event loop.
+
+use std::net::ToSocketAddrs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use pgmulti::auth::userlist::UserList;
+use pgmulti::config::{self, Config};
+use pgmulti::net::listener;
+use pgmulti::net::tls::{ClientTls, NodeTls};
+use pgmulti::reactor::context::{NodeAddr, Shared};
+use pgmulti::reactor::log_queue::{self, LogDrain};
+use pgmulti::reactor::Reactor;
+
+const USAGE: &str = "\
+pgmulti — PostgreSQL middleware: relay with protocol trace, multi-main replication
+
+Usage:
+  pgmulti [-f FILE]            run with FILE (default conf/pgmulti.conf)
+  pgmulti --check [-f FILE]    validate FILE; exit 0, or 1 with FILE:LINE: message
+  pgmulti --version            print the version
+Options:
+  -f, --config FILE            configuration file
+  -h, --help                   this help
+";
+
+fn main() -> ExitCode {
+    let mut file = PathBuf::from("conf/pgmulti.conf");
+    let mut check = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-f" | "--config" => match args.next() {
+                Some(f) => file = PathBuf::from(f),
+                None => return usage_error(&format!("{arg} needs a file name")),
+            },
+            "--check" => check = true,
+            "--version" | "-V" => {
+                println!("pgmulti {}", env!("CARGO_PKG_VERSION"));
+                return ExitCode::SUCCESS;
+            }
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            other => match other.strip_prefix("--config=") {
+                Some(f) => file = PathBuf::from(f),
+                None => return usage_error(&format!("unknown argument \"{other}\"")),
+            },
+        }
+    }
+    let config = match config::load(&file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let parts = match build_parts(&config) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if check {
+        println!("{}: configuration is valid", file.display());
+        return ExitCode::SUCCESS;
+    }
+    match run(config, parts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgmulti: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("pgmulti: {msg}\n\n{USAGE}");
+    ExitCode::from(2)
+}
+
+/// Everything derived from a config that can fail: users, TLS, node addresses.
+struct Parts {
+    users: UserList,
+    client_tls: Option<ClientTls>,
+    node_tls: NodeTls,
+    nodes: Vec<NodeAddr>,
+}
+
+fn build_parts(config: &Config) -> Result<Parts, String> {
+    let users = match &config.auth_file {
+        Some(p) => UserList::load(p)?,
+        None => UserList::default(),
+    };
+    let client_tls = match (config.ssl, &config.ssl_cert_file, &config.ssl_key_file) {
+        (true, Some(cert), Some(key)) => Some(ClientTls::new(cert, key)?),
+        (true, _, _) => return Err("ssl = on needs ssl_cert_file and ssl_key_file".into()),
+        _ => None,
+    };
+    let node_tls = NodeTls::new(
+        config.backend_sslmode,
+        config.backend_ssl_ca_file.as_deref(),
+    )?;
+    let nodes = resolve_nodes(config)?;
+    Ok(Parts {
+        users,
+        client_tls,
+        node_tls,
+        nodes,
+    })
+}
+
+/// Node host names are resolved here, at load time, so the loop never waits on DNS.
+fn resolve_nodes(config: &Config) -> Result<Vec<NodeAddr>, String> {
+    config
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let addr = (b.hostname.as_str(), b.port)
+                .to_socket_addrs()
+                .map_err(|e| format!("backend_hostname{i} \"{}\": {e}", b.hostname))?
+                .next()
+                .ok_or_else(|| format!("backend_hostname{i} \"{}\": no address", b.hostname))?;
+            Ok(NodeAddr {
+                host: b.hostname.clone(),
+                addr,
+            })
+        })
+        .collect()
+}
+
+fn run(config: Config, parts: Parts) -> Result<(), String> {
+    let log = log_queue::init(
+        config.log_queue_size,
+        config.log_level,
+        config.log_file.as_deref(),
+    )?;
+    let listeners = listener::bind_all(
+        &config.listen_addresses,
+        config.port,
+        &config.unix_socket_directories,
+    )?;
+    log::info!(
+        "pgmulti {} starting: mode {}, {} node(s), config {}",
+        env!("CARGO_PKG_VERSION"),
+        config.mode.as_str(),
+        config.backends.len(),
+        config.file.display()
+    );
+    let shared = Shared::new(
+        config,
+        parts.users,
+        parts.client_tls,
+        parts.node_tls,
+        parts.nodes,
+    );
+    let mut reactor = Reactor::new(listeners, shared, log, reload).map_err(|e| e.to_string())?;
+    reactor.run().map_err(|e| e.to_string())
+}
+
+/// SIGHUP: re-read the file; apply what can change live, name what needs a restart. A bad
+/// file changes nothing.
+fn reload(shared: &mut Shared, log: &mut LogDrain) {
+    let path: &Path = &shared.config.file.clone();
+    let new = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("reload failed, keeping the running configuration: {e}");
+            return;
+        }
+    };
+    let users = match &new.auth_file {
+        Some(p) => match UserList::load(p) {
+            Ok(u) => u,
+            Err(e) => {
+                log::error!("reload failed, keeping the running configuration: {e}");
+                return;
+            }
+        },
+        None => UserList::default(),
+    };
+    let restart = shared.config.reloadable_diff(&new);
+    if !restart.is_empty() {
+        log::warn!(
+            "reload: changes to {} need a restart and were not applied",
+            restart.join(", ")
+        );
+    }
+    // Reopen the (unchanged) log file so that SIGHUP after log rotation writes to the new one.
+    if let Err(e) = log.reopen(shared.config.log_file.as_deref()) {
+        log::error!("reload: {e}");
+    }
+    log::set_max_level(new.log_level);
+    let mut applied = new.clone();
+    // Keep restart-only settings as they are running.
+    applied.listen_addresses = shared.config.listen_addresses.clone();
+    applied.port = shared.config.port;
+    applied.unix_socket_directories = shared.config.unix_socket_directories.clone();
+    applied.mode = shared.config.mode;
+    applied.backends = shared.config.backends.clone();
+    applied.ssl = shared.config.ssl;
+    applied.ssl_cert_file = shared.config.ssl_cert_file.clone();
+    applied.ssl_key_file = shared.config.ssl_key_file.clone();
+    applied.backend_sslmode = shared.config.backend_sslmode;
+    applied.backend_ssl_ca_file = shared.config.backend_ssl_ca_file.clone();
+    applied.log_file = shared.config.log_file.clone();
+    applied.log_queue_size = shared.config.log_queue_size;
+    shared.config = applied;
+    shared.users = users;
+    log::info!(
+        "configuration reloaded from {} (log_level {})",
+        path.display(),
+        new.log_level
+    );
+}

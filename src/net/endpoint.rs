@@ -1,0 +1,110 @@
+//! `Endpoint`: one side of a session — a transport, its receive and send buffers and the
+//! readiness last reported for it. `fill` and `flush` move bytes between socket and buffers
+//! and always end: on `WouldBlock`, a full/empty buffer, or the per-wakeup budget.
+
+use super::buffer::Buf;
+use super::transport::{Io, Transport};
+
+/// Size of each receive and send buffer. A message larger than this is streamed through.
+pub const BUF_SIZE: usize = 32 * 1024;
+
+/// Socket calls per direction per wakeup before yielding to other connections.
+const IO_BUDGET: usize = 16;
+
+pub struct Endpoint {
+    pub transport: Transport,
+    pub rx: Buf,
+    pub tx: Buf,
+    /// Edge-triggered readiness: set by events, cleared when a call would block.
+    pub readable: bool,
+    pub writable: bool,
+}
+
+/// Why an endpoint cannot go on.
+#[derive(Debug)]
+pub enum Broken {
+    Closed,
+    Error(String),
+}
+
+impl std::fmt::Display for Broken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Broken::Closed => f.write_str("connection closed by peer"),
+            Broken::Error(e) => f.write_str(e),
+        }
+    }
+}
+
+impl Endpoint {
+    pub fn new(transport: Transport) -> Endpoint {
+        Endpoint {
+            transport,
+            rx: Buf::new(BUF_SIZE),
+            tx: Buf::new(BUF_SIZE),
+            readable: false,
+            writable: false,
+        }
+    }
+
+    /// Read while readable and there is room. Returns the number of bytes read.
+    /// `Err(Closed)` only once everything before the end of stream has been read.
+    pub fn fill(&mut self) -> Result<usize, Broken> {
+        let mut total = 0;
+        for _ in 0..IO_BUDGET {
+            if !(self.readable || self.transport.tls_pending()) || self.rx.is_full() {
+                break;
+            }
+            let room = self.rx.free();
+            match self.transport.read_into(&mut self.rx) {
+                Io::Done(n) => {
+                    total += n;
+                    // A short plain read drained the socket: with edge triggering a new event
+                    // comes when more arrives, so skip the read that would return EAGAIN.
+                    if n < room && !self.transport.is_tls() {
+                        self.readable = false;
+                    }
+                }
+                Io::WouldBlock => self.readable = false,
+                Io::Closed if total > 0 => break,
+                Io::Closed => return Err(Broken::Closed),
+                Io::Error(e) => return Err(Broken::Error(e)),
+            }
+        }
+        Ok(total)
+    }
+
+    /// True when `fill` would still find bytes (the budget ran out, not the data).
+    pub fn more_to_read(&self) -> bool {
+        (self.readable || self.transport.tls_pending()) && !self.rx.is_full()
+    }
+
+    /// Write while writable and there is something to send. Returns bytes written.
+    pub fn flush(&mut self) -> Result<usize, Broken> {
+        let mut total = 0;
+        for _ in 0..IO_BUDGET {
+            if !self.writable || self.tx.is_empty() {
+                break;
+            }
+            let len = self.tx.len();
+            match self.transport.write_from(&mut self.tx) {
+                Io::Done(n) => {
+                    total += n;
+                    if n < len && !self.transport.is_tls() {
+                        self.writable = false;
+                    }
+                }
+                Io::WouldBlock => self.writable = false,
+                Io::Closed => return Err(Broken::Closed),
+                Io::Error(e) => return Err(Broken::Error(e)),
+            }
+        }
+        Ok(total)
+    }
+
+    /// Free buffer memory while both buffers are empty (an idle connection costs little).
+    pub fn release_buffers(&mut self) {
+        self.rx.release();
+        self.tx.release();
+    }
+}

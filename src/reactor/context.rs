@@ -1,0 +1,95 @@
+//! What a connection's handler may touch besides itself: the clock reading of this loop pass,
+//! its own key, the mio registry, the timer wheel and the shared, loop-owned state. Handlers
+//! never reach into other connections; they leave requests (a cancel to forward) here for
+//! the loop to carry out after the handler returns.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use mio::Registry;
+
+use super::timer::{TimerId, TimerWheel};
+use super::token::ConnKey;
+use crate::auth::userlist::UserList;
+use crate::config::Config;
+use crate::net::tls::{ClientTls, NodeTls};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerKind {
+    /// `authentication_timeout`: from accept until the session is relaying.
+    Authentication,
+    /// `connect_timeout`: from the node connect until the node is ready.
+    Connect,
+    /// Idle housekeeping: release buffers, enforce `client_idle_timeout`.
+    Idle,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct TimerEvent {
+    pub key: ConnKey,
+    pub kind: TimerKind,
+}
+
+/// A CancelRequest a client sent; the loop finds the session and forwards it.
+#[derive(Debug, Clone, Copy)]
+pub struct CancelAsk {
+    pub process_id: u32,
+    pub secret_key: u32,
+}
+
+/// A node as the loop uses it: where to connect (resolved at config load).
+pub struct NodeAddr {
+    pub host: String,
+    pub addr: SocketAddr,
+}
+
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub sessions_accepted: u64,
+    pub sessions_closed: u64,
+    pub transitions: u64,
+    pub protocol_errors: u64,
+}
+
+/// State owned by the loop and shared by all handlers (single-threaded, no locks).
+pub struct Shared {
+    pub config: Config,
+    pub users: UserList,
+    pub client_tls: Option<ClientTls>,
+    pub node_tls: NodeTls,
+    pub nodes: Vec<NodeAddr>,
+    /// pgmulti-issued process id → session, for CancelRequest.
+    pub cancel_index: HashMap<u32, ConnKey>,
+    pub cancel_asks: Vec<CancelAsk>,
+    pub next_process_id: u32,
+    pub stats: Stats,
+    /// Reused for formatting trace lines.
+    pub scratch: String,
+    /// Reused for building messages pgmulti sends itself.
+    pub out: Vec<u8>,
+}
+
+pub struct Context<'a> {
+    pub now: Instant,
+    pub key: ConnKey,
+    pub registry: &'a Registry,
+    pub timers: &'a mut TimerWheel<TimerEvent>,
+    pub shared: &'a mut Shared,
+    /// Set by a handler that stopped because its budget ran out: run it again next pass.
+    pub again: bool,
+}
+
+impl Context<'_> {
+    pub fn schedule(&mut self, after: std::time::Duration, kind: TimerKind) -> TimerId {
+        let key = self.key;
+        self.timers
+            .schedule(self.now + after, TimerEvent { key, kind })
+    }
+
+    pub fn cancel(&mut self, timer: &mut Option<TimerId>) {
+        if let Some(id) = timer.take() {
+            self.timers.cancel(id);
+        }
+    }
+}

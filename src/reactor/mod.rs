@@ -1,0 +1,504 @@
+//! The event loop: one thread, one mio `Poll`, a slab of connections keyed by index and
+//! generation, a timer wheel, the signal pipe and the log drain. The loop owns everything;
+//! handlers get `&mut` to one connection plus a `Context`.
+//!
+//! One pass: poll (timeout 0 when work is pending, else the next timer deadline), read the
+//! clock once, note readiness and queue the connections, run the queue, fire due timers,
+//! forward cancel requests, free closed connections, and write the log when idle.
+
+pub mod cancel;
+pub mod context;
+pub mod log_queue;
+pub mod signals;
+pub mod timer;
+pub mod token;
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use mio::{Events, Poll, Token};
+use slab::Slab;
+
+use crate::config::Config;
+use crate::net::listener::Listener;
+use crate::session::{Event, Session};
+use cancel::CancelConn;
+use context::{Context, Shared, TimerEvent};
+use log_queue::LogDrain;
+use signals::{Signal, SignalPipe};
+use timer::TimerWheel;
+use token::{decode, ConnKey, Side, LISTENER_TOKEN_BASE, SIGNAL_TOKEN};
+
+/// Called on SIGHUP: re-reads the configuration and applies what can change live.
+pub type ReloadFn = fn(&mut Shared, &mut LogDrain);
+
+enum Conn {
+    Session(Box<Session>),
+    Cancel(CancelConn),
+}
+
+struct Entry {
+    generation: u32,
+    conn: Conn,
+    /// Already in the run queue for this pass.
+    queued: bool,
+    closed: bool,
+}
+
+/// What the loop is doing overall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Running,
+    /// SIGTERM: not accepting; sessions finish their transaction, until the deadline.
+    Draining {
+        deadline: Instant,
+    },
+    Exit,
+}
+
+pub struct Reactor {
+    poll: Poll,
+    entries: Slab<Entry>,
+    listeners: Vec<Listener>,
+    signals: SignalPipe,
+    timers: TimerWheel<TimerEvent>,
+    run_queue: VecDeque<(ConnKey, Event)>,
+    next_pass: Vec<ConnKey>,
+    to_free: Vec<usize>,
+    shared: Shared,
+    log: LogDrain,
+    next_generation: u32,
+    next_conn_id: u64,
+    mode: Mode,
+    reload: ReloadFn,
+}
+
+impl Reactor {
+    pub fn new(
+        listeners: Vec<Listener>,
+        shared: Shared,
+        log: LogDrain,
+        reload: ReloadFn,
+    ) -> std::io::Result<Reactor> {
+        let poll = Poll::new()?;
+        let mut listeners = listeners;
+        for (i, l) in listeners.iter_mut().enumerate() {
+            poll.registry().register(
+                l.source(),
+                Token(LISTENER_TOKEN_BASE + i),
+                mio::Interest::READABLE,
+            )?;
+        }
+        let signals = SignalPipe::install(poll.registry(), SIGNAL_TOKEN)?;
+        Ok(Reactor {
+            poll,
+            entries: Slab::with_capacity(1024),
+            listeners,
+            signals,
+            timers: TimerWheel::new(Duration::from_millis(10), 1024, Instant::now()),
+            run_queue: VecDeque::with_capacity(1024),
+            next_pass: Vec::new(),
+            to_free: Vec::new(),
+            shared,
+            log,
+            next_generation: 1,
+            next_conn_id: 1,
+            mode: Mode::Running,
+            reload,
+        })
+    }
+
+    /// Run until shutdown. Returns when every session has ended (or the deadline passed).
+    pub fn run(&mut self) -> std::io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        for l in &self.listeners {
+            log::info!("listening on {}", l.describe());
+        }
+        loop {
+            let timeout = if !self.next_pass.is_empty() {
+                Some(Duration::ZERO)
+            } else {
+                self.timers
+                    .next_deadline()
+                    .map(|d| d.saturating_duration_since(Instant::now()))
+            };
+            if timeout != Some(Duration::ZERO) && !self.log.is_empty() {
+                self.log.drain();
+            }
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            let now = Instant::now();
+            for key in std::mem::take(&mut self.next_pass) {
+                self.enqueue(key, Event::ClientIo);
+            }
+            for ev in events.iter() {
+                self.on_readiness(ev, now);
+            }
+            self.run_queue_until_empty(now);
+            self.fire_timers(now);
+            self.forward_cancels(now);
+            self.free_closed();
+            if self.log.pressing() {
+                self.log.drain();
+            }
+            if self.check_mode(now) == Mode::Exit {
+                break;
+            }
+        }
+        log::info!("pgmulti exiting");
+        self.log.drain();
+        Ok(())
+    }
+
+    fn on_readiness(&mut self, ev: &mio::event::Event, now: Instant) {
+        let t = ev.token();
+        if t == SIGNAL_TOKEN {
+            for s in self.signals.drain() {
+                self.on_signal(s, now);
+            }
+            return;
+        }
+        if t.0 >= LISTENER_TOKEN_BASE {
+            self.accept(t.0 - LISTENER_TOKEN_BASE, now);
+            return;
+        }
+        let Some((key, side)) = decode(t) else { return };
+        let Some(entry) = self.live_entry(key) else {
+            return;
+        };
+        let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+        let writable = ev.is_writable() || ev.is_write_closed() || ev.is_error();
+        let event = match &mut entry.conn {
+            Conn::Session(s) => {
+                s.set_ready(side, readable, writable);
+                match side {
+                    Side::Client => Event::ClientIo,
+                    Side::Node(n) => Event::NodeIo(n),
+                }
+            }
+            Conn::Cancel(c) => {
+                c.set_ready(readable, writable);
+                Event::ClientIo
+            }
+        };
+        self.enqueue(key, event);
+    }
+
+    fn live_entry(&mut self, key: ConnKey) -> Option<&mut Entry> {
+        self.entries
+            .get_mut(key.index as usize)
+            .filter(|e| e.generation == key.generation && !e.closed)
+    }
+
+    fn enqueue(&mut self, key: ConnKey, event: Event) {
+        if let Some(e) = self.live_entry(key) {
+            e.queued = true;
+            self.run_queue.push_back((key, event));
+        }
+    }
+
+    fn run_queue_until_empty(&mut self, now: Instant) {
+        while let Some((key, event)) = self.run_queue.pop_front() {
+            self.dispatch(key, event, now);
+        }
+    }
+
+    /// Hand one event to one connection; close it if its handler says so.
+    fn dispatch(&mut self, key: ConnKey, event: Event, now: Instant) {
+        let Some(entry) = self
+            .entries
+            .get_mut(key.index as usize)
+            .filter(|e| e.generation == key.generation && !e.closed)
+        else {
+            return;
+        };
+        entry.queued = false;
+        let mut cx = Context {
+            now,
+            key,
+            registry: self.poll.registry(),
+            timers: &mut self.timers,
+            shared: &mut self.shared,
+            again: false,
+        };
+        let closed = match &mut entry.conn {
+            Conn::Session(s) => match s.handle(event, &mut cx) {
+                Some(reason) => {
+                    s.close(&reason, &mut cx);
+                    true
+                }
+                None => false,
+            },
+            Conn::Cancel(c) => c.drive(&mut cx),
+        };
+        let again = cx.again;
+        if closed {
+            entry.closed = true;
+            self.to_free.push(key.index as usize);
+        } else if again {
+            self.next_pass.push(key);
+        }
+    }
+
+    fn accept(&mut self, listener: usize, now: Instant) {
+        loop {
+            let Some(l) = self.listeners.get(listener) else {
+                return;
+            };
+            let socket = match l.accept() {
+                Ok(Some(s)) => s,
+                Ok(None) => return,
+                Err(e) => {
+                    log::warn!("accept on {}: {e}", l.describe());
+                    return;
+                }
+            };
+            let sessions = self.entries.len();
+            let key = self.new_key();
+            let id = self.next_conn_id;
+            self.next_conn_id += 1;
+            let mut cx = Context {
+                now,
+                key,
+                registry: self.poll.registry(),
+                timers: &mut self.timers,
+                shared: &mut self.shared,
+                again: false,
+            };
+            let mut session = Session::new(id, socket, &mut cx);
+            cx.shared.stats.sessions_accepted += 1;
+            if let Err(e) = session.register(&mut cx) {
+                log::warn!("{} cannot register socket: {e}", session.prefix());
+                continue;
+            }
+            if sessions >= cx.shared.config.max_client_conn {
+                session.refuse(&mut cx, "53300", "sorry, too many clients already");
+                continue;
+            }
+            log::debug!("{} accepted", session.prefix());
+            self.entries.insert(Entry {
+                generation: key.generation,
+                conn: Conn::Session(Box::new(session)),
+                queued: false,
+                closed: false,
+            });
+        }
+    }
+
+    /// The key the next `entries.insert` will get.
+    fn new_key(&mut self) -> ConnKey {
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        ConnKey {
+            index: self.entries.vacant_key() as u32,
+            generation,
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        let mut fired = Vec::new();
+        self.timers.expire(now, &mut fired);
+        for t in fired {
+            let is_cancel = matches!(
+                self.live_entry(t.key),
+                Some(Entry {
+                    conn: Conn::Cancel(_),
+                    ..
+                })
+            );
+            if is_cancel {
+                // A cancel that could not reach its node in time.
+                self.close_entry(t.key, now, "cancel request timed out");
+                continue;
+            }
+            self.dispatch(t.key, Event::Timer(t.kind), now);
+        }
+        // Handlers run by timers may have queued more work.
+        self.run_queue_until_empty(now);
+    }
+
+    /// CancelRequests clients sent: check the key against the session it names and open a
+    /// connection to that session's node to pass PostgreSQL's own key on.
+    fn forward_cancels(&mut self, now: Instant) {
+        for ask in std::mem::take(&mut self.shared.cancel_asks) {
+            let Some(&key) = self.shared.cancel_index.get(&ask.process_id) else {
+                log::info!("cancel request for unknown process {}", ask.process_id);
+                continue;
+            };
+            let target = match self.live_entry(key).map(|e| &e.conn) {
+                Some(Conn::Session(s)) if s.cancel_key.1 == ask.secret_key => {
+                    s.node_cancel_target()
+                }
+                _ => None,
+            };
+            let Some((addr, pid, secret)) = target else {
+                log::info!(
+                    "cancel request for process {} with a wrong key ignored",
+                    ask.process_id
+                );
+                continue;
+            };
+            let key = self.new_key();
+            let mut cx = Context {
+                now,
+                key,
+                registry: self.poll.registry(),
+                timers: &mut self.timers,
+                shared: &mut self.shared,
+                again: false,
+            };
+            match CancelConn::start(addr, pid, secret, &mut cx) {
+                Ok(c) => {
+                    self.entries.insert(Entry {
+                        generation: key.generation,
+                        conn: Conn::Cancel(c),
+                        queued: false,
+                        closed: false,
+                    });
+                }
+                Err(e) => log::warn!("cancel request to {addr}: {e}"),
+            }
+        }
+    }
+
+    fn free_closed(&mut self) {
+        for index in self.to_free.drain(..) {
+            if self.entries.get(index).is_some_and(|e| e.closed) {
+                self.entries.remove(index);
+            }
+        }
+    }
+
+    fn on_signal(&mut self, signal: Signal, now: Instant) {
+        match signal {
+            Signal::Reload => {
+                log::info!("received SIGHUP, reloading configuration");
+                (self.reload)(&mut self.shared, &mut self.log);
+            }
+            Signal::Terminate => {
+                if let Mode::Running = self.mode {
+                    let grace = self.shared.config.shutdown_timeout;
+                    log::info!("received SIGTERM: no new connections; waiting up to {grace:?} for sessions to finish");
+                    self.mode = Mode::Draining {
+                        deadline: now + grace,
+                    };
+                    self.stop_listening();
+                    let keys: Vec<ConnKey> = self.session_keys();
+                    for key in keys {
+                        self.dispatch(key, Event::Shutdown, now);
+                    }
+                }
+            }
+            Signal::Interrupt => {
+                log::info!("received SIGINT: closing every session now");
+                self.stop_listening();
+                self.close_all(now, "fast shutdown");
+                self.mode = Mode::Exit;
+            }
+        }
+    }
+
+    fn session_keys(&self) -> Vec<ConnKey> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| !e.closed)
+            .map(|(i, e)| ConnKey {
+                index: i as u32,
+                generation: e.generation,
+            })
+            .collect()
+    }
+
+    fn stop_listening(&mut self) {
+        for mut l in self.listeners.drain(..) {
+            let _ = self.poll.registry().deregister(l.source());
+        }
+    }
+
+    fn close_all(&mut self, now: Instant, reason: &str) {
+        for key in self.session_keys() {
+            self.close_entry(key, now, reason);
+        }
+        self.free_closed();
+    }
+
+    fn close_entry(&mut self, key: ConnKey, now: Instant, reason: &str) {
+        let Some(entry) = self
+            .entries
+            .get_mut(key.index as usize)
+            .filter(|e| e.generation == key.generation && !e.closed)
+        else {
+            return;
+        };
+        let mut cx = Context {
+            now,
+            key,
+            registry: self.poll.registry(),
+            timers: &mut self.timers,
+            shared: &mut self.shared,
+            again: false,
+        };
+        match &mut entry.conn {
+            Conn::Session(s) => s.close(reason, &mut cx),
+            Conn::Cancel(c) => c.close(cx.registry),
+        }
+        entry.closed = true;
+        self.to_free.push(key.index as usize);
+    }
+
+    fn check_mode(&mut self, now: Instant) -> Mode {
+        if let Mode::Draining { deadline } = self.mode {
+            if self.entries.is_empty() {
+                self.mode = Mode::Exit;
+            } else if now >= deadline {
+                log::warn!(
+                    "shutdown_timeout reached: closing {} remaining sessions",
+                    self.entries.len()
+                );
+                self.close_all(now, "shutdown_timeout reached");
+                self.mode = Mode::Exit;
+            }
+        }
+        self.mode
+    }
+}
+
+/// Pids handed to clients are small, unique among live sessions, and never 0.
+impl Shared {
+    pub fn new_cancel_key(&mut self) -> (u32, u32) {
+        loop {
+            self.next_process_id = self.next_process_id.wrapping_add(1).max(1) & 0x7fff_ffff;
+            if self.next_process_id != 0 && !self.cancel_index.contains_key(&self.next_process_id) {
+                break;
+            }
+        }
+        let mut secret = [0u8; 4];
+        let _ = openssl::rand::rand_bytes(&mut secret);
+        (self.next_process_id, u32::from_be_bytes(secret))
+    }
+
+    pub fn new(
+        config: Config,
+        users: crate::auth::userlist::UserList,
+        client_tls: Option<crate::net::tls::ClientTls>,
+        node_tls: crate::net::tls::NodeTls,
+        nodes: Vec<context::NodeAddr>,
+    ) -> Shared {
+        Shared {
+            config,
+            users,
+            client_tls,
+            node_tls,
+            nodes,
+            cancel_index: HashMap::new(),
+            cancel_asks: Vec::new(),
+            next_process_id: std::process::id() & 0xffff,
+            stats: Default::default(),
+            scratch: String::with_capacity(4096),
+            out: Vec::with_capacity(4096),
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! The client session: one client connection and the node connection it relays to, driven
+//! by an event × state table. `Session::handle` is the only entry point; `table` names the
+//! handler of every (state, event) cell; `apply` is the only place a state changes — it logs
+//! `A -(event)-> B`, counts it and runs the entry actions of the new state.
+//!
+//! Handlers live beside this file by subject: `startup` (first packets, client TLS),
+//! `client_auth` (pgmulti authenticating the client), `node` (the node connection and its
+//! login), `relay` (moving messages and tracing them).
+
+mod client_auth;
+mod login;
+pub mod node;
+mod relay;
+mod startup;
+
+use std::time::{Duration, Instant};
+
+use crate::net::endpoint::Endpoint;
+use crate::net::transport::{Socket, Transport};
+use crate::protocol::backend;
+use crate::reactor::context::{Context, TimerKind};
+use crate::reactor::timer::TimerId;
+use crate::reactor::token::{token, Side};
+
+use client_auth::{ClientAuth, Credentials};
+use node::NodeConn;
+
+/// After this long without traffic a session frees its buffers.
+const IDLE_SWEEP: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Waiting for SSLRequest / GSSENCRequest / CancelRequest / StartupMessage.
+    Startup,
+    /// TLS handshake with the client after answering 'S'.
+    ClientTls,
+    /// pgmulti checks the client's password (cleartext, MD5 or SCRAM exchange).
+    Authenticating,
+    /// Connecting and logging in to the node; the client waits.
+    NodeLogin,
+    /// Messages flow both ways.
+    Relaying,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    ClientIo,
+    NodeIo(u8),
+    Timer(TimerKind),
+    /// SIGTERM: finish the running transaction, then leave.
+    Shutdown,
+}
+
+/// What a handler decided.
+pub enum Transition {
+    Stay,
+    Goto(State),
+    Close(String),
+}
+
+pub struct Session {
+    pub id: u64,
+    prefix: String,
+    peer: String,
+    state: State,
+    client: Endpoint,
+    client_tls: bool,
+    node: Option<NodeConn>,
+    /// The client's startup parameters, forwarded to the node.
+    params: Vec<(String, String)>,
+    user: String,
+    auth: Option<ClientAuth>,
+    credentials: Credentials,
+    /// The (process id, secret key) pgmulti gave the client for CancelRequest.
+    pub cancel_key: (u32, u32),
+    auth_timer: Option<TimerId>,
+    connect_timer: Option<TimerId>,
+    idle_timer: Option<TimerId>,
+    last_activity: Instant,
+    /// Bytes of a large message still to stream through, per direction.
+    client_stream_left: usize,
+    node_stream_left: usize,
+    /// Transaction status of the last ReadyForQuery relayed ('I', 'T', 'E').
+    tx_status: u8,
+    draining: bool,
+    closed: bool,
+}
+
+impl Session {
+    pub fn new(id: u64, socket: Socket, cx: &mut Context) -> Session {
+        let transport = Transport::new(socket);
+        let peer = transport.peer();
+        let timeout = cx.shared.config.authentication_timeout;
+        let auth_timer =
+            (!timeout.is_zero()).then(|| cx.schedule(timeout, TimerKind::Authentication));
+        Session {
+            id,
+            prefix: format!("C-{id} ?@{peer}"),
+            peer,
+            state: State::Startup,
+            client: Endpoint::new(transport),
+            client_tls: false,
+            node: None,
+            params: Vec::new(),
+            user: String::new(),
+            auth: None,
+            credentials: Credentials::default(),
+            cancel_key: (0, 0),
+            auth_timer,
+            connect_timer: None,
+            idle_timer: None,
+            last_activity: cx.now,
+            client_stream_left: 0,
+            node_stream_left: 0,
+            tx_status: b'I',
+            draining: false,
+            closed: false,
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn register(&mut self, cx: &mut Context) -> std::io::Result<()> {
+        self.client
+            .transport
+            .register(cx.registry, token(cx.key, Side::Client))
+    }
+
+    /// Record readiness reported by the poller for one of this session's sockets.
+    pub fn set_ready(&mut self, side: Side, readable: bool, writable: bool) {
+        let ep = match side {
+            Side::Client => Some(&mut self.client),
+            Side::Node(_) => self.node.as_mut().map(|n| &mut n.ep),
+        };
+        if let Some(ep) = ep {
+            ep.readable |= readable;
+            ep.writable |= writable;
+        }
+    }
+
+    /// Where a CancelRequest for this session must go: node address and its backend key.
+    pub fn node_cancel_target(&self) -> Option<(std::net::SocketAddr, u32, u32)> {
+        let node = self.node.as_ref()?;
+        let (pid, secret) = node.backend_key?;
+        Some((node.addr, pid, secret))
+    }
+
+    /// Run one event through the table. Returns the close reason when the session ended.
+    pub fn handle(&mut self, event: Event, cx: &mut Context) -> Option<String> {
+        if self.closed {
+            return None;
+        }
+        let t = self.table(event, cx);
+        self.apply(event, t, cx)
+    }
+
+    /// The event × state table: every cell names its handler.
+    fn table(&mut self, event: Event, cx: &mut Context) -> Transition {
+        use Event::*;
+        use State::*;
+        match (self.state, event) {
+            (Startup, ClientIo) => self.on_startup_packet(cx),
+            (ClientTls, ClientIo) => self.on_client_tls(cx),
+            (Authenticating, ClientIo) => self.on_auth_message(cx),
+            (NodeLogin, ClientIo) => self.on_client_during_login(cx),
+            (NodeLogin, NodeIo(_)) => self.on_node_login(cx),
+            (Relaying, ClientIo | NodeIo(_)) => self.on_relay(cx),
+            (
+                Startup | ClientTls | Authenticating | NodeLogin,
+                Timer(TimerKind::Authentication),
+            ) => {
+                self.auth_timer = None;
+                self.fatal(cx, "08006", "canceling authentication due to timeout");
+                Transition::Close("authentication timeout".into())
+            }
+            (NodeLogin, Timer(TimerKind::Connect)) => {
+                self.connect_timer = None;
+                let msg = format!(
+                    "could not connect to node 0: timeout after {:?}",
+                    cx.shared.config.connect_timeout
+                );
+                self.fatal(cx, "08006", &msg);
+                Transition::Close(msg)
+            }
+            (Relaying, Timer(TimerKind::Idle)) => self.on_idle_timer(cx),
+            (Relaying, Shutdown) => {
+                self.draining = true;
+                self.close_if_drained(cx)
+            }
+            (_, Shutdown) => {
+                self.fatal(
+                    cx,
+                    "57P01",
+                    "terminating connection due to administrator command",
+                );
+                Transition::Close("server shutting down".into())
+            }
+            // No node socket yet, or a timer that no longer applies to this state.
+            (Startup | ClientTls | Authenticating, NodeIo(_)) | (_, Timer(_)) => Transition::Stay,
+        }
+    }
+
+    /// The only place a state changes.
+    fn apply(&mut self, event: Event, t: Transition, cx: &mut Context) -> Option<String> {
+        match t {
+            Transition::Stay => None,
+            Transition::Close(reason) => Some(reason),
+            Transition::Goto(next) => {
+                let from = self.state;
+                self.state = next;
+                cx.shared.stats.transitions += 1;
+                log::debug!("{} {:?} -({:?})-> {:?}", self.prefix, from, event, next);
+                match self.enter(next, cx) {
+                    Transition::Stay => None,
+                    chained => self.apply(event, chained, cx),
+                }
+            }
+        }
+    }
+
+    /// Entry actions of each state.
+    fn enter(&mut self, state: State, cx: &mut Context) -> Transition {
+        match state {
+            // Bytes may already be buffered (or held by TLS): look at them now.
+            State::Startup | State::Authenticating => {
+                cx.again = true;
+                Transition::Stay
+            }
+            State::ClientTls => self.on_client_tls(cx),
+            State::NodeLogin => self.start_node_login(cx),
+            State::Relaying => {
+                cx.cancel(&mut self.auth_timer);
+                cx.cancel(&mut self.connect_timer);
+                cx.shared.cancel_index.insert(self.cancel_key.0, cx.key);
+                self.last_activity = cx.now;
+                self.idle_timer = Some(cx.schedule(IDLE_SWEEP, TimerKind::Idle));
+                cx.again = true;
+                Transition::Stay
+            }
+        }
+    }
+
+    /// Queue a FATAL ErrorResponse for the client (sent by the close path's last flush).
+    fn fatal(&mut self, cx: &mut Context, code: &str, message: &str) {
+        self.send_error(cx, "FATAL", code, message, None);
+    }
+
+    fn send_error(
+        &mut self,
+        cx: &mut Context,
+        severity: &str,
+        code: &str,
+        message: &str,
+        hint: Option<&str>,
+    ) {
+        // TLS not finished, or the client never spoke the protocol: nothing sensible to send.
+        if self.state == State::ClientTls {
+            return;
+        }
+        let out = &mut cx.shared.out;
+        out.clear();
+        backend::error_response(out, severity, code, message, None, hint);
+        self.send_to_client(cx);
+    }
+
+    /// Append `cx.shared.out` (messages pgmulti built) to the client's send buffer, traced.
+    fn send_to_client(&mut self, cx: &mut Context) {
+        relay::trace_built(
+            &self.prefix,
+            relay::Peer::Pgmulti,
+            relay::Peer::Client,
+            &cx.shared.out,
+            &mut cx.shared.scratch,
+        );
+        if !self.client.tx.extend(&cx.shared.out) {
+            log::warn!(
+                "{} send buffer full: dropped a {}-byte message from pgmulti",
+                self.prefix,
+                cx.shared.out.len()
+            );
+        }
+    }
+
+    /// Turn the client away right after accept (too many clients, shutting down).
+    pub fn refuse(&mut self, cx: &mut Context, code: &str, message: &str) {
+        self.fatal(cx, code, message);
+        self.close(message, cx);
+    }
+
+    /// Final: flush what can be flushed without blocking, unregister, forget timers.
+    pub fn close(&mut self, reason: &str, cx: &mut Context) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        let _ = self.client.flush();
+        self.client.transport.shutdown();
+        self.client.transport.deregister(cx.registry);
+        if let Some(node) = self.node.as_mut() {
+            node.close(cx);
+        }
+        cx.cancel(&mut self.auth_timer);
+        cx.cancel(&mut self.connect_timer);
+        cx.cancel(&mut self.idle_timer);
+        if cx.shared.cancel_index.get(&self.cancel_key.0) == Some(&cx.key) {
+            cx.shared.cancel_index.remove(&self.cancel_key.0);
+        }
+        cx.shared.stats.sessions_closed += 1;
+        log::info!("{} closing: {}", self.prefix, reason);
+    }
+
+    fn on_idle_timer(&mut self, cx: &mut Context) -> Transition {
+        self.idle_timer = None;
+        let idle_for = cx.now.saturating_duration_since(self.last_activity);
+        let limit = cx.shared.config.client_idle_timeout;
+        if !limit.is_zero() && idle_for >= limit && self.tx_status == b'I' {
+            self.fatal(
+                cx,
+                "57P05",
+                "terminating connection due to idle timeout (client_idle_timeout)",
+            );
+            return Transition::Close(format!("client idle for {idle_for:?}"));
+        }
+        if idle_for >= IDLE_SWEEP {
+            self.release_buffers();
+        }
+        let next = if limit.is_zero() {
+            if idle_for >= IDLE_SWEEP {
+                return Transition::Stay; // buffers released; the next activity re-arms
+            }
+            IDLE_SWEEP - idle_for
+        } else {
+            limit
+                .saturating_sub(idle_for)
+                .min(IDLE_SWEEP)
+                .max(Duration::from_millis(10))
+        };
+        self.idle_timer = Some(cx.schedule(next, TimerKind::Idle));
+        Transition::Stay
+    }
+
+    fn release_buffers(&mut self) {
+        if self.client_stream_left == 0 && self.node_stream_left == 0 {
+            self.client.release_buffers();
+            if let Some(n) = self.node.as_mut() {
+                n.ep.release_buffers();
+            }
+        }
+    }
+
+    /// Nothing in flight and the node idle: a draining session may go now.
+    fn is_quiet(&self) -> bool {
+        self.tx_status == b'I'
+            && self.client.rx.is_empty()
+            && self.client.tx.is_empty()
+            && self
+                .node
+                .as_ref()
+                .is_some_and(|n| n.ep.rx.is_empty() && n.ep.tx.is_empty())
+    }
+
+    fn close_if_drained(&mut self, cx: &mut Context) -> Transition {
+        if self.draining && self.is_quiet() {
+            self.fatal(
+                cx,
+                "57P01",
+                "terminating connection due to administrator command",
+            );
+            return Transition::Close("server shutting down".into());
+        }
+        Transition::Stay
+    }
+}

@@ -1,0 +1,397 @@
+//! The connection from a session to a node: nonblocking connect, optional SSLRequest and TLS
+//! per `backend_sslmode`, StartupMessage with the client's parameters, and login with the
+//! credentials the client's authentication left (cleartext, MD5, SCRAM). ParameterStatus,
+//! notices and errors the node sends during login go on to the client; the node's
+//! BackendKeyData is kept (for cancels) and the client gets pgmulti's own key instead.
+
+use std::net::SocketAddr;
+
+use super::client_auth::Credentials;
+use super::relay::{self, Peer};
+use crate::auth::md5;
+use crate::auth::scram::{ScramClient, ScramCredentials};
+use crate::net::buffer::Buf;
+use crate::net::endpoint::{Broken, Endpoint};
+use crate::net::transport::{Handshake, Io, Transport};
+use crate::protocol::backend::{self, Authentication};
+use crate::protocol::framing::message_header;
+use crate::protocol::{frontend, MAX_MESSAGE_LEN};
+use crate::reactor::context::Context;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginState {
+    Connecting,
+    /// SSLRequest sent; waiting for the one-byte answer.
+    SslAnswer,
+    Tls,
+    /// StartupMessage sent; authentication and parameters until ReadyForQuery.
+    Login,
+    Ready,
+}
+
+pub enum LoginStep {
+    Pending,
+    Ready,
+    /// Login failed; `forwarded` when the node's ErrorResponse already went to the client.
+    Failed {
+        reason: String,
+        forwarded: bool,
+    },
+}
+
+pub struct NodeConn {
+    pub index: u8,
+    pub ep: Endpoint,
+    pub addr: SocketAddr,
+    host: String,
+    pub state: LoginState,
+    pub backend_key: Option<(u32, u32)>,
+    scram: Option<ScramClient>,
+}
+
+/// What the login needs from its session.
+pub struct LoginContext<'a> {
+    pub prefix: &'a str,
+    pub user: &'a str,
+    pub params: &'a [(String, String)],
+    pub credentials: &'a Credentials,
+    pub client_tx: &'a mut Buf,
+    /// The key pgmulti gave the client, sent instead of the node's.
+    pub cancel_key: (u32, u32),
+}
+
+impl NodeConn {
+    pub fn connect(index: u8, host: &str, addr: SocketAddr) -> Result<NodeConn, String> {
+        let transport = Transport::connect(addr)
+            .map_err(|e| format!("could not connect to node {index} ({addr}): {e}"))?;
+        Ok(NodeConn {
+            index,
+            ep: Endpoint::new(transport),
+            addr,
+            host: host.to_string(),
+            state: LoginState::Connecting,
+            backend_key: None,
+            scram: None,
+        })
+    }
+
+    pub fn close(&mut self, cx: &mut Context) {
+        if self.state == LoginState::Ready {
+            let mut out = Vec::with_capacity(5);
+            frontend::terminate(&mut out);
+            self.ep.tx.extend(&out);
+            let _ = self.ep.flush();
+        }
+        self.ep.transport.shutdown();
+        self.ep.transport.deregister(cx.registry);
+    }
+
+    /// Advance the login as far as the socket allows.
+    pub fn login(&mut self, lc: &mut LoginContext, cx: &mut Context) -> LoginStep {
+        loop {
+            let before = self.state;
+            let step = match self.state {
+                LoginState::Connecting => self.on_connecting(lc, cx),
+                LoginState::SslAnswer => self.on_ssl_answer(lc, cx),
+                LoginState::Tls => self.on_tls(lc, cx),
+                LoginState::Login => self.on_login_messages(lc, cx),
+                LoginState::Ready => return LoginStep::Ready,
+            };
+            if let Err(f) = self.ep.flush() {
+                return LoginStep::Failed {
+                    reason: format!("node {}: {f}", self.index),
+                    forwarded: false,
+                };
+            }
+            match step {
+                LoginStep::Pending if self.state != before => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn fail(&self, what: impl std::fmt::Display) -> LoginStep {
+        LoginStep::Failed {
+            reason: format!("node {} ({}): {what}", self.index, self.addr),
+            forwarded: false,
+        }
+    }
+
+    fn on_connecting(&mut self, lc: &mut LoginContext, cx: &mut Context) -> LoginStep {
+        if !self.ep.writable {
+            return LoginStep::Pending;
+        }
+        match self.ep.transport.connected() {
+            Ok(false) => {
+                self.ep.writable = false;
+                LoginStep::Pending
+            }
+            Err(e) => self.fail(format!("could not connect: {e}")),
+            Ok(true) if cx.shared.node_tls.wanted() => {
+                let mut out = Vec::with_capacity(8);
+                frontend::ssl_request(&mut out);
+                log::trace!("{} pgmulti > node{} SSLRequest", lc.prefix, self.index);
+                self.ep.tx.extend(&out);
+                self.state = LoginState::SslAnswer;
+                LoginStep::Pending
+            }
+            Ok(true) => {
+                self.send_startup(lc, cx);
+                LoginStep::Pending
+            }
+        }
+    }
+
+    fn on_ssl_answer(&mut self, lc: &mut LoginContext, cx: &mut Context) -> LoginStep {
+        if !self.ep.readable {
+            return LoginStep::Pending;
+        }
+        let mut answer = [0u8; 1];
+        match self.ep.transport.read_bytes(&mut answer) {
+            Io::Done(_) => {}
+            Io::WouldBlock => {
+                self.ep.readable = false;
+                return LoginStep::Pending;
+            }
+            Io::Closed => return self.fail("closed the connection after SSLRequest"),
+            Io::Error(e) => return self.fail(e),
+        }
+        log::trace!(
+            "{} node{} > pgmulti SSLRequest answer {:?}",
+            lc.prefix,
+            self.index,
+            answer[0] as char
+        );
+        match answer[0] {
+            b'S' => {
+                let ssl = match cx.shared.node_tls.session(&self.host) {
+                    Ok(s) => s,
+                    Err(e) => return self.fail(format!("TLS setup: {e}")),
+                };
+                if let Err(e) = self.ep.transport.start_tls(ssl) {
+                    return self.fail(e);
+                }
+                self.state = LoginState::Tls;
+                LoginStep::Pending
+            }
+            b'N' if !cx.shared.node_tls.required() => {
+                self.send_startup(lc, cx);
+                LoginStep::Pending
+            }
+            b'N' => self.fail("server does not support SSL, but backend_sslmode requires it"),
+            other => self.fail(format!(
+                "unexpected answer {:?} to SSLRequest",
+                other as char
+            )),
+        }
+    }
+
+    fn on_tls(&mut self, lc: &mut LoginContext, cx: &mut Context) -> LoginStep {
+        match self.ep.transport.handshake() {
+            Handshake::Done => {
+                self.send_startup(lc, cx);
+                LoginStep::Pending
+            }
+            Handshake::WouldBlock => {
+                self.ep.readable = false;
+                LoginStep::Pending
+            }
+            Handshake::Failed(e) => self.fail(e),
+        }
+    }
+
+    fn send_startup(&mut self, lc: &mut LoginContext, cx: &mut Context) {
+        let out = &mut cx.shared.out;
+        out.clear();
+        let params: Vec<(&str, &str)> = lc
+            .params
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        frontend::startup_message(out, &params);
+        log::trace!(
+            "{} pgmulti > node{} StartupMessage {} parameters",
+            lc.prefix,
+            self.index,
+            params.len()
+        );
+        self.ep.tx.extend(out);
+        self.state = LoginState::Login;
+    }
+
+    fn on_login_messages(&mut self, lc: &mut LoginContext, cx: &mut Context) -> LoginStep {
+        match self.ep.fill() {
+            Ok(_) => {}
+            Err(Broken::Closed) => return self.fail("closed the connection during login"),
+            Err(Broken::Error(e)) => return self.fail(e),
+        }
+        loop {
+            let data = self.ep.rx.data();
+            let (tag, len) = match message_header(data, MAX_MESSAGE_LEN) {
+                Ok(Some(h)) if data.len() >= h.1 => h,
+                Ok(Some(h)) if h.1 > self.ep.rx.capacity() => {
+                    return self.fail(format!("login message of {} bytes is too large", h.1));
+                }
+                Ok(_) => return LoginStep::Pending,
+                Err(e) => return self.fail(e),
+            };
+            let body = &data[5..len];
+            relay::trace_message(
+                lc.prefix,
+                Peer::Node(self.index),
+                Peer::Pgmulti,
+                tag,
+                body,
+                len,
+                &mut cx.shared.scratch,
+            );
+            let step = match tag {
+                b'R' => {
+                    let body = body.to_vec();
+                    self.on_authentication_request(&body, lc, cx)
+                }
+                b'K' => match backend::parse_backend_key_data(body) {
+                    Ok(k) => {
+                        self.backend_key = Some(k);
+                        None
+                    }
+                    Err(e) => Some(self.fail(e)),
+                },
+                b'S' | b'N' => {
+                    lc.client_tx.extend(&data[..len]);
+                    None
+                }
+                b'E' => {
+                    let reason = match backend::parse_error_fields(body) {
+                        Ok(f) => format!(
+                            "node {} refused login: {} {}",
+                            self.index, f.code, f.message
+                        ),
+                        Err(_) => format!("node {} refused login", self.index),
+                    };
+                    lc.client_tx.extend(&data[..len]);
+                    Some(LoginStep::Failed {
+                        reason,
+                        forwarded: true,
+                    })
+                }
+                b'v' => None, // NegotiateProtocolVersion: the node speaks 3.0 minus some options; fine
+                b'Z' => {
+                    let out = &mut cx.shared.out;
+                    out.clear();
+                    backend::backend_key_data(out, lc.cancel_key.0, lc.cancel_key.1);
+                    out.extend_from_slice(&data[..len]);
+                    relay::trace_built(
+                        lc.prefix,
+                        Peer::Pgmulti,
+                        Peer::Client,
+                        &out[..],
+                        &mut cx.shared.scratch,
+                    );
+                    lc.client_tx.extend(out);
+                    self.state = LoginState::Ready;
+                    Some(LoginStep::Ready)
+                }
+                other => Some(self.fail(format!(
+                    "unexpected message {:?} during login",
+                    other as char
+                ))),
+            };
+            self.ep.rx.consume(len);
+            if let Some(step) = step {
+                return step;
+            }
+        }
+    }
+
+    /// Answer an Authentication* request of the node. None = continue.
+    fn on_authentication_request(
+        &mut self,
+        body: &[u8],
+        lc: &mut LoginContext,
+        cx: &mut Context,
+    ) -> Option<LoginStep> {
+        let request = match backend::parse_authentication(body) {
+            Ok(r) => r,
+            Err(e) => return Some(self.fail(e)),
+        };
+        let creds = lc.credentials;
+        let out = &mut cx.shared.out;
+        out.clear();
+        match request {
+            Authentication::Ok => return None,
+            Authentication::CleartextPassword => match &creds.password {
+                Some(p) => frontend::password_message(out, p.as_bytes()),
+                None => return Some(self.no_secret(lc.user, "a cleartext password")),
+            },
+            Authentication::Md5Password { salt } => {
+                let stored = match (&creds.md5, &creds.password) {
+                    (Some(h), _) => h.clone(),
+                    (None, Some(p)) => md5::password_hash(lc.user, p),
+                    (None, None) => return Some(self.no_secret(lc.user, "an MD5 password")),
+                };
+                frontend::password_message(out, md5::client_response(&stored, salt).as_bytes());
+            }
+            Authentication::Sasl { mut mechanisms } => {
+                if !mechanisms.any(|m| m == "SCRAM-SHA-256") {
+                    return Some(
+                        self.fail("offers no SASL mechanism pgmulti supports (SCRAM-SHA-256)"),
+                    );
+                }
+                let credentials = match (&creds.password, &creds.scram_keys) {
+                    (Some(p), _) => ScramCredentials::Password(p.clone()),
+                    (None, Some((client_key, server_key))) => ScramCredentials::Keys {
+                        client_key: *client_key,
+                        server_key: *server_key,
+                    },
+                    (None, None) => {
+                        return Some(self.no_secret(lc.user, "SCRAM-SHA-256 authentication"))
+                    }
+                };
+                let mut client = ScramClient::new(credentials, None);
+                let first = client.client_first();
+                frontend::sasl_initial_response(out, "SCRAM-SHA-256", &first);
+                self.scram = Some(client);
+            }
+            Authentication::SaslContinue(data) => {
+                let Some(client) = self.scram.as_mut() else {
+                    return Some(self.fail("SASLContinue without a SASL exchange"));
+                };
+                match client.server_first(data) {
+                    Ok(reply) => frontend::sasl_response(out, &reply),
+                    Err(e) => return Some(self.fail(format!("SCRAM: {e}"))),
+                }
+            }
+            Authentication::SaslFinal(data) => {
+                let Some(client) = self.scram.as_mut() else {
+                    return Some(self.fail("SASLFinal without a SASL exchange"));
+                };
+                if let Err(e) = client.server_final(data) {
+                    return Some(self.fail(format!("SCRAM: {e}")));
+                }
+                self.scram = None;
+                return None;
+            }
+            Authentication::Other(code) => {
+                return Some(self.fail(format!(
+                    "asks for authentication method {code}, which pgmulti does not support"
+                )))
+            }
+        }
+        relay::trace_built(
+            lc.prefix,
+            Peer::Pgmulti,
+            Peer::Node(self.index),
+            out,
+            &mut cx.shared.scratch,
+        );
+        self.ep.tx.extend(out);
+        None
+    }
+
+    fn no_secret(&self, user: &str, what: &str) -> LoginStep {
+        self.fail(format!(
+            "asks for {what} for user \"{user}\" and pgmulti has no usable secret for it (see auth_file in docs/configuration.md)"
+        ))
+    }
+}

@@ -1,0 +1,249 @@
+//! Moving messages between the client and the node in `Relaying`, and the protocol trace.
+//!
+//! `pump` frames the messages at the front of one side's receive buffer and copies whole
+//! messages into the other side's send buffer while it has room (back-pressure: when it is
+//! full the source is simply not read until it drains). A message larger than a buffer is
+//! streamed through in pieces. At `log_level = trace` every message gets one decoded line:
+//! `C-7 db/user@peer client > node0 Parse ...`.
+
+use std::fmt;
+
+use super::{Session, Transition};
+use crate::net::buffer::Buf;
+use crate::net::endpoint::Broken;
+use crate::protocol::describe::describe;
+use crate::protocol::framing::message_header;
+use crate::protocol::{Direction, MAX_MESSAGE_LEN};
+use crate::reactor::context::{Context, TimerKind};
+
+/// Relay passes per wakeup before yielding to other sessions.
+const PASSES: usize = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Client,
+    Pgmulti,
+    Node(u8),
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Client => f.write_str("client"),
+            Peer::Pgmulti => f.write_str("pgmulti"),
+            Peer::Node(n) => write!(f, "node{n}"),
+        }
+    }
+}
+
+fn direction(from: Peer, to: Peer) -> Direction {
+    if matches!(from, Peer::Node(_)) || to == Peer::Client {
+        Direction::ToClient
+    } else {
+        Direction::ToBackend
+    }
+}
+
+/// One trace line for one message (`body` may be a prefix of a streamed message).
+pub fn trace_message(
+    prefix: &str,
+    from: Peer,
+    to: Peer,
+    tag: u8,
+    body: &[u8],
+    total_len: usize,
+    scratch: &mut String,
+) {
+    if !log::log_enabled!(log::Level::Trace) {
+        return;
+    }
+    scratch.clear();
+    describe(direction(from, to), tag, body, total_len, scratch);
+    log::trace!("{prefix} {from} > {to} {scratch}");
+}
+
+/// Trace every whole message in `bytes` (messages pgmulti built itself).
+pub fn trace_built(prefix: &str, from: Peer, to: Peer, mut bytes: &[u8], scratch: &mut String) {
+    if !log::log_enabled!(log::Level::Trace) {
+        return;
+    }
+    while let Ok(Some((tag, len))) = message_header(bytes, MAX_MESSAGE_LEN) {
+        let Some(msg) = bytes.get(..len) else { break };
+        trace_message(prefix, from, to, tag, &msg[5..], len, scratch);
+        bytes = &bytes[len..];
+    }
+}
+
+/// What a pump saw besides moving bytes.
+#[derive(Default)]
+pub struct Pumped {
+    pub bytes: usize,
+    /// The client sent Terminate (forwarded; the session ends once it is flushed).
+    pub terminate: bool,
+    /// Status byte of the last ReadyForQuery that passed.
+    pub ready: Option<u8>,
+}
+
+/// Copy messages from `src` to `dst` while whole messages fit; stream oversized ones.
+pub fn pump(
+    src: &mut Buf,
+    stream_left: &mut usize,
+    dst: &mut Buf,
+    from: Peer,
+    to: Peer,
+    prefix: &str,
+    scratch: &mut String,
+) -> Result<Pumped, String> {
+    let mut out = Pumped::default();
+    let dir = direction(from, to);
+    loop {
+        if *stream_left > 0 {
+            let n = (*stream_left).min(src.len()).min(dst.free());
+            if n == 0 {
+                break;
+            }
+            dst.extend(&src.data()[..n]);
+            src.consume(n);
+            *stream_left -= n;
+            out.bytes += n;
+            continue;
+        }
+        let data = src.data();
+        let (tag, len) = match message_header(data, MAX_MESSAGE_LEN) {
+            Ok(Some(h)) => h,
+            Ok(None) => break,
+            Err(e) => return Err(e.to_string()),
+        };
+        if len > src.capacity() {
+            // Too large to hold whole: trace what is here, then stream it through.
+            let n = data.len().min(dst.free());
+            if n < 5 {
+                break;
+            }
+            trace_message(prefix, from, to, tag, &data[5..n], len, scratch);
+            dst.extend(&data[..n]);
+            src.consume(n);
+            *stream_left = len - n;
+            out.bytes += n;
+            continue;
+        }
+        if data.len() < len || dst.free() < len {
+            break;
+        }
+        let msg = &data[..len];
+        trace_message(prefix, from, to, tag, &msg[5..], len, scratch);
+        match (dir, tag) {
+            (Direction::ToBackend, b'X') => out.terminate = true,
+            (Direction::ToClient, b'Z') => out.ready = msg.get(5).copied(),
+            _ => {}
+        }
+        dst.extend(msg);
+        src.consume(len);
+        out.bytes += len;
+        if out.terminate {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+impl Session {
+    pub(super) fn on_relay(&mut self, cx: &mut Context) -> Transition {
+        let Some(node) = self.node.as_mut() else {
+            return Transition::Close("relaying without a node connection".into());
+        };
+        let from_node = Peer::Node(node.index);
+        let mut exhausted = true;
+        let mut node_gone = None;
+        for _ in 0..PASSES {
+            let mut moved = 0;
+            match self.client.fill() {
+                Ok(n) => moved += n,
+                Err(Broken::Closed) => {
+                    return Transition::Close("client closed the connection".into())
+                }
+                Err(Broken::Error(e)) => {
+                    return Transition::Close(format!("client read error: {e}"))
+                }
+            }
+            let up = match pump(
+                &mut self.client.rx,
+                &mut self.client_stream_left,
+                &mut node.ep.tx,
+                Peer::Client,
+                from_node,
+                &self.prefix,
+                &mut cx.shared.scratch,
+            ) {
+                Ok(p) => p,
+                Err(e) => {
+                    cx.shared.stats.protocol_errors += 1;
+                    self.fatal(cx, "08P01", &format!("invalid message from client: {e}"));
+                    return Transition::Close(format!("invalid message from client: {e}"));
+                }
+            };
+            moved += up.bytes;
+            match node.ep.flush() {
+                Ok(n) => moved += n,
+                Err(e) => node_gone = Some(e),
+            }
+            if up.terminate {
+                return Transition::Close("client sent Terminate".into());
+            }
+            if node_gone.is_none() {
+                match node.ep.fill() {
+                    Ok(n) => moved += n,
+                    Err(e) => node_gone = Some(e),
+                }
+            }
+            let down = match pump(
+                &mut node.ep.rx,
+                &mut self.node_stream_left,
+                &mut self.client.tx,
+                from_node,
+                Peer::Client,
+                &self.prefix,
+                &mut cx.shared.scratch,
+            ) {
+                Ok(p) => p,
+                Err(e) => {
+                    return Transition::Close(format!(
+                        "invalid message from node {}: {e}",
+                        node.index
+                    ))
+                }
+            };
+            moved += down.bytes;
+            if let Some(status) = down.ready {
+                self.tx_status = status;
+            }
+            match self.client.flush() {
+                Ok(n) => moved += n,
+                Err(Broken::Closed) => {
+                    return Transition::Close("client closed the connection".into())
+                }
+                Err(Broken::Error(e)) => {
+                    return Transition::Close(format!("client write error: {e}"))
+                }
+            }
+            if let Some(e) = &node_gone {
+                if node.ep.rx.is_empty() || self.client.tx.is_full() {
+                    // Whatever the node said last (often a FATAL error) has been passed on.
+                    return Transition::Close(format!("node {} connection lost: {e}", node.index));
+                }
+            }
+            if moved == 0 {
+                exhausted = false;
+                break;
+            }
+        }
+        if exhausted {
+            cx.again = true;
+        }
+        self.last_activity = cx.now;
+        if self.idle_timer.is_none() {
+            self.idle_timer = Some(cx.schedule(super::IDLE_SWEEP, TimerKind::Idle));
+        }
+        self.close_if_drained(cx)
+    }
+}
