@@ -7,3 +7,4 @@ pub mod net;
 pub mod protocol;
 pub mod reactor;
 pub mod session;
+pub mod trace;

@@ -114,7 +114,7 @@ impl Session {
         }
         let body = data[5..len].to_vec();
         self.client.rx.consume(len);
-        relay::trace_message(
+        trace::trace_message(
             &self.prefix,
             Peer::Client,
             Peer::Pgmulti,
@@ -223,7 +223,7 @@ impl Session {
     }
 }
 
-use super::relay::{self, Peer};
+use crate::trace::{self, Peer};
 
 fn unguessable_secret() -> ScramSecret {
     let mut salt = [0u8; 16];

@@ -21,6 +21,7 @@ use crate::protocol::backend;
 use crate::reactor::context::{Context, TimerKind};
 use crate::reactor::timer::TimerId;
 use crate::reactor::token::{token, Side};
+use crate::trace;
 
 use client_auth::{ClientAuth, Credentials};
 use node::NodeConn;
@@ -153,7 +154,14 @@ impl Session {
             return None;
         }
         let t = self.table(event, cx);
-        self.apply(event, t, cx)
+        let closed = self.apply(event, t, cx);
+        if closed.is_none() && !self.client.tx.is_empty() {
+            // Whatever a handler queued for the client (auth requests, errors) goes out now.
+            if let Err(e) = self.client.flush() {
+                return Some(format!("client write error: {e}"));
+            }
+        }
+        closed
     }
 
     /// The event × state table: every cell names its handler.
@@ -267,10 +275,10 @@ impl Session {
 
     /// Append `cx.shared.out` (messages pgmulti built) to the client's send buffer, traced.
     fn send_to_client(&mut self, cx: &mut Context) {
-        relay::trace_built(
+        trace::trace_built(
             &self.prefix,
-            relay::Peer::Pgmulti,
-            relay::Peer::Client,
+            trace::Peer::Pgmulti,
+            trace::Peer::Client,
             &cx.shared.out,
             &mut cx.shared.scratch,
         );

@@ -7,7 +7,6 @@
 use std::net::SocketAddr;
 
 use super::client_auth::Credentials;
-use super::relay::{self, Peer};
 use crate::auth::md5;
 use crate::auth::scram::{ScramClient, ScramCredentials};
 use crate::net::buffer::Buf;
@@ -17,6 +16,7 @@ use crate::protocol::backend::{self, Authentication};
 use crate::protocol::framing::message_header;
 use crate::protocol::{frontend, MAX_MESSAGE_LEN};
 use crate::reactor::context::Context;
+use crate::trace::{self, Peer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoginState {
@@ -236,7 +236,7 @@ impl NodeConn {
                 Err(e) => return self.fail(e),
             };
             let body = &data[5..len];
-            relay::trace_message(
+            trace::trace_message(
                 lc.prefix,
                 Peer::Node(self.index),
                 Peer::Pgmulti,
@@ -281,7 +281,7 @@ impl NodeConn {
                     out.clear();
                     backend::backend_key_data(out, lc.cancel_key.0, lc.cancel_key.1);
                     out.extend_from_slice(&data[..len]);
-                    relay::trace_built(
+                    trace::trace_built(
                         lc.prefix,
                         Peer::Pgmulti,
                         Peer::Client,
@@ -378,7 +378,7 @@ impl NodeConn {
                 )))
             }
         }
-        relay::trace_built(
+        trace::trace_built(
             lc.prefix,
             Peer::Pgmulti,
             Peer::Node(self.index),
