@@ -18,6 +18,8 @@ pub struct Endpoint {
     /// Edge-triggered readiness: set by events, cleared when a call would block.
     pub readable: bool,
     pub writable: bool,
+    /// The poller reported the peer's end of stream: read until it shows, however short.
+    pub read_closed: bool,
 }
 
 /// Why an endpoint cannot go on.
@@ -44,11 +46,19 @@ impl Endpoint {
             tx: Buf::new(BUF_SIZE),
             readable: false,
             writable: false,
+            read_closed: false,
         }
     }
 
+    /// Record readiness reported by the poller.
+    pub fn set_ready(&mut self, readable: bool, writable: bool, read_closed: bool) {
+        self.readable |= readable || read_closed;
+        self.writable |= writable;
+        self.read_closed |= read_closed;
+    }
+
     /// Read while readable and there is room. Returns the number of bytes read.
-    /// `Err(Closed)` only once everything before the end of stream has been read.
+    /// On `Err`, bytes read before the end of stream are still in `rx` for the caller.
     pub fn fill(&mut self) -> Result<usize, Broken> {
         let mut total = 0;
         for _ in 0..IO_BUDGET {
@@ -60,13 +70,13 @@ impl Endpoint {
                 Io::Done(n) => {
                     total += n;
                     // A short plain read drained the socket: with edge triggering a new event
-                    // comes when more arrives, so skip the read that would return EAGAIN.
-                    if n < room && !self.transport.is_tls() {
+                    // comes when more arrives, so skip the read that would return EAGAIN —
+                    // unless the end of stream is already known, which brings no new event.
+                    if n < room && !self.transport.is_tls() && !self.read_closed {
                         self.readable = false;
                     }
                 }
                 Io::WouldBlock => self.readable = false,
-                Io::Closed if total > 0 => break,
                 Io::Closed => return Err(Broken::Closed),
                 Io::Error(e) => return Err(Broken::Error(e)),
             }

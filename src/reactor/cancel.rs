@@ -43,8 +43,7 @@ impl CancelConn {
     }
 
     pub fn set_ready(&mut self, readable: bool, writable: bool) {
-        self.ep.readable |= readable;
-        self.ep.writable |= writable;
+        self.ep.set_ready(readable, writable, false);
     }
 
     /// Returns true when finished (sent, or failed).

@@ -169,11 +169,12 @@ impl Reactor {
         let Some(entry) = self.live_entry(key) else {
             return;
         };
-        let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+        let read_closed = ev.is_read_closed() || ev.is_error();
+        let readable = ev.is_readable() || read_closed;
         let writable = ev.is_writable() || ev.is_write_closed() || ev.is_error();
         let event = match &mut entry.conn {
             Conn::Session(s) => {
-                s.set_ready(side, readable, writable);
+                s.set_ready(side, readable, writable, read_closed);
                 match side {
                     Side::Client => Event::ClientIo,
                     Side::Node(n) => Event::NodeIo(n),

@@ -130,14 +130,13 @@ impl Session {
     }
 
     /// Record readiness reported by the poller for one of this session's sockets.
-    pub fn set_ready(&mut self, side: Side, readable: bool, writable: bool) {
+    pub fn set_ready(&mut self, side: Side, readable: bool, writable: bool, read_closed: bool) {
         let ep = match side {
             Side::Client => Some(&mut self.client),
             Side::Node(_) => self.node.as_mut().map(|n| &mut n.ep),
         };
         if let Some(ep) = ep {
-            ep.readable |= readable;
-            ep.writable |= writable;
+            ep.set_ready(readable, writable, read_closed);
         }
     }
 

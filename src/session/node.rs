@@ -220,11 +220,8 @@ impl NodeConn {
     }
 
     fn on_login_messages(&mut self, lc: &mut LoginContext, cx: &mut Context) -> LoginStep {
-        match self.ep.fill() {
-            Ok(_) => {}
-            Err(Broken::Closed) => return self.fail("closed the connection during login"),
-            Err(Broken::Error(e)) => return self.fail(e),
-        }
+        // A node that refuses a login sends its FATAL error and closes: relay the error first.
+        let filled = self.ep.fill();
         loop {
             let data = self.ep.rx.data();
             let (tag, len) = match message_header(data, MAX_MESSAGE_LEN) {
@@ -232,7 +229,13 @@ impl NodeConn {
                 Ok(Some(h)) if h.1 > self.ep.rx.capacity() => {
                     return self.fail(format!("login message of {} bytes is too large", h.1));
                 }
-                Ok(_) => return LoginStep::Pending,
+                Ok(_) => {
+                    return match &filled {
+                        Ok(_) => LoginStep::Pending,
+                        Err(Broken::Closed) => self.fail("closed the connection during login"),
+                        Err(Broken::Error(e)) => self.fail(e),
+                    }
+                }
                 Err(e) => return self.fail(e),
             };
             let body = &data[5..len];
