@@ -11,19 +11,25 @@ use crate::reactor::context::{CancelAsk, Context};
 
 impl Session {
     pub(super) fn on_startup_packet(&mut self, cx: &mut Context) -> Transition {
-        match self.client.fill() {
-            Ok(_) => {}
-            Err(Broken::Closed) => {
-                return Transition::Close("client closed the connection before startup".into())
-            }
-            Err(Broken::Error(e)) => return Transition::Close(format!("client read error: {e}")),
-        }
+        // A CancelRequest arrives with the end of stream right behind it: look at what was
+        // read before acting on the end.
+        let filled = self.client.fill();
         // A client may send several packets back to back (GSSENCRequest refused, then SSLRequest).
         loop {
             let data = self.client.rx.data();
             let len = match startup_header(data) {
                 Ok(Some(len)) if data.len() >= len => len,
-                Ok(_) => return Transition::Stay,
+                Ok(_) => {
+                    return match filled {
+                        Ok(_) => Transition::Stay,
+                        Err(Broken::Closed) => {
+                            Transition::Close("client closed the connection before startup".into())
+                        }
+                        Err(Broken::Error(e)) => {
+                            Transition::Close(format!("client read error: {e}"))
+                        }
+                    }
+                }
                 Err(e) => {
                     cx.shared.stats.protocol_errors += 1;
                     self.fatal(cx, "08P01", &format!("invalid startup packet: {e}"));

@@ -367,6 +367,8 @@ pub struct NodeOptions {
     pub host_auth: String,
     /// Extra postgresql.conf lines.
     pub extra_conf: Vec<String>,
+    /// Serve TLS with the `test_cert` certificate.
+    pub ssl: bool,
 }
 
 impl Default for NodeOptions {
@@ -374,6 +376,7 @@ impl Default for NodeOptions {
         NodeOptions {
             host_auth: "trust".into(),
             extra_conf: Vec::new(),
+            ssl: false,
         }
     }
 }
@@ -452,6 +455,20 @@ impl Node {
         for line in &opts.extra_conf {
             conf.push_str(line);
             conf.push('\n');
+        }
+        if opts.ssl {
+            // The server wants its key private and its own: copy both into the data dir.
+            let (cert, key) = test_cert();
+            for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
+                let to = data.join(name);
+                fs::copy(from, &to).expect("copy TLS material");
+                fs::set_permissions(&to, fs::Permissions::from_mode(0o600)).unwrap();
+                if is_root() {
+                    let (uid, gid) = postgres_ids();
+                    std::os::unix::fs::chown(&to, Some(uid), Some(gid)).unwrap();
+                }
+            }
+            conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
         }
         append(&data.join("postgresql.conf"), &conf);
 
