@@ -12,7 +12,7 @@
 #   pgmulti.pid, pgmulti.log, pgmulti.out
 #
 # NODES (default 1) sets how many nodes to run: 1 gives `mode = relay` in front of node 0;
-# more gives `mode = replication` over all of them. Re-running is safe: running nodes are
+# more writes `mode = replication` over all of them (refused by pgmulti until that mode lands). Re-running is safe: running nodes are
 # reused, pgmulti is restarted. To start from scratch: stop, then delete the folder (and the
 # folder pg/ points to, if it is a symlink).
 set -euo pipefail

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use pgmulti::auth::userlist::UserList;
-use pgmulti::config::{self, Config};
+use pgmulti::config::{self, Config, Mode};
 use pgmulti::net::listener;
 use pgmulti::net::tls::{ClientTls, NodeTls};
 use pgmulti::reactor::context::{NodeAddr, Shared};
@@ -90,6 +90,13 @@ struct Parts {
 }
 
 fn build_parts(config: &Config) -> Result<Parts, String> {
+    if config.mode == Mode::Replication {
+        // Serving it as a relay to node 0 would let the other nodes drift: refuse instead.
+        return Err(
+            "mode = replication is not available in this version of pgmulti yet; use mode = relay"
+                .into(),
+        );
+    }
     let users = match &config.auth_file {
         Some(p) => UserList::load(p)?,
         None => UserList::default(),

@@ -65,7 +65,9 @@ impl Endpoint {
             if !(self.readable || self.transport.tls_pending()) || self.rx.is_full() {
                 break;
             }
-            let room = self.rx.free();
+            // The contiguous space this read may fill (not `free()`, which counts bytes that
+            // only compaction frees): a read shorter than this drained the socket.
+            let room = self.rx.space().len();
             match self.transport.read_into(&mut self.rx) {
                 Io::Done(n) => {
                     total += n;
@@ -116,5 +118,43 @@ impl Endpoint {
     pub fn release_buffers(&mut self) {
         self.rx.release();
         self.tx.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::transport::Socket;
+    use std::io::Write;
+
+    fn pair() -> (Endpoint, mio::net::UnixStream) {
+        let (a, b) = mio::net::UnixStream::pair().unwrap();
+        (Endpoint::new(Transport::new(Socket::Unix(a))), b)
+    }
+
+    #[test]
+    fn a_read_that_fills_the_space_before_compaction_keeps_reading() {
+        let (mut ep, mut peer) = pair();
+        peer.write_all(&[1u8; 20_000]).unwrap();
+        ep.set_ready(true, true, false);
+        assert_eq!(ep.fill().unwrap(), 20_000);
+        assert!(!ep.readable, "a short read drained the socket");
+        // Consumed bytes at the front: less contiguous room than free room.
+        ep.rx.consume(10_000);
+        peer.write_all(&[2u8; 30_000]).unwrap();
+        ep.set_ready(true, false, false);
+        ep.fill().unwrap();
+        assert!(ep.rx.is_full(), "stopped reading with {} bytes", ep.rx.len());
+        assert!(ep.readable, "data is still waiting in the socket");
+    }
+
+    #[test]
+    fn end_of_stream_with_data_is_seen() {
+        let (mut ep, mut peer) = pair();
+        peer.write_all(b"last words").unwrap();
+        drop(peer);
+        ep.set_ready(true, false, true);
+        assert!(matches!(ep.fill(), Err(Broken::Closed)));
+        assert_eq!(ep.rx.data(), b"last words");
     }
 }

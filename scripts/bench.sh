@@ -1,0 +1,709 @@
+#!/usr/bin/env bash
+# pgmulti benchmark: pgmulti against what users would pick instead, in one command.
+#
+#   scripts/bench.sh [--quick] [--out FILE] [--keep] [--dir DIR]
+#
+#   --quick      scale 10, 2 rounds of short runs, clients 8 and 64, 1,000 idle clients for the
+#                memory test (under 5 minutes on 2 cores); default: scale 50, 5 rounds x 20 s,
+#                clients 1 8 64 256, 5,000 idle clients
+#   --out FILE   where the Markdown report goes (default docs/benchmarks.md); the chart is
+#                written next to it as <name>-select.svg (docs/benchmarks-select.svg)
+#   --keep       keep the work folder (node data, configs, logs, raw results)
+#   --dir DIR    work folder (default: a new folder under ${TMPDIR:-/tmp}); must not exist
+#
+# Environment overrides: BENCH_SCALE, BENCH_ROUNDS, BENCH_DURATION (s), BENCH_CLIENTS
+# ("8 64"), BENCH_MEM_CLIENTS, BENCH_WORKLOADS ("select select_prep tpcb tpcb_prep connect"),
+# BENCH_TARGETS (names from the target list below, e.g. "direct relay_info").
+#
+# What it does, all by itself: installs Debian's pgbouncer and pgpool2 if missing (apt-get, when
+# root; an ordinary user must have them installed already), builds pgmulti (cargo build
+# --release), creates 3 fresh PostgreSQL 15 nodes in the work folder (as user `postgres` when
+# root), loads pgbench data, starts every target on free 127.0.0.1 ports, then runs every
+# workload x client count x target, alternating the targets run by run and repeating it all for
+# several rounds, so that drift on a shared machine hits every target alike. Medians over the
+# rounds go to the report. Everything it started is stopped on exit.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+HERE=$REPO/scripts/bench
+PG_BIN=/usr/lib/postgresql/15/bin
+THREADS=2
+NODES=3
+
+QUICK=0
+KEEP=0
+OUT=$REPO/docs/benchmarks.md
+WORK=
+ORIG_ARGS=("$@")
+while [ $# -gt 0 ]; do
+    case $1 in
+        --quick) QUICK=1 ;;
+        --keep) KEEP=1 ;;
+        --out) OUT=$2; shift ;;
+        --out=*) OUT=${1#--out=} ;;
+        --dir) WORK=$2; shift ;;
+        --dir=*) WORK=${1#--dir=} ;;
+        -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+case $OUT in /*) ;; *) OUT=$PWD/$OUT ;; esac
+SVG=${OUT%.md}-select.svg
+
+if [ "$QUICK" = 1 ]; then
+    SCALE=${BENCH_SCALE:-10} ROUNDS=${BENCH_ROUNDS:-2} DURATION=${BENCH_DURATION:-2}
+    CLIENTS=${BENCH_CLIENTS:-"8 64"} MEM_CLIENTS=${BENCH_MEM_CLIENTS:-1000}
+    SHARED_BUFFERS=128MB
+else
+    SCALE=${BENCH_SCALE:-50} ROUNDS=${BENCH_ROUNDS:-5} DURATION=${BENCH_DURATION:-20}
+    CLIENTS=${BENCH_CLIENTS:-"1 8 64 256"} MEM_CLIENTS=${BENCH_MEM_CLIENTS:-5000}
+    SHARED_BUFFERS=256MB
+fi
+WORKLOADS=${BENCH_WORKLOADS:-"select select_prep tpcb tpcb_prep connect"}
+MAX_CLIENTS=$(printf '%s\n' $CLIENTS | sort -n | tail -1)
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
+say() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------------------------------------
+# Targets. One line each:
+#   add_target NAME GROUP REPLICATED WORKLOADS LABEL START-FUNCTION [ARGS...]
+# GROUP: ref (direct connection), peer (what users would pick instead) or pgmulti.
+# REPLICATED: yes = writes go to all 3 nodes; every table is compared across the nodes after
+# each TPC-B run. WORKLOADS: which of select select_prep tpcb tpcb_prep connect it runs.
+# A target whose start function fails (pgmulti --check refusing the config, for instance) is
+# reported as skipped with the reason, so the pgmulti replication lines below light up on
+# their own once mode = replication exists.
+# ---------------------------------------------------------------------------------------------
+TARGET_NAMES=()
+declare -A T_GROUP T_REPL T_WORK T_LABEL T_START T_PORT T_DB T_SKIP T_PID T_NOTE
+add_target() {
+    local name=$1
+    TARGET_NAMES+=("$name")
+    T_GROUP[$name]=$2 T_REPL[$name]=$3 T_WORK[$name]=$4 T_LABEL[$name]=$5
+    shift 5
+    T_START[$name]="$*"
+}
+declare -A T_NA
+na_note() { T_NA[$1]="${T_NA[$1]:-}$2=$3;"; }
+define_targets() {
+    add_target direct      ref     no  "select select_prep tpcb tpcb_prep connect" "direct → node 0" start_direct
+    add_target pgb_tx      peer    no  "select select_prep connect"                "PgBouncer transaction pool → node 0" start_pgbouncer transaction
+    add_target pgb_sess    peer    no  "select select_prep connect"                "PgBouncer session pool → node 0" start_pgbouncer session
+    add_target pgpool      peer    yes "select select_prep tpcb tpcb_prep connect" "pgpool-II native replication, 3 nodes" start_pgpool
+    add_target relay_info  pgmulti no  "select select_prep tpcb tpcb_prep connect" "pgmulti relay → node 0 (log info)" start_pgmulti relay info
+    add_target relay_trace pgmulti no  "select select_prep connect"                "pgmulti relay → node 0 (log trace)" start_pgmulti relay trace
+    add_target repl_sync   pgmulti yes "select select_prep tpcb tpcb_prep connect" "pgmulti replication sync, 3 nodes" start_pgmulti replication info sync
+    add_target repl_async  pgmulti yes "select select_prep tpcb tpcb_prep connect" "pgmulti replication async, 3 nodes" start_pgmulti replication info async
+    # Cells a target can't run, with the reason shown in the report.
+    na_note pgb_tx select_prep "PgBouncer 1.18 transaction pooling does not support prepared statements (PgBouncer 1.21+ does)"
+    # add_target repl_2pc  pgmulti yes "select select_prep tpcb tpcb_prep connect" "pgmulti replication sync two_phase, 3 nodes" start_pgmulti replication info sync two_phase
+}
+
+# Workloads: pgbench options (-n: no vacuum before select-only runs; TPC-B runs keep pgbench's
+# vacuum of branches/tellers and TRUNCATE of history, done through the target).
+declare -A W_OPTS W_LABEL
+W_OPTS[select]="-n -S -M simple"          W_LABEL[select]="select-only, -M simple"
+W_OPTS[select_prep]="-n -S -M prepared"   W_LABEL[select_prep]="select-only, -M prepared"
+W_OPTS[tpcb]="-M simple"                  W_LABEL[tpcb]="TPC-B (pgbench default script), -M simple"
+W_OPTS[tpcb_prep]="-M prepared"           W_LABEL[tpcb_prep]="TPC-B (pgbench default script), -M prepared"
+W_OPTS[connect]="-n -C -S -M simple"      W_LABEL[connect]="connect per transaction (-C -S), -M simple"
+
+# ---------------------------------------------------------------------------------------------
+# Prerequisites
+# ---------------------------------------------------------------------------------------------
+[ -x "$PG_BIN/initdb" ] || die "PostgreSQL 15 server binaries missing: apt-get install postgresql-15"
+for c in pgbench psql python3 perl cargo; do
+    command -v $c >/dev/null || die "$c not found on PATH"
+done
+
+ensure_peers() {
+    local missing=()
+    command -v pgbouncer >/dev/null || missing+=(pgbouncer)
+    [ -x /usr/sbin/pgpool ] || command -v pgpool >/dev/null || missing+=(pgpool2)
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if ! is_root; then
+        die "missing: ${missing[*]}. As root: apt-get install ${missing[*]} (then re-run as this user)"
+    fi
+    say "installing ${missing[*]} with apt-get"
+    apt-get update -qq >/dev/null
+    # policy-rc.d usually prevents services from starting in containers; stop them anyway.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    local svc
+    for svc in pgbouncer pgpool2; do
+        [ -x /etc/init.d/$svc ] && /etc/init.d/$svc stop >/dev/null 2>&1 || true
+        command -v update-rc.d >/dev/null && update-rc.d $svc disable >/dev/null 2>&1 || true
+        if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+            systemctl disable --now $svc >/dev/null 2>&1 || true
+        else
+            rm -f /etc/systemd/system/multi-user.target.wants/$svc.service
+        fi
+    done
+}
+ensure_peers
+PGPOOL=$(command -v pgpool || echo /usr/sbin/pgpool)
+
+say "building pgmulti (cargo build --release)"
+(cd "$REPO" && cargo build --release -q) || die "cargo build failed"
+PGMULTI=${CARGO_TARGET_DIR:-$REPO/target}/release/pgmulti
+
+# File descriptors: 256 pgbench clients, and thousands of idle clients in the memory test.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+
+# ---------------------------------------------------------------------------------------------
+# Work folder and cleanup
+# ---------------------------------------------------------------------------------------------
+if [ -n "$WORK" ]; then
+    [ -e "$WORK" ] && die "$WORK exists; give a new folder"
+    mkdir -p "$WORK"
+else
+    WORK=$(mktemp -d "${TMPDIR:-/tmp}/pgmulti-bench.XXXXXX")
+fi
+WORK=$(cd "$WORK" && pwd)
+chmod 755 "$WORK"
+PGROOT=$WORK/pg
+mkdir -p "$PGROOT" "$WORK/txlog" "$WORK/pgbouncer" "$WORK/pgpool" "$WORK/pgmulti" "$WORK/runs"
+if is_root; then
+    chown postgres:postgres "$PGROOT" "$WORK/pgbouncer"
+    runuser -u postgres -- test -w "$PGROOT" || die "user postgres cannot write $PGROOT; use --dir under /tmp"
+fi
+
+BG_PIDS=()      # processes we started directly (pgbouncer, pgpool, pgmulti, helpers)
+cleanup() {
+    local rc=$? pid i
+    trap - EXIT INT TERM
+    for pid in "${BG_PIDS[@]}"; do
+        kill -INT "$pid" 2>/dev/null || true
+    done
+    for pid in "${BG_PIDS[@]}"; do
+        for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    for i in $(seq 0 $((NODES - 1))); do
+        if [ -f "$PGROOT/node$i/PG_VERSION" ]; then
+            as_pg "$PG_BIN/pg_ctl" -D "$PGROOT/node$i" -m immediate -w stop >/dev/null 2>&1 || true
+        fi
+    done
+    if [ "$KEEP" = 1 ]; then
+        say "work folder kept: $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Runs a PostgreSQL server program as `postgres` when we are root (PostgreSQL refuses root).
+as_pg() {
+    if is_root; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
+}
+free_port() {
+    perl -MIO::Socket::INET -e \
+        'print IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1", LocalPort => 0, Proto => "tcp")->sockport'
+}
+accepts() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() { # PORT PID WHAT
+    local i
+    for i in $(seq 1 200); do
+        accepts "$1" && return 0
+        kill -0 "$2" 2>/dev/null || return 1
+        sleep 0.05
+    done
+    return 1
+}
+node_psql() { # NODE DB ARGS...
+    local n=$1 db=$2
+    shift 2
+    psql -X -q -At -h 127.0.0.1 -p "${NODE_PORT[$n]}" -U postgres -d "$db" -v ON_ERROR_STOP=1 "$@"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Nodes
+# ---------------------------------------------------------------------------------------------
+declare -a NODE_PORT
+NODE_MAX_CONN=1000
+start_node() { # N [extra pg_ctl -o options]
+    local n=$1
+    as_pg "$PG_BIN/pg_ctl" -D "$PGROOT/node$n" -l "$PGROOT/node$n.log" ${2:+-o "$2"} -w -t 120 start >/dev/null ||
+        { tail -20 "$PGROOT/node$n.log" >&2; die "node $n failed to start"; }
+}
+create_nodes() {
+    local n
+    for ((n = 0; n < NODES; n++)); do
+        NODE_PORT[$n]=$(free_port)
+        as_pg "$PG_BIN/initdb" -D "$PGROOT/node$n" -U postgres --auth=trust -E UTF8 --locale=C \
+            >"$WORK/initdb-node$n.log" 2>&1 || { cat "$WORK/initdb-node$n.log" >&2; die "initdb failed"; }
+        cat <<EOF | as_pg tee -a "$PGROOT/node$n/postgresql.conf" >/dev/null
+
+# scripts/bench.sh: throwaway benchmark node. Durability off, so that the disk of a shared
+# machine measures as little as possible: the subject is the middleware.
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$PGROOT'
+port = ${NODE_PORT[$n]}
+max_connections = $NODE_MAX_CONN
+shared_buffers = $SHARED_BUFFERS
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+max_wal_size = 8GB
+checkpoint_timeout = 30min
+EOF
+        start_node "$n"
+    done
+}
+
+# Databases: bench_direct on node 0 serves every single-node target (direct, PgBouncer, pgmulti
+# relay); every replicating target gets its own database on all nodes, so one that diverges
+# can't be blamed on another. All are file copies of one pgbench -i database per node
+# (pgbench -i data is deterministic, so the nodes start identical).
+load_data() {
+    local n t pids=()
+    for ((n = 0; n < NODES; n++)); do
+        (node_psql "$n" postgres -c "CREATE DATABASE bench_tpl" &&
+            pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "${NODE_PORT[$n]}" -U postgres bench_tpl \
+                >"$WORK/pgbench-init-node$n.log" 2>&1) &
+        pids+=($!)
+    done
+    for n in "${pids[@]}"; do wait "$n" || die "pgbench -i failed (see $WORK/pgbench-init-node*.log)"; done
+    for ((n = 0; n < NODES; n++)); do
+        node_psql "$n" postgres -c "CHECKPOINT"
+        [ "$n" -eq 0 ] && node_psql 0 postgres -c "CREATE DATABASE bench_direct TEMPLATE bench_tpl STRATEGY FILE_COPY"
+        for t in "${TARGET_NAMES[@]}"; do
+            if [ "${T_REPL[$t]}" = yes ] && [ -z "${T_SKIP[$t]:-}" ]; then
+                node_psql "$n" postgres -c "CREATE DATABASE bench_$t TEMPLATE bench_tpl STRATEGY FILE_COPY"
+            fi
+        done
+        node_psql "$n" postgres -c "DROP DATABASE bench_tpl"
+    done
+}
+
+# ---------------------------------------------------------------------------------------------
+# Target start functions: set T_PORT, T_DB (and T_PID); or T_SKIP with the reason.
+# ---------------------------------------------------------------------------------------------
+start_direct() { T_PORT[$1]=${NODE_PORT[0]}; T_DB[$1]=bench_direct; }
+
+PGB_PORT=
+PGB_PID=
+write_pgbouncer_conf() { # DIR PORT MAX_CLIENT_CONN
+    local dir=$1
+    printf '"postgres" ""\n' >"$dir/userlist.txt"
+    cat >"$dir/pgbouncer.ini" <<EOF
+; written by scripts/bench.sh
+[databases]
+bench_tx = host=127.0.0.1 port=${NODE_PORT[0]} dbname=bench_direct pool_mode=transaction pool_size=20
+bench_sess = host=127.0.0.1 port=${NODE_PORT[0]} dbname=bench_direct pool_mode=session pool_size=$((MAX_CLIENTS + 8))
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $2
+unix_socket_dir =
+auth_type = trust
+auth_file = $dir/userlist.txt
+pool_mode = transaction
+default_pool_size = 20
+max_client_conn = $3
+logfile = $dir/pgbouncer.log
+pidfile = $dir/pgbouncer.pid
+EOF
+    is_root && chown -R postgres:postgres "$dir"
+    return 0
+}
+launch_pgbouncer() { # DIR PORT -> sets LAUNCHED_PID
+    # PgBouncer refuses to run as root: -u makes it switch to postgres (keeping our ulimit -n).
+    if is_root; then
+        pgbouncer -u postgres "$1/pgbouncer.ini" >>"$1/stderr.log" 2>&1 &
+    else
+        pgbouncer "$1/pgbouncer.ini" >>"$1/stderr.log" 2>&1 &
+    fi
+    LAUNCHED_PID=$!
+    BG_PIDS+=("$LAUNCHED_PID")
+    wait_port "$2" "$LAUNCHED_PID" || { tail -20 "$1/pgbouncer.log" "$1/stderr.log" >&2; return 1; }
+}
+start_pgbouncer() { # NAME transaction|session
+    if [ -z "$PGB_PORT" ]; then
+        PGB_PORT=$(free_port)
+        write_pgbouncer_conf "$WORK/pgbouncer" "$PGB_PORT" 400 || return 1
+        launch_pgbouncer "$WORK/pgbouncer" "$PGB_PORT" || { T_SKIP[$1]="PgBouncer did not start"; return 0; }
+        PGB_PID=$LAUNCHED_PID
+    fi
+    T_PORT[$1]=$PGB_PORT T_PID[$1]=$PGB_PID
+    if [ "$2" = transaction ]; then T_DB[$1]=bench_tx; else T_DB[$1]=bench_sess; fi
+}
+
+start_pgpool() { # NAME
+    local dir=$WORK/pgpool n port pcp
+    port=$(free_port) pcp=$(free_port)
+    mkdir -p "$dir/oiddir"
+    : >"$dir/pcp.conf"
+    printf 'local all all trust\nhost all all 127.0.0.1/32 trust\n' >"$dir/pool_hba.conf"
+    {
+        echo "# written by scripts/bench.sh for pgpool-II $($PGPOOL --version 2>&1 | awk '{print $3}')"
+        echo "backend_clustering_mode = 'native_replication'"
+        echo "listen_addresses = '127.0.0.1'"
+        echo "port = $port"
+        echo "socket_dir = '$dir'"
+        echo "pcp_listen_addresses = ''"
+        echo "pcp_port = $pcp"
+        echo "pcp_socket_dir = '$dir'"
+        echo "wd_ipc_socket_dir = '$dir'"
+        echo "pid_file_name = '$dir/pgpool.pid'"
+        echo "logdir = '$dir'"
+        echo "memqcache_oiddir = '$dir/oiddir'"
+        for ((n = 0; n < NODES; n++)); do
+            echo "backend_hostname$n = '127.0.0.1'"
+            echo "backend_port$n = ${NODE_PORT[$n]}"
+            echo "backend_weight$n = 1"
+            echo "backend_flag$n = 'DISALLOW_TO_FAILOVER'"
+        done
+        echo "enable_pool_hba = off"
+        echo "pool_passwd = ''"
+        echo "num_init_children = $((MAX_CLIENTS + 4))"
+        echo "max_pool = 1"
+        echo "reserved_connections = 0"
+        echo "child_life_time = 0"
+        echo "child_max_connections = 0"
+        echo "connection_life_time = 0"
+        echo "client_idle_limit = 0"
+        echo "connection_cache = on"
+        echo "load_balance_mode = on"
+        echo "statement_level_load_balance = off"
+        echo "replicate_select = off"
+        echo "insert_lock = off"
+        echo "replication_stop_on_mismatch = off"
+        echo "failover_if_affected_tuples_mismatch = off"
+        echo "health_check_period = 0"
+        echo "failover_on_backend_error = off"
+        echo "failover_on_backend_shutdown = off"
+        echo "use_watchdog = off"
+        echo "memory_cache_enabled = off"
+        echo "ssl = off"
+        echo "log_destination = 'stderr'"
+        echo "logging_collector = off"
+        echo "log_min_messages = warning"
+        echo "log_connections = off"
+        echo "log_statement = off"
+    } >"$dir/pgpool.conf"
+    # -n: stay in the foreground (we own the process); -D: ignore any saved node status.
+    "$PGPOOL" -n -D -f "$dir/pgpool.conf" -F "$dir/pcp.conf" -a "$dir/pool_hba.conf" >"$dir/pgpool.log" 2>&1 &
+    T_PID[$1]=$!
+    BG_PIDS+=("${T_PID[$1]}")
+    if ! wait_port "$port" "${T_PID[$1]}"; then
+        tail -20 "$dir/pgpool.log" >&2
+        T_SKIP[$1]="pgpool-II did not start (see its log)"
+        return 0
+    fi
+    # The children are forked at start; a first query makes sure they serve.
+    if ! psql -X -q -At -h 127.0.0.1 -p "$port" -U postgres -d "bench_$1" -c "SELECT 1" >/dev/null 2>>"$dir/pgpool.log"; then
+        tail -20 "$dir/pgpool.log" >&2
+        T_SKIP[$1]="pgpool-II does not answer queries (see its log)"
+        return 0
+    fi
+    T_PORT[$1]=$port T_DB[$1]=bench_$1
+}
+
+write_pgmulti_conf() { # FILE PORT MODE LOG_LEVEL LOGFILE [WRITE_ACK [COMMIT_PROTOCOL]]
+    local n nodes=1
+    [ "$3" = replication ] && nodes=$NODES
+    {
+        echo "# written by scripts/bench.sh"
+        echo "listen_addresses = '127.0.0.1'"
+        echo "port = $2"
+        echo "unix_socket_directories = ''"
+        echo "mode = $3"
+        [ -n "${6:-}" ] && echo "write_ack = $6"
+        [ -n "${7:-}" ] && echo "commit_protocol = $7"
+        for ((n = 0; n < nodes; n++)); do
+            echo "backend_hostname$n = '127.0.0.1'"
+            echo "backend_port$n = ${NODE_PORT[$n]}"
+        done
+        echo "backend_sslmode = disable        # the nodes have no TLS; as PgBouncer's default"
+        echo "health_check_period = 0          # as for pgpool-II"
+        echo "max_client_conn = 20000"
+        echo "log_file = '$5'"
+        echo "log_level = $4"
+    } >"$1"
+}
+launch_pgmulti() { # CONF PORT OUTFILE -> LAUNCHED_PID
+    "$PGMULTI" -f "$1" >>"$3" 2>&1 &
+    LAUNCHED_PID=$!
+    BG_PIDS+=("$LAUNCHED_PID")
+    wait_port "$2" "$LAUNCHED_PID"
+}
+check_pgmulti() { # NAME MODE LOG_LEVEL [WRITE_ACK [COMMIT_PROTOCOL]]: config + --check
+    local name=$1 mode=$2 level=$3 conf msg
+    T_PORT[$name]=$(free_port)
+    conf=$WORK/pgmulti/$name.conf
+    write_pgmulti_conf "$conf" "${T_PORT[$name]}" "$mode" "$level" "$WORK/pgmulti/$name.log" "${4:-}" "${5:-}"
+    if ! msg=$("$PGMULTI" --check -f "$conf" 2>&1); then
+        msg=$(printf '%s' "$msg" | head -1 | sed "s|$conf: *||")
+        if [ "$mode" = replication ]; then
+            T_SKIP[$name]="not implemented yet (pgmulti --check: $msg)"
+        else
+            T_SKIP[$name]="pgmulti refuses the configuration: $msg"
+        fi
+    fi
+    if [ "$mode" = replication ]; then T_DB[$name]=bench_$name; else T_DB[$name]=bench_direct; fi
+    return 0
+}
+start_pgmulti() { # NAME MODE LOG_LEVEL [WRITE_ACK [COMMIT_PROTOCOL]]
+    local name=$1
+    [ -f "$WORK/pgmulti/$name.conf" ] || check_pgmulti "$@"
+    [ -z "${T_SKIP[$name]:-}" ] || return 0
+    if ! launch_pgmulti "$WORK/pgmulti/$name.conf" "${T_PORT[$name]}" "$WORK/pgmulti/$name.out"; then
+        T_SKIP[$name]="pgmulti did not start: $(tail -1 "$WORK/pgmulti/$name.out" 2>/dev/null)"
+        return 0
+    fi
+    T_PID[$name]=$LAUNCHED_PID
+    [ "$3" = trace ] && T_NOTE[$name]=trace
+    return 0
+}
+
+# ---------------------------------------------------------------------------------------------
+# Measuring
+# ---------------------------------------------------------------------------------------------
+RESULTS=$WORK/results.tsv   # round target workload clients tps p50_us p99_us status note
+CHECKS=$WORK/checks.tsv     # round target workload clients verdict detail
+MEMORY=$WORK/memory.tsv     # target clients_asked clients_ok rss_idle_kib rss_kib kib_per_client note
+COMMANDS=$WORK/commands.txt
+printf 'round\ttarget\tworkload\tclients\ttps\tp50_us\tp99_us\tstatus\tnote\n' >"$RESULTS"
+printf 'round\ttarget\tworkload\tclients\tverdict\tdetail\n' >"$CHECKS"
+printf 'target\tclients_asked\tclients_ok\trss_idle_kib\trss_kib\tkib_per_client\tnote\n' >"$MEMORY"
+: >"$COMMANDS"
+
+# One checksum per pgbench table, per node, queried on the node directly.
+CHECKSUM_SQL="SELECT 'pgbench_branches=' || md5(string_agg(t::text, ',' ORDER BY t.bid)) FROM pgbench_branches t
+UNION ALL SELECT 'pgbench_tellers=' || md5(string_agg(t::text, ',' ORDER BY t.tid)) FROM pgbench_tellers t
+UNION ALL SELECT 'pgbench_accounts=' || count(*) || ':' || coalesce(sum(abalance), 0) || ':'
+       || coalesce(sum(aid::bigint * abalance), 0) || ':' || coalesce(sum(bid::bigint * abalance), 0) FROM pgbench_accounts
+UNION ALL SELECT 'pgbench_history=' || count(*) || ':' || coalesce(md5(string_agg(t::text, ',' ORDER BY t::text)), '') FROM pgbench_history t"
+
+compare_nodes() { # ROUND TARGET WORKLOAD CLIENTS
+    local t=$2 n diff="" pids=()
+    for ((n = 0; n < NODES; n++)); do
+        node_psql "$n" "${T_DB[$t]}" -c "$CHECKSUM_SQL" >"$WORK/runs/sum.$n" 2>&1 &
+        pids+=($!)
+    done
+    local failed=""
+    for ((n = 0; n < NODES; n++)); do wait "${pids[$n]}" || failed="$failed node$n"; done
+    if [ -n "$failed" ]; then
+        printf '%s\t%s\t%s\t%s\tCHECK FAILED\t%s\n' "$@" "checksum query failed on${failed}: $(head -1 "$WORK/runs/sum.0")" >>"$CHECKS"
+        say "  !! $t: checksum query failed on${failed}"
+        return 0
+    fi
+    local table
+    for table in pgbench_branches pgbench_tellers pgbench_accounts pgbench_history; do
+        local first="" same=1 v
+        for ((n = 0; n < NODES; n++)); do
+            v=$(grep "^$table=" "$WORK/runs/sum.$n" || echo "$table=?")
+            if [ $n -eq 0 ]; then first=$v; elif [ "$v" != "$first" ]; then same=0; fi
+        done
+        [ $same = 1 ] || diff="$diff $table"
+    done
+    if [ -z "$diff" ]; then
+        printf '%s\t%s\t%s\t%s\tidentical\t\n' "$@" >>"$CHECKS"
+    else
+        printf '%s\t%s\t%s\t%s\tDIVERGED\t%s\n' "$@" "${diff# }" >>"$CHECKS"
+        say "  !! $t: nodes differ after this run:${diff}"
+    fi
+}
+
+run_one() { # ROUND TARGET WORKLOAD CLIENTS
+    local round=$1 t=$2 w=$3 c=$4 prefix out rc tps lat status=ok note=""
+    prefix=$WORK/txlog/r$round.$t.$w.c$c
+    out=$WORK/runs/r$round.$t.$w.c$c.out
+    local cmd=(pgbench -h 127.0.0.1 -p "${T_PORT[$t]}" -U postgres ${W_OPTS[$w]} -c "$c" -j "$THREADS"
+        -T "$DURATION" -l --log-prefix="$prefix" "${T_DB[$t]}")
+    printf '%s\t%s\t%s\t%s\n' "$t" "$w" "$c" "${cmd[*]}" >>"$COMMANDS"
+    rc=0
+    "${cmd[@]}" >"$out" 2>&1 || rc=$?
+    tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$out" | tail -1)
+    read -r p50 p99 _ < <(python3 "$HERE/latency.py" "$prefix".* 2>/dev/null || echo "- - 0")
+    rm -f "$prefix".*
+    if [ "$rc" -ne 0 ] || [ -z "$tps" ]; then
+        status=error
+        note=$(grep -m1 -iE 'error|fatal|abort' "$out" | tr '\t' ' ' | cut -c1-160 || true)
+        [ -n "$tps" ] || tps=0
+    elif grep -q '^number of failed transactions: [1-9]' "$out"; then
+        status=error
+        note=$(grep -m1 '^number of failed transactions' "$out")
+    fi
+    if [ "${T_NOTE[$t]:-}" ] && [ -f "$WORK/pgmulti/$t.log" ]; then
+        note="trace bytes=$(stat -c %s "$WORK/pgmulti/$t.log")"
+        : >"$WORK/pgmulti/$t.log"
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$t" "$w" "$c" "$tps" "$p50" "$p99" "$status" "$note" >>"$RESULTS"
+    say "round $round  $(printf '%-12s %-12s c=%-4s' "$t" "$w" "$c")  tps=$tps  p50=${p50}us p99=${p99}us ${status/ok/}"
+    if [ "${T_REPL[$t]}" = yes ] && [[ $w == tpcb* ]]; then
+        compare_nodes "$round" "$t" "$w" "$c"
+    fi
+}
+
+# VmRSS of PID in KiB.
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+measure_idle_clients() { # TARGET-NAME PID PORT DB COUNT NOTE
+    local name=$1 pid=$2 port=$3 db=$4 count=$5 note=$6 ready helper idle rss ok i
+    ready=$WORK/runs/idle.$name.ready
+    sleep 0.5
+    idle=$(rss_kib "$pid")
+    python3 "$HERE/idle_clients.py" --port "$port" --count "$count" --db "$db" --ready-file "$ready" \
+        >"$WORK/runs/idle.$name.out" 2>&1 &
+    helper=$!
+    BG_PIDS+=("$helper")
+    for i in $(seq 1 3000); do
+        [ -f "$ready" ] && break
+        kill -0 "$helper" 2>/dev/null || break
+        sleep 0.1
+    done
+    sleep 1
+    rss=$(rss_kib "$pid" || echo 0)
+    ok=$(sed -n 's/^ok=\([0-9]*\).*/\1/p' "$ready" 2>/dev/null || echo 0)
+    ok=${ok:-0}
+    local err
+    err=$(sed -n "s/.*error='\(.*\)'$/\1/p" "$ready" 2>/dev/null | cut -c1-120)
+    [ "$ok" -lt "$count" ] && note="$note; only $ok of $count logged in${err:+ (first error: $err)}"
+    kill -TERM "$helper" 2>/dev/null || true
+    wait "$helper" 2>/dev/null || true
+    local per=-
+    [ "$ok" -gt 0 ] && per=$(awk -v a="$rss" -v b="$idle" -v n="$ok" 'BEGIN {printf "%.1f", (a - b) / n}')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$count" "$ok" "$idle" "$rss" "$per" "$note" >>"$MEMORY"
+    say "memory $name: $ok idle clients, RSS $idle -> $rss KiB, $per KiB per client"
+}
+
+memory_test() {
+    local n=$MEM_CLIENTS note=""
+    # Each needs n descriptors (pgmulti 2n: client + node connection each).
+    if [ $((2 * n + 200)) -gt "$NOFILE" ]; then
+        n=$(((NOFILE - 200) / 2))
+        note="capped at $n clients by ulimit -n $NOFILE"
+    fi
+    # Stop the benchmark instances (they hold node connections) and give node 0 room for one
+    # backend per pgmulti client.
+    local t pid
+    for pid in "${BG_PIDS[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
+    for pid in "${BG_PIDS[@]}"; do
+        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    BG_PIDS=()
+    say "memory test: restarting node 0 with max_connections = $((n + 100))"
+    as_pg "$PG_BIN/pg_ctl" -D "$PGROOT/node0" -m fast -w stop >/dev/null
+    start_node 0 "-c max_connections=$((n + 100))"
+
+    # PgBouncer, transaction pooling (its idle clients hold no server connection).
+    local dir=$WORK/pgbouncer-mem port
+    mkdir -p "$dir"
+    port=$(free_port)
+    write_pgbouncer_conf "$dir" "$port" $((n + 100))
+    if launch_pgbouncer "$dir" "$port"; then
+        measure_idle_clients pgbouncer "$LAUNCHED_PID" "$port" bench_tx "$n" "${note:-transaction pooling}"
+    fi
+    # pgmulti relay, log_level info: one node connection per client session.
+    port=$(free_port)
+    write_pgmulti_conf "$WORK/pgmulti/mem.conf" "$port" relay info "$WORK/pgmulti/mem.log"
+    if launch_pgmulti "$WORK/pgmulti/mem.conf" "$port" "$WORK/pgmulti/mem.out"; then
+        measure_idle_clients pgmulti "$LAUNCHED_PID" "$port" bench_direct "$n" \
+            "${note:+$note; }relay mode: each client also holds a node-0 connection (node max_connections $((n + 100)))"
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+START_TS=$(date +%s)
+say "work folder $WORK; scale $SCALE, $ROUNDS rounds x ${DURATION}s, clients $CLIENTS"
+define_targets
+if [ -n "${BENCH_TARGETS:-}" ]; then
+    keep=()
+    for t in "${TARGET_NAMES[@]}"; do [[ " $BENCH_TARGETS " == *" $t "* ]] && keep+=("$t"); done
+    TARGET_NAMES=("${keep[@]}")
+fi
+say "creating $NODES nodes"
+create_nodes
+# pgmulti's --check decides first whether a pgmulti target can run at all (the databases of
+# replicating targets are only loaded for targets that can).
+for t in "${TARGET_NAMES[@]}"; do
+    set -- ${T_START[$t]}
+    if [ "$1" = start_pgmulti ]; then shift; check_pgmulti "$t" "$@"; fi
+done
+say "loading pgbench data (scale $SCALE) on $NODES nodes"
+load_data
+say "starting targets"
+for t in "${TARGET_NAMES[@]}"; do
+    [ -z "${T_SKIP[$t]:-}" ] || continue
+    set -- ${T_START[$t]}
+    fn=$1
+    shift
+    "$fn" "$t" "$@"
+done
+for t in "${TARGET_NAMES[@]}"; do
+    if [ -n "${T_SKIP[$t]:-}" ]; then say "skipping $t: ${T_SKIP[$t]}"; fi
+done
+
+# Versions, machine.
+{
+    echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "nproc=$(nproc)"
+    echo "cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
+    echo "mem=$(awk '/^MemTotal:/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
+    echo "kernel=$(uname -sr)"
+    echo "os=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME")"
+    echo "postgres=$("$PG_BIN/postgres" --version)"
+    echo "pgbench=$(pgbench --version)"
+    echo "pgbouncer=$(pgbouncer --version | head -1)"
+    echo "pgpool=$("$PGPOOL" --version 2>&1 | head -1)"
+    echo "pgmulti=$("$PGMULTI" --version)"
+    echo "commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' (src modified)')"
+    echo "user=$(id -un)"
+    echo "quick=$QUICK"
+    echo "scale=$SCALE"
+    echo "rounds=$ROUNDS"
+    echo "duration=$DURATION"
+    echo "clients=$CLIENTS"
+    echo "threads=$THREADS"
+    echo "mem_clients=$MEM_CLIENTS"
+    echo "shared_buffers=$SHARED_BUFFERS"
+    echo "node_max_connections=$NODE_MAX_CONN"
+    echo "pool_size_session=$((MAX_CLIENTS + 8))"
+    echo "pgpool_children=$((MAX_CLIENTS + 4))"
+    echo "loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "invocation=scripts/bench.sh ${ORIG_ARGS[*]}"
+} >"$WORK/meta.env"
+{
+    for t in "${TARGET_NAMES[@]}"; do
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "${T_GROUP[$t]}" "${T_REPL[$t]}" "${T_WORK[$t]}" "${T_LABEL[$t]}" "${T_SKIP[$t]:-}" "${T_NA[$t]:-}"
+    done
+} >"$WORK/targets.tsv"
+cp "$WORK/pgbouncer/pgbouncer.ini" "$WORK/pgpool/pgpool.conf" "$WORK/pgmulti/relay_info.conf" "$WORK/runs/" 2>/dev/null || true
+
+say "measuring: $ROUNDS rounds"
+for ((round = 1; round <= ROUNDS; round++)); do
+    for w in $WORKLOADS; do
+        for c in $CLIENTS; do
+            # This workload's runnable targets, rotated by one each round so that no target
+            # always runs first (right after a TPC-B run, for instance).
+            list=()
+            for t in "${TARGET_NAMES[@]}"; do
+                [ -z "${T_SKIP[$t]:-}" ] && [[ " ${T_WORK[$t]} " == *" $w "* ]] && list+=("$t")
+            done
+            k=${#list[@]}
+            for ((i = 0; i < k; i++)); do
+                run_one "$round" "${list[$(((i + round - 1) % k))]}" "$w" "$c"
+            done
+        done
+    done
+done
+echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$WORK/meta.env"
+
+say "memory test: $MEM_CLIENTS idle clients"
+memory_test
+echo "elapsed_s=$(($(date +%s) - START_TS))" >>"$WORK/meta.env"
+
+mkdir -p "$(dirname "$OUT")"
+python3 "$HERE/report.py" --work "$WORK" --out "$OUT" --svg "$SVG" --workloads "$WORKLOADS"
+say "report: $OUT (chart $SVG); $(($(date +%s) - START_TS)) s in all"
