@@ -1016,3 +1016,25 @@ fn sighup_reloads_the_auth_file() {
     );
     assert_output(&alice("rotated-pw"), "1", "after a failed reload");
 }
+
+#[test]
+fn gssenc_request_is_refused_and_login_goes_on() {
+    let pm = Pgmulti::start(&PgmultiConf::relay(shared_node()));
+    let mut s = TcpStream::connect(("127.0.0.1", pm.port())).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // GSSENCRequest: length 8, code 80877104.
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]).unwrap();
+    let mut answer = [0u8; 1];
+    s.read_exact(&mut answer).unwrap();
+    assert_eq!(answer[0], b'N', "GSSENCRequest must be answered 'N'");
+    s.write_all(&startup_packet("postgres", "postgres"))
+        .unwrap();
+    loop {
+        let (tag, body) = read_message(&mut s).expect("login after GSSENCRequest");
+        match tag {
+            b'Z' => break,
+            b'E' => panic!("login failed: {}", String::from_utf8_lossy(&body)),
+            _ => {}
+        }
+    }
+}

@@ -144,7 +144,11 @@ mod tests {
         peer.write_all(&[2u8; 30_000]).unwrap();
         ep.set_ready(true, false, false);
         ep.fill().unwrap();
-        assert!(ep.rx.is_full(), "stopped reading with {} bytes", ep.rx.len());
+        assert!(
+            ep.rx.is_full(),
+            "stopped reading with {} bytes",
+            ep.rx.len()
+        );
         assert!(ep.readable, "data is still waiting in the socket");
     }
 
