@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # pgmulti benchmark: pgmulti against what users would pick instead, in one command.
 #
-#   scripts/bench.sh [--quick] [--out FILE] [--keep] [--dir DIR]
+#   scripts/bench.sh [--quick] [--out FILE] [--keep] [--dir DIR] [--rev REV]
 #
-#   --quick      scale 10, 2 rounds of short runs, clients 8 and 64, 1,000 idle clients for the
-#                memory test (under 5 minutes on 2 cores); default: scale 50, 5 rounds x 20 s,
-#                clients 1 8 64 256, 5,000 idle clients
+#   --quick      scale 10, 2 rounds of 2 s runs, clients 8 and 64, 1,000 idle clients for the
+#                memory test: about 4 minutes on 2 cores. Default (full): scale 50, 5 rounds x
+#                20 s, clients 1 8 64 256, 5,000 idle clients: about 3 hours on 2 cores.
 #   --out FILE   where the Markdown report goes (default docs/benchmarks.md); the chart is
 #                written next to it as <name>-select.svg (docs/benchmarks-select.svg)
 #   --keep       keep the work folder (node data, configs, logs, raw results)
 #   --dir DIR    work folder (default: a new folder under ${TMPDIR:-/tmp}); must not exist
+#   --rev REV    benchmark a committed revision (git archive + cargo build) instead of the
+#                working tree
 #
-# Environment overrides: BENCH_SCALE, BENCH_ROUNDS, BENCH_DURATION (s), BENCH_CLIENTS
+# Environment overrides: BENCH_SCALE, BENCH_ROUNDS, BENCH_DURATION (seconds), BENCH_CLIENTS
 # ("8 64"), BENCH_MEM_CLIENTS, BENCH_WORKLOADS ("select select_prep tpcb tpcb_prep connect"),
-# BENCH_TARGETS (names from the target list below, e.g. "direct relay_info").
+# BENCH_TARGETS (names from the target list below, e.g. "direct relay_info"), PGMULTI_BIN (use
+# this binary instead of building one).
 #
 # What it does, all by itself: installs Debian's pgbouncer and pgpool2 if missing (apt-get, when
 # root; an ordinary user must have them installed already), builds pgmulti (cargo build
@@ -34,6 +37,7 @@ QUICK=0
 KEEP=0
 OUT=$REPO/docs/benchmarks.md
 WORK=
+REV=
 ORIG_ARGS=("$@")
 while [ $# -gt 0 ]; do
     case $1 in
@@ -42,8 +46,10 @@ while [ $# -gt 0 ]; do
         --out) OUT=$2; shift ;;
         --out=*) OUT=${1#--out=} ;;
         --dir) WORK=$2; shift ;;
+        --rev) REV=$2; shift ;;
+        --rev=*) REV=${1#--rev=} ;;
         --dir=*) WORK=${1#--dir=} ;;
-        -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -90,7 +96,7 @@ declare -A T_NA
 na_note() { T_NA[$1]="${T_NA[$1]:-}$2=$3;"; }
 define_targets() {
     add_target direct      ref     no  "select select_prep tpcb tpcb_prep connect" "direct → node 0" start_direct
-    add_target pgb_tx      peer    no  "select select_prep connect"                "PgBouncer transaction pool → node 0" start_pgbouncer transaction
+    add_target pgb_tx      peer    no  "select connect"                            "PgBouncer transaction pool → node 0" start_pgbouncer transaction
     add_target pgb_sess    peer    no  "select select_prep connect"                "PgBouncer session pool → node 0" start_pgbouncer session
     add_target pgpool      peer    yes "select select_prep tpcb tpcb_prep connect" "pgpool-II native replication, 3 nodes" start_pgpool
     add_target relay_info  pgmulti no  "select select_prep tpcb tpcb_prep connect" "pgmulti relay → node 0 (log info)" start_pgmulti relay info
@@ -115,7 +121,7 @@ W_OPTS[connect]="-n -C -S -M simple"      W_LABEL[connect]="connect per transact
 # Prerequisites
 # ---------------------------------------------------------------------------------------------
 [ -x "$PG_BIN/initdb" ] || die "PostgreSQL 15 server binaries missing: apt-get install postgresql-15"
-for c in pgbench psql python3 perl cargo; do
+for c in pgbench psql python3 perl; do
     command -v $c >/dev/null || die "$c not found on PATH"
 done
 
@@ -145,9 +151,27 @@ ensure_peers() {
 ensure_peers
 PGPOOL=$(command -v pgpool || echo /usr/sbin/pgpool)
 
-say "building pgmulti (cargo build --release)"
-(cd "$REPO" && cargo build --release -q) || die "cargo build failed"
-PGMULTI=${CARGO_TARGET_DIR:-$REPO/target}/release/pgmulti
+PGMULTI_REV=
+if [ -n "${PGMULTI_BIN:-}" ]; then
+    PGMULTI=$PGMULTI_BIN   # a prebuilt binary (for a user without the Rust toolchain)
+elif [ -n "$REV" ]; then
+    # A committed revision, exported from git (the working tree is left alone); its own target
+    # folder so that the working tree's build isn't disturbed.
+    PGMULTI_REV=$(git -C "$REPO" rev-parse --short "$REV^{commit}") || die "unknown revision $REV"
+    src=${TMPDIR:-/tmp}/pgmulti-bench-src.$$
+    rm -rf "$src" && mkdir -p "$src"
+    git -C "$REPO" archive "$PGMULTI_REV" | tar -x -C "$src"
+    say "building pgmulti $PGMULTI_REV (cargo build --release, from git archive)"
+    (cd "$src" && CARGO_TARGET_DIR=$REPO/target/bench-rev cargo build --release -q) ||
+        { rm -rf "$src"; die "cargo build of $PGMULTI_REV failed"; }
+    rm -rf "$src"
+    PGMULTI=$REPO/target/bench-rev/release/pgmulti
+else
+    say "building pgmulti (cargo build --release)"
+    (cd "$REPO" && cargo build --release -q) || die "cargo build failed (or try --rev HEAD)"
+    PGMULTI=${CARGO_TARGET_DIR:-$REPO/target}/release/pgmulti
+fi
+[ -x "$PGMULTI" ] || die "no pgmulti binary at $PGMULTI"
 
 # File descriptors: 256 pgbench clients, and thousands of idle clients in the memory test.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -468,11 +492,11 @@ start_pgmulti() { # NAME MODE LOG_LEVEL [WRITE_ACK [COMMIT_PROTOCOL]]
 # ---------------------------------------------------------------------------------------------
 RESULTS=$WORK/results.tsv   # round target workload clients tps p50_us p99_us status note
 CHECKS=$WORK/checks.tsv     # round target workload clients verdict detail
-MEMORY=$WORK/memory.tsv     # target clients_asked clients_ok rss_idle_kib rss_kib kib_per_client note
+MEMORY=$WORK/memory.tsv     # target clients_asked clients_ok rss_idle/half/all kib_per_client kib_marginal hwm note
 COMMANDS=$WORK/commands.txt
 printf 'round\ttarget\tworkload\tclients\ttps\tp50_us\tp99_us\tstatus\tnote\n' >"$RESULTS"
 printf 'round\ttarget\tworkload\tclients\tverdict\tdetail\n' >"$CHECKS"
-printf 'target\tclients_asked\tclients_ok\trss_idle_kib\trss_kib\tkib_per_client\tnote\n' >"$MEMORY"
+printf 'target\tclients_asked\tclients_ok\trss_idle_kib\trss_half_kib\trss_kib\tkib_per_client\tkib_marginal\thwm_kib\tnote\n' >"$MEMORY"
 : >"$COMMANDS"
 
 # One checksum per pgbench table, per node, queried on the node directly.
@@ -546,33 +570,49 @@ run_one() { # ROUND TARGET WORKLOAD CLIENTS
 # VmRSS of PID in KiB.
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
-measure_idle_clients() { # TARGET-NAME PID PORT DB COUNT NOTE
-    local name=$1 pid=$2 port=$3 db=$4 count=$5 note=$6 ready helper idle rss ok i
-    ready=$WORK/runs/idle.$name.ready
-    sleep 0.5
-    idle=$(rss_kib "$pid")
-    python3 "$HERE/idle_clients.py" --port "$port" --count "$count" --db "$db" --ready-file "$ready" \
-        >"$WORK/runs/idle.$name.out" 2>&1 &
-    helper=$!
-    BG_PIDS+=("$helper")
+# Opens COUNT idle clients in two halves (two helper processes, both held), reading VmRSS before,
+# after the first half and after all: per client = (RSS_all - RSS_idle) / COUNT; marginal =
+# (RSS_all - RSS_half) / (COUNT - half), which leaves out one-time growth.
+open_idle_clients() { # TAG PORT DB COUNT -> sets HELD (clients logged in), HELD_ERR
+    local ready=$WORK/runs/idle.$1.ready i ok
+    rm -f "$ready"
+    python3 "$HERE/idle_clients.py" --port "$2" --count "$4" --db "$3" --ready-file "$ready" \
+        >"$WORK/runs/idle.$1.out" 2>&1 &
+    HELPERS+=($!)
+    BG_PIDS+=($!)
     for i in $(seq 1 3000); do
         [ -f "$ready" ] && break
-        kill -0 "$helper" 2>/dev/null || break
+        kill -0 "$!" 2>/dev/null || break
         sleep 0.1
     done
+    ok=$(sed -n 's/^ok=\([0-9]*\).*/\1/p' "$ready" 2>/dev/null)
+    HELD=${ok:-0}
+    HELD_ERR=$(sed -n "s/.*error='\(.*\)'$/\1/p" "$ready" 2>/dev/null | cut -c1-120)
+}
+measure_idle_clients() { # TARGET-NAME PID PORT DB COUNT NOTE
+    local name=$1 pid=$2 port=$3 db=$4 count=$5 note=$6 idle half rss held1 held2 h
+    local first=$((count / 2))
+    HELPERS=()
+    sleep 0.5
+    idle=$(rss_kib "$pid")
+    open_idle_clients "$name.1" "$port" "$db" "$first"
+    held1=$HELD
+    sleep 1
+    half=$(rss_kib "$pid" || echo 0)
+    open_idle_clients "$name.2" "$port" "$db" $((count - first))
+    held2=$HELD
     sleep 1
     rss=$(rss_kib "$pid" || echo 0)
-    ok=$(sed -n 's/^ok=\([0-9]*\).*/\1/p' "$ready" 2>/dev/null || echo 0)
-    ok=${ok:-0}
-    local err
-    err=$(sed -n "s/.*error='\(.*\)'$/\1/p" "$ready" 2>/dev/null | cut -c1-120)
-    [ "$ok" -lt "$count" ] && note="$note; only $ok of $count logged in${err:+ (first error: $err)}"
-    kill -TERM "$helper" 2>/dev/null || true
-    wait "$helper" 2>/dev/null || true
-    local per=-
+    local ok=$((held1 + held2))
+    [ "$ok" -lt "$count" ] && note="$note; only $ok of $count logged in${HELD_ERR:+ (first error: $HELD_ERR)}"
+    for h in "${HELPERS[@]}"; do kill -TERM "$h" 2>/dev/null || true; done
+    for h in "${HELPERS[@]}"; do wait "$h" 2>/dev/null || true; done
+    local per=- marg=-
     [ "$ok" -gt 0 ] && per=$(awk -v a="$rss" -v b="$idle" -v n="$ok" 'BEGIN {printf "%.1f", (a - b) / n}')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$count" "$ok" "$idle" "$rss" "$per" "$note" >>"$MEMORY"
-    say "memory $name: $ok idle clients, RSS $idle -> $rss KiB, $per KiB per client"
+    [ "$held2" -gt 0 ] && marg=$(awk -v a="$rss" -v b="$half" -v n="$held2" 'BEGIN {printf "%.1f", (a - b) / n}')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$count" "$ok" "$idle" "$half" "$rss" "$per" "$marg" \
+        "$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")" "$note" >>"$MEMORY"
+    say "memory $name: $ok idle clients, RSS $idle -> $half ($held1 clients) -> $rss KiB; $per KiB per client, marginal $marg"
 }
 
 memory_test() {
@@ -658,7 +698,13 @@ done
     echo "pgbouncer=$(pgbouncer --version | head -1)"
     echo "pgpool=$("$PGPOOL" --version 2>&1 | head -1)"
     echo "pgmulti=$("$PGMULTI" --version)"
-    echo "commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' (src modified)')"
+    if [ -n "$PGMULTI_REV" ]; then
+        echo "commit=$PGMULTI_REV (built from git archive)"
+    elif [ -n "${PGMULTI_BIN:-}" ]; then
+        echo "commit=unknown (prebuilt binary $PGMULTI_BIN; HEAD is $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null))"
+    else
+        echo "commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet HEAD -- src Cargo.toml Cargo.lock build.rs 2>/dev/null || echo ' + uncommitted changes in src (working tree build)')"
+    fi
     echo "user=$(id -un)"
     echo "quick=$QUICK"
     echo "scale=$SCALE"
@@ -679,7 +725,8 @@ done
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "${T_GROUP[$t]}" "${T_REPL[$t]}" "${T_WORK[$t]}" "${T_LABEL[$t]}" "${T_SKIP[$t]:-}" "${T_NA[$t]:-}"
     done
 } >"$WORK/targets.tsv"
-cp "$WORK/pgbouncer/pgbouncer.ini" "$WORK/pgpool/pgpool.conf" "$WORK/pgmulti/relay_info.conf" "$WORK/runs/" 2>/dev/null || true
+cp "$WORK/pgbouncer/pgbouncer.ini" "$WORK/pgpool/pgpool.conf" "$WORK/pgmulti/"*.conf "$WORK/runs/" 2>/dev/null || true
+sed -n '/^# scripts\/bench.sh/,$p' "$PGROOT/node0/postgresql.conf" >"$WORK/runs/node0.conf" 2>/dev/null || true
 
 say "measuring: $ROUNDS rounds"
 for ((round = 1; round <= ROUNDS; round++)); do

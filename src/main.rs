@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use pgmulti::auth::userlist::UserList;
-use pgmulti::config::{self, Config, Mode};
+use pgmulti::cluster::{self, Cluster, NodeStatus};
+use pgmulti::config::{self, Config, Mode, WriteAck};
 use pgmulti::net::listener;
 use pgmulti::net::tls::{ClientTls, NodeTls};
-use pgmulti::reactor::context::{NodeAddr, Shared};
+use pgmulti::reactor::context::Shared;
 use pgmulti::reactor::log_queue::{self, LogDrain};
 use pgmulti::reactor::Reactor;
 
@@ -81,22 +82,15 @@ fn usage_error(msg: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// Everything derived from a config that can fail: users, TLS, node addresses.
+/// Everything derived from a config that can fail: users, TLS, the node table.
 struct Parts {
     users: UserList,
     client_tls: Option<ClientTls>,
     node_tls: NodeTls,
-    nodes: Vec<NodeAddr>,
+    cluster: Cluster,
 }
 
 fn build_parts(config: &Config) -> Result<Parts, String> {
-    if config.mode == Mode::Replication {
-        // Serving it as a relay to node 0 would let the other nodes drift: refuse instead.
-        return Err(
-            "mode = replication is not available in this version of pgmulti yet; use mode = relay"
-                .into(),
-        );
-    }
     let users = match &config.auth_file {
         Some(p) => UserList::load(p)?,
         None => UserList::default(),
@@ -110,17 +104,17 @@ fn build_parts(config: &Config) -> Result<Parts, String> {
         config.backend_sslmode,
         config.backend_ssl_ca_file.as_deref(),
     )?;
-    let nodes = resolve_nodes(config)?;
+    let cluster = Cluster::new(resolve_nodes(config)?, config.status_file.clone())?;
     Ok(Parts {
         users,
         client_tls,
         node_tls,
-        nodes,
+        cluster,
     })
 }
 
 /// Node host names are resolved here, at load time, so the loop never waits on DNS.
-fn resolve_nodes(config: &Config) -> Result<Vec<NodeAddr>, String> {
+fn resolve_nodes(config: &Config) -> Result<Vec<cluster::Node>, String> {
     config
         .backends
         .iter()
@@ -131,9 +125,15 @@ fn resolve_nodes(config: &Config) -> Result<Vec<NodeAddr>, String> {
                 .map_err(|e| format!("backend_hostname{i} \"{}\": {e}", b.hostname))?
                 .next()
                 .ok_or_else(|| format!("backend_hostname{i} \"{}\": no address", b.hostname))?;
-            Ok(NodeAddr {
+            Ok(cluster::Node {
+                id: i as u8,
                 host: b.hostname.clone(),
                 addr,
+                weight: b.weight,
+                status: NodeStatus::Up,
+                latency_ms: 0.0,
+                reads: 0,
+                writes: 0,
             })
         })
         .collect()
@@ -157,12 +157,17 @@ fn run(config: Config, parts: Parts) -> Result<(), String> {
         config.backends.len(),
         config.file.display()
     );
+    if config.mode == Mode::Replication && config.write_ack == WriteAck::Async {
+        log::warn!(
+            "write_ack = async is not implemented yet: writes are acknowledged as with sync"
+        );
+    }
     let shared = Shared::new(
         config,
         parts.users,
         parts.client_tls,
         parts.node_tls,
-        parts.nodes,
+        parts.cluster,
     );
     let mut reactor = Reactor::new(listeners, shared, log, reload).map_err(|e| e.to_string())?;
     reactor.run().map_err(|e| e.to_string())

@@ -55,6 +55,13 @@ def ms(us):
     return f"{us / 1000:.2f}"
 
 
+def kib(v):
+    try:
+        return f"{int(v) / 1024:.1f} MiB"
+    except (TypeError, ValueError):
+        return "–"
+
+
 def ratio(a, b):
     if a is None or not b:
         return None
@@ -150,8 +157,9 @@ def main():
           % (meta.get("scale"), meta.get("rounds"), meta.get("duration"), ", ".join(map(str, clients))))
 
     o("## How to run\n")
-    o("```sh\nscripts/bench.sh --quick            # < 5 min: scale 10, 2 rounds, clients 8 and 64\n"
-      "scripts/bench.sh                    # full: scale 50, 5 rounds x 20 s, clients 1 8 64 256\n"
+    o("```sh\nscripts/bench.sh --quick            # ~4 min: scale 10, 2 rounds x 2 s, clients 8 and 64\n"
+      "scripts/bench.sh                    # full, ~3 h: scale 50, 5 rounds x 20 s, clients 1 8 64 256\n"
+      "scripts/bench.sh --quick --rev HEAD # a committed revision instead of the working tree\n"
       "scripts/bench.sh --keep --out /tmp/b.md   # keep the work folder (configs, logs, raw TSV)\n```\n")
     o("The script installs `pgbouncer` and `pgpool2` with apt-get when run as root and they are "
       "missing (an ordinary user must install them first), builds pgmulti with "
@@ -352,22 +360,36 @@ def main():
     # --- memory --------------------------------------------------------------------------------
     o("## Memory: idle client connections\n")
     if memory:
-        o("| Program | Clients held | RSS idle (KiB) | RSS with clients (KiB) | KiB per client | Notes |")
-        o("|---|---:|---:|---:|---:|---|")
+        o("| Program | Clients held | RSS idle | RSS, first half | RSS, all | KiB per client | marginal KiB per client | peak RSS (VmHWM) | Notes |")
+        o("|---|---:|---:|---:|---:|---:|---:|---:|---|")
         for m in memory:
-            o(f"| {m['target']} | {m['clients_ok']} of {m['clients_asked']} | {m['rss_idle_kib']} | "
-              f"{m['rss_kib']} | {m['kib_per_client']} | {m['note']} |")
-        o("\nA fresh instance of each, VmRSS from /proc before and after "
-          "`scripts/bench/idle_clients.py` opened the connections (StartupMessage as postgres, trust, "
-          "read until ReadyForQuery, then hold). KiB per client = (RSS with clients − RSS idle) / clients. "
-          "Node 0 is restarted with a higher `max_connections` for this, because pgmulti in relay mode "
-          "opens one node connection per client session, while PgBouncer's idle clients in transaction "
-          "pooling hold none.\n")
+            o(f"| {m['target']} | {m['clients_ok']} of {m['clients_asked']} | {kib(m['rss_idle_kib'])} | "
+              f"{kib(m['rss_half_kib'])} | {kib(m['rss_kib'])} | **{m['kib_per_client']}** | {m['kib_marginal']} | "
+              f"{kib(m['hwm_kib'])} | {m['note']} |")
+        o("\nA fresh instance of each. `scripts/bench/idle_clients.py` opens the connections (StartupMessage as "
+          "postgres, trust, read until ReadyForQuery, 100 logins in flight at a time, then hold), in two halves by two "
+          "processes; VmRSS is read from /proc before, after the first half and after all. **KiB per client** = "
+          "(RSS all − RSS idle) / clients; **marginal** = (RSS all − RSS first half) / clients of the second half, "
+          "which leaves out one-time growth (allocator arenas, tables sized for the peak). Node 0 is restarted with "
+          "a higher `max_connections` for this, because pgmulti in relay mode opens one node connection per client "
+          "session, while PgBouncer's idle clients in transaction pooling hold no server connection.\n")
     else:
         o("Not measured.\n")
 
     # --- commands ------------------------------------------------------------------------------
     o("## Exact commands\n")
+    o("How the script sets up (`$WORK` is its work folder; node commands run as `postgres` via "
+      "`runuser` when root):\n")
+    o("```")
+    o("initdb -D $WORK/pg/nodeN -U postgres --auth=trust -E UTF8 --locale=C   # N = 0, 1, 2; settings below")
+    o("pg_ctl -D $WORK/pg/nodeN -l $WORK/pg/nodeN.log -w start")
+    o(f"pgbench -i -q -s {meta.get('scale')} -h 127.0.0.1 -p NODE_PORT -U postgres bench_tpl   # on each node")
+    o("psql -c 'CREATE DATABASE bench_direct TEMPLATE bench_tpl STRATEGY FILE_COPY'           # node 0")
+    o("psql -c 'CREATE DATABASE bench_pgpool TEMPLATE bench_tpl STRATEGY FILE_COPY'           # every node")
+    o("pgbouncer [-u postgres] $WORK/pgbouncer/pgbouncer.ini")
+    o("pgpool -n -D -f $WORK/pgpool/pgpool.conf -F $WORK/pgpool/pcp.conf -a $WORK/pgpool/pool_hba.conf")
+    o("pgmulti -f $WORK/pgmulti/relay_info.conf      # and relay_trace.conf")
+    o("```\n")
     o("<details><summary>Every distinct pgbench command of this run (ports and work folder change from run to run)</summary>\n")
     o("```")
     seen = set()
@@ -380,6 +402,15 @@ def main():
                 seen.add(cmd)
                 o(cmd)
     o("```\n</details>\n")
+    for title, fname in (("Node settings appended to postgresql.conf (node 0)", "node0.conf"),
+                         ("pgbouncer.ini", "pgbouncer.ini"), ("pgpool.conf", "pgpool.conf"),
+                         ("pgmulti, relay, log_level info", "relay_info.conf"),
+                         ("pgmulti, relay, log_level trace", "relay_trace.conf")):
+        path = os.path.join(W, "runs", fname)
+        if os.path.exists(path):
+            with open(path) as f:
+                text = f.read().replace(W, "$WORK")
+            o(f"<details><summary>{html.escape(title)}</summary>\n\n```\n{text.rstrip()}\n```\n</details>\n")
     o("Configuration files the script writes (see `scripts/bench.sh`, functions `create_nodes`, "
       "`write_pgbouncer_conf`, `start_pgpool`, `write_pgmulti_conf`); `--keep` keeps them in the work folder.\n")
 

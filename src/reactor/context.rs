@@ -4,7 +4,6 @@
 //! the loop to carry out after the handler returns.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use mio::Registry;
@@ -12,6 +11,7 @@ use mio::Registry;
 use super::timer::{TimerId, TimerWheel};
 use super::token::ConnKey;
 use crate::auth::userlist::UserList;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::net::tls::{ClientTls, NodeTls};
 
@@ -38,12 +38,6 @@ pub struct CancelAsk {
     pub secret_key: u32,
 }
 
-/// A node as the loop uses it: where to connect (resolved at config load).
-pub struct NodeAddr {
-    pub host: String,
-    pub addr: SocketAddr,
-}
-
 #[derive(Default, Debug)]
 pub struct Stats {
     pub sessions_accepted: u64,
@@ -58,7 +52,7 @@ pub struct Shared {
     pub users: UserList,
     pub client_tls: Option<ClientTls>,
     pub node_tls: NodeTls,
-    pub nodes: Vec<NodeAddr>,
+    pub cluster: Cluster,
     /// pgmulti-issued process id → session, for CancelRequest.
     pub cancel_index: HashMap<u32, ConnKey>,
     pub cancel_asks: Vec<CancelAsk>,

@@ -329,38 +329,39 @@ impl Reactor {
                 log::info!("cancel request for unknown process {}", ask.process_id);
                 continue;
             };
-            let target = match self.live_entry(key).map(|e| &e.conn) {
+            let targets = match self.live_entry(key).map(|e| &e.conn) {
                 Some(Conn::Session(s)) if s.cancel_key.1 == ask.secret_key => {
-                    s.node_cancel_target()
+                    s.node_cancel_targets()
                 }
-                _ => None,
-            };
-            let Some((addr, pid, secret)) = target else {
-                log::info!(
-                    "cancel request for process {} with a wrong key ignored",
-                    ask.process_id
-                );
-                continue;
-            };
-            let key = self.new_key();
-            let mut cx = Context {
-                now,
-                key,
-                registry: self.poll.registry(),
-                timers: &mut self.timers,
-                shared: &mut self.shared,
-                again: false,
-            };
-            match CancelConn::start(addr, pid, secret, &mut cx) {
-                Ok(c) => {
-                    self.entries.insert(Entry {
-                        generation: key.generation,
-                        conn: Conn::Cancel(c),
-                        queued: false,
-                        closed: false,
-                    });
+                _ => {
+                    log::info!(
+                        "cancel request for process {} with a wrong key ignored",
+                        ask.process_id
+                    );
+                    continue;
                 }
-                Err(e) => log::warn!("cancel request to {addr}: {e}"),
+            };
+            for (addr, pid, secret) in targets {
+                let key = self.new_key();
+                let mut cx = Context {
+                    now,
+                    key,
+                    registry: self.poll.registry(),
+                    timers: &mut self.timers,
+                    shared: &mut self.shared,
+                    again: false,
+                };
+                match CancelConn::start(addr, pid, secret, &mut cx) {
+                    Ok(c) => {
+                        self.entries.insert(Entry {
+                            generation: key.generation,
+                            conn: Conn::Cancel(c),
+                            queued: false,
+                            closed: false,
+                        });
+                    }
+                    Err(e) => log::warn!("cancel request to {addr}: {e}"),
+                }
             }
         }
     }
@@ -486,14 +487,14 @@ impl Shared {
         users: crate::auth::userlist::UserList,
         client_tls: Option<crate::net::tls::ClientTls>,
         node_tls: crate::net::tls::NodeTls,
-        nodes: Vec<context::NodeAddr>,
+        cluster: crate::cluster::Cluster,
     ) -> Shared {
         Shared {
             config,
             users,
             client_tls,
             node_tls,
-            nodes,
+            cluster,
             cancel_index: HashMap::new(),
             cancel_asks: Vec::new(),
             next_process_id: std::process::id() & 0xffff,

@@ -1,32 +1,46 @@
-//! The session while its node connection logs in: start it on entering `NodeLogin`, drive it
-//! on node I/O, and watch the client (which may hang up) meanwhile.
+//! The session while its node connections log in: start them on entering `NodeLogin` (relay:
+//! node 0; replication: every live node, in parallel), drive each on its I/O, and when all
+//! are ready give the client pgmulti's BackendKeyData and ReadyForQuery. The client is
+//! watched meanwhile (it may hang up).
 
 use super::node::{LoginContext, LoginStep, NodeConn};
 use super::{Session, State, Transition};
+use crate::config::Mode;
 use crate::net::endpoint::Broken;
+use crate::protocol::backend;
 use crate::reactor::context::{Context, TimerKind};
 use crate::reactor::token::{token, Side};
 
 impl Session {
     pub(super) fn start_node_login(&mut self, cx: &mut Context) -> Transition {
-        let Some(target) = cx.shared.nodes.first() else {
-            return Transition::Close("no node configured".into());
+        let targets: Vec<u8> = match cx.shared.config.mode {
+            Mode::Relay => vec![0],
+            Mode::Replication => cx.shared.cluster.live().collect(),
         };
-        let mut node = match NodeConn::connect(0, &target.host.clone(), target.addr) {
-            Ok(n) => n,
-            Err(e) => {
-                self.fatal(cx, "08006", &e);
-                return Transition::Close(e);
-            }
-        };
-        if let Err(e) = node
-            .ep
-            .transport
-            .register(cx.registry, token(cx.key, Side::Node(0)))
-        {
-            return Transition::Close(format!("register node socket: {e}"));
+        if targets.is_empty() {
+            self.fatal(cx, "08006", "no node is available: every node is detached");
+            return Transition::Close("no node available".into());
         }
-        self.node = Some(node);
+        for id in targets {
+            let Some(node) = cx.shared.cluster.nodes.get(id as usize) else {
+                return Transition::Close(format!("node {id} is not configured"));
+            };
+            let mut conn = match NodeConn::connect(id, &node.host.clone(), node.addr) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.fatal(cx, "08006", &e);
+                    return Transition::Close(e);
+                }
+            };
+            if let Err(e) = conn
+                .ep
+                .transport
+                .register(cx.registry, token(cx.key, Side::Node(id)))
+            {
+                return Transition::Close(format!("register node socket: {e}"));
+            }
+            self.nodes.push(conn);
+        }
         self.cancel_key = cx.shared.new_cancel_key();
         let timeout = cx.shared.config.connect_timeout;
         if !timeout.is_zero() {
@@ -35,9 +49,10 @@ impl Session {
         Transition::Stay
     }
 
-    pub(super) fn on_node_login(&mut self, cx: &mut Context) -> Transition {
-        let Some(node) = self.node.as_mut() else {
-            return Transition::Close("no node connection".into());
+    pub(super) fn on_node_login(&mut self, id: u8, cx: &mut Context) -> Transition {
+        let voice = self.nodes.first().map(|n| n.index) == Some(id);
+        let Some(node) = self.nodes.iter_mut().find(|n| n.index == id) else {
+            return Transition::Stay;
         };
         let mut lc = LoginContext {
             prefix: &self.prefix,
@@ -45,14 +60,22 @@ impl Session {
             params: &self.params,
             credentials: &self.credentials,
             client_tx: &mut self.client.tx,
-            cancel_key: self.cancel_key,
+            voice,
         };
-        let step = node.login(&mut lc, cx);
-        // Parameters, notices and errors may have been queued for the client.
-        let _ = self.client.flush();
-        match step {
+        match node.login(&mut lc, cx) {
             LoginStep::Pending => Transition::Stay,
-            LoginStep::Ready => Transition::Goto(State::Relaying),
+            LoginStep::Ready if self.nodes.iter().all(|n| n.is_ready()) => {
+                let out = &mut cx.shared.out;
+                out.clear();
+                backend::backend_key_data(out, self.cancel_key.0, self.cancel_key.1);
+                backend::ready_for_query(out, b'I');
+                self.send_to_client(cx);
+                Transition::Goto(match cx.shared.config.mode {
+                    Mode::Relay => State::Relaying,
+                    Mode::Replication => State::Replicating,
+                })
+            }
+            LoginStep::Ready => Transition::Stay,
             LoginStep::Failed { reason, forwarded } => {
                 if !forwarded {
                     self.fatal(cx, "08006", &reason);
@@ -63,11 +86,8 @@ impl Session {
     }
 
     /// The client should be waiting; read only to notice it hanging up (bytes it pipelined
-    /// stay buffered for `Relaying`).
+    /// stay buffered for later).
     pub(super) fn on_client_during_login(&mut self, _cx: &mut Context) -> Transition {
-        if let Err(e) = self.client.flush() {
-            return Transition::Close(format!("client: {e}"));
-        }
         match self.client.fill() {
             Ok(_) => Transition::Stay,
             Err(Broken::Closed) => {

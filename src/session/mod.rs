@@ -11,6 +11,7 @@ mod client_auth;
 mod login;
 pub mod node;
 mod relay;
+mod replicate;
 mod startup;
 
 use std::time::{Duration, Instant};
@@ -39,8 +40,10 @@ pub enum State {
     Authenticating,
     /// Connecting and logging in to the node; the client waits.
     NodeLogin,
-    /// Messages flow both ways.
+    /// Messages flow both ways (relay mode).
     Relaying,
+    /// Requests are replicated over every live node (replication mode).
+    Replicating,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +69,9 @@ pub struct Session {
     state: State,
     client: Endpoint,
     client_tls: bool,
-    node: Option<NodeConn>,
+    /// Connections to the nodes this session uses (relay: node 0; replication: every live
+    /// node), in node id order.
+    nodes: Vec<NodeConn>,
     /// The client's startup parameters, forwarded to the node.
     params: Vec<(String, String)>,
     user: String,
@@ -83,6 +88,7 @@ pub struct Session {
     node_stream_left: usize,
     /// Transaction status of the last ReadyForQuery relayed ('I', 'T', 'E').
     tx_status: u8,
+    repl: replicate::Replication,
     draining: bool,
     closed: bool,
 }
@@ -101,7 +107,7 @@ impl Session {
             state: State::Startup,
             client: Endpoint::new(transport),
             client_tls: false,
-            node: None,
+            nodes: Vec::new(),
             params: Vec::new(),
             user: String::new(),
             auth: None,
@@ -114,6 +120,7 @@ impl Session {
             client_stream_left: 0,
             node_stream_left: 0,
             tx_status: b'I',
+            repl: Default::default(),
             draining: false,
             closed: false,
         }
@@ -133,18 +140,23 @@ impl Session {
     pub fn set_ready(&mut self, side: Side, readable: bool, writable: bool, read_closed: bool) {
         let ep = match side {
             Side::Client => Some(&mut self.client),
-            Side::Node(_) => self.node.as_mut().map(|n| &mut n.ep),
+            Side::Node(id) => self.node_mut(id).map(|n| &mut n.ep),
         };
         if let Some(ep) = ep {
             ep.set_ready(readable, writable, read_closed);
         }
     }
 
-    /// Where a CancelRequest for this session must go: node address and its backend key.
-    pub fn node_cancel_target(&self) -> Option<(std::net::SocketAddr, u32, u32)> {
-        let node = self.node.as_ref()?;
-        let (pid, secret) = node.backend_key?;
-        Some((node.addr, pid, secret))
+    fn node_mut(&mut self, id: u8) -> Option<&mut NodeConn> {
+        self.nodes.iter_mut().find(|n| n.index == id)
+    }
+
+    /// Where a CancelRequest for this session must go: each node's address and its own key.
+    pub fn node_cancel_targets(&self) -> Vec<(std::net::SocketAddr, u32, u32)> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.backend_key.map(|(pid, secret)| (n.addr, pid, secret)))
+            .collect()
     }
 
     /// Run one event through the table. Returns the close reason when the session ended.
@@ -172,8 +184,9 @@ impl Session {
             (ClientTls, ClientIo) => self.on_client_tls(cx),
             (Authenticating, ClientIo) => self.on_auth_message(cx),
             (NodeLogin, ClientIo) => self.on_client_during_login(cx),
-            (NodeLogin, NodeIo(_)) => self.on_node_login(cx),
+            (NodeLogin, NodeIo(id)) => self.on_node_login(id, cx),
             (Relaying, ClientIo | NodeIo(_)) => self.on_relay(cx),
+            (Replicating, ClientIo | NodeIo(_)) => self.on_replicate(cx),
             (
                 Startup | ClientTls | Authenticating | NodeLogin,
                 Timer(TimerKind::Authentication),
@@ -191,8 +204,8 @@ impl Session {
                 self.fatal(cx, "08006", &msg);
                 Transition::Close(msg)
             }
-            (Relaying, Timer(TimerKind::Idle)) => self.on_idle_timer(cx),
-            (Relaying, Shutdown) => {
+            (Relaying | Replicating, Timer(TimerKind::Idle)) => self.on_idle_timer(cx),
+            (Relaying | Replicating, Shutdown) => {
                 self.draining = true;
                 self.close_if_drained(cx)
             }
@@ -237,7 +250,7 @@ impl Session {
             }
             State::ClientTls => self.on_client_tls(cx),
             State::NodeLogin => self.start_node_login(cx),
-            State::Relaying => {
+            State::Relaying | State::Replicating => {
                 cx.cancel(&mut self.auth_timer);
                 cx.cancel(&mut self.connect_timer);
                 cx.shared.cancel_index.insert(self.cancel_key.0, cx.key);
@@ -305,7 +318,7 @@ impl Session {
         let _ = self.client.flush();
         self.client.transport.shutdown();
         self.client.transport.deregister(cx.registry);
-        if let Some(node) = self.node.as_mut() {
+        for node in &mut self.nodes {
             node.close(cx);
         }
         cx.cancel(&mut self.auth_timer);
@@ -351,7 +364,7 @@ impl Session {
     fn release_buffers(&mut self) {
         if self.client_stream_left == 0 && self.node_stream_left == 0 {
             self.client.release_buffers();
-            if let Some(n) = self.node.as_mut() {
+            for n in &mut self.nodes {
                 n.ep.release_buffers();
             }
         }
@@ -360,12 +373,13 @@ impl Session {
     /// Nothing in flight and the node idle: a draining session may go now.
     fn is_quiet(&self) -> bool {
         self.tx_status == b'I'
+            && self.repl.is_idle()
             && self.client.rx.is_empty()
             && self.client.tx.is_empty()
             && self
-                .node
-                .as_ref()
-                .is_some_and(|n| n.ep.rx.is_empty() && n.ep.tx.is_empty())
+                .nodes
+                .iter()
+                .all(|n| n.ep.rx.is_empty() && n.ep.tx.is_empty())
     }
 
     fn close_if_drained(&mut self, cx: &mut Context) -> Transition {

@@ -1,8 +1,9 @@
 //! The connection from a session to a node: nonblocking connect, optional SSLRequest and TLS
 //! per `backend_sslmode`, StartupMessage with the client's parameters, and login with the
-//! credentials the client's authentication left (cleartext, MD5, SCRAM). ParameterStatus,
-//! notices and errors the node sends during login go on to the client; the node's
-//! BackendKeyData is kept (for cancels) and the client gets pgmulti's own key instead.
+//! credentials the client's authentication left (cleartext, MD5, SCRAM). Errors the node
+//! sends during login go on to the client, and so do ParameterStatus and notices of the node
+//! that speaks for the session (`voice`); the node's BackendKeyData is kept for cancels —
+//! the session gives the client pgmulti's own key.
 
 use std::net::SocketAddr;
 
@@ -47,6 +48,16 @@ pub struct NodeConn {
     pub state: LoginState,
     pub backend_key: Option<(u32, u32)>,
     scram: Option<ScramClient>,
+    /// Bytes for the node that did not fit its send buffer (a large statement): fed into it
+    /// as it drains. Only replication mode queues here; its size is bounded by the largest
+    /// client message accepted.
+    overflow: Vec<u8>,
+    /// How much of `overflow` has moved into the send buffer.
+    overflow_sent: usize,
+    /// Bytes of a message too large for the receive buffer still to pass (replication mode):
+    /// streamed to the client when this node is the voice, else dropped.
+    pub passing: usize,
+    pub passing_to_client: bool,
 }
 
 /// What the login needs from its session.
@@ -56,8 +67,8 @@ pub struct LoginContext<'a> {
     pub params: &'a [(String, String)],
     pub credentials: &'a Credentials,
     pub client_tx: &'a mut Buf,
-    /// The key pgmulti gave the client, sent instead of the node's.
-    pub cancel_key: (u32, u32),
+    /// Whether this node's ParameterStatus and notices reach the client.
+    pub voice: bool,
 }
 
 impl NodeConn {
@@ -72,7 +83,57 @@ impl NodeConn {
             state: LoginState::Connecting,
             backend_key: None,
             scram: None,
+            overflow: Vec::new(),
+            overflow_sent: 0,
+            passing: 0,
+            passing_to_client: false,
         })
+    }
+
+    /// Queue whole messages for the node, beyond the send buffer if need be.
+    pub fn send(&mut self, bytes: &[u8]) {
+        if !(self.overflow.is_empty() && self.ep.tx.extend(bytes)) {
+            self.overflow.extend_from_slice(bytes);
+            self.feed();
+        }
+    }
+
+    /// Whether `send` of `len` bytes would stay within the send buffer.
+    pub fn has_room(&self, len: usize) -> bool {
+        self.overflow.is_empty() && self.ep.tx.free() >= len
+    }
+
+    /// Move queued bytes into the send buffer as far as it has room.
+    pub fn feed(&mut self) {
+        if self.overflow.is_empty() {
+            return;
+        }
+        let rest = &self.overflow[self.overflow_sent..];
+        let n = self.ep.tx.free().min(rest.len());
+        if n > 0 && self.ep.tx.extend(&rest[..n]) {
+            self.overflow_sent += n;
+        }
+        if self.overflow_sent == self.overflow.len() {
+            self.overflow = Vec::new();
+            self.overflow_sent = 0;
+        }
+    }
+
+    /// Write what is queued; Err when the node connection is gone.
+    pub fn flush(&mut self) -> Result<usize, Broken> {
+        let mut total = 0;
+        loop {
+            self.feed();
+            let n = self.ep.flush()?;
+            total += n;
+            if n == 0 || self.overflow.is_empty() {
+                return Ok(total);
+            }
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.state == LoginState::Ready
     }
 
     pub fn close(&mut self, cx: &mut Context) {
@@ -261,7 +322,9 @@ impl NodeConn {
                     Err(e) => Some(self.fail(e)),
                 },
                 b'S' | b'N' => {
-                    lc.client_tx.extend(&data[..len]);
+                    if lc.voice {
+                        lc.client_tx.extend(&data[..len]);
+                    }
                     None
                 }
                 b'E' => {
@@ -280,18 +343,6 @@ impl NodeConn {
                 }
                 b'v' => None, // NegotiateProtocolVersion: the node speaks 3.0 minus some options; fine
                 b'Z' => {
-                    let out = &mut cx.shared.out;
-                    out.clear();
-                    backend::backend_key_data(out, lc.cancel_key.0, lc.cancel_key.1);
-                    out.extend_from_slice(&data[..len]);
-                    trace::trace_built(
-                        lc.prefix,
-                        Peer::Pgmulti,
-                        Peer::Client,
-                        &out[..],
-                        &mut cx.shared.scratch,
-                    );
-                    lc.client_tx.extend(out);
                     self.state = LoginState::Ready;
                     Some(LoginStep::Ready)
                 }

@@ -91,7 +91,7 @@ pub fn pump(
 
 impl Session {
     pub(super) fn on_relay(&mut self, cx: &mut Context) -> Transition {
-        let Some(node) = self.node.as_mut() else {
+        let Some(node) = self.nodes.first_mut() else {
             return Transition::Close("relaying without a node connection".into());
         };
         let from_node = Peer::Node(node.index);

@@ -1,0 +1,278 @@
+//! How one client request is executed across the nodes: a sequence of phases, each sending
+//! the same statements to a set of nodes at once (one round trip) and ending when all of
+//! them have answered. This file decides the phases from the request's class and the
+//! transaction's state; `session/replicate.rs` carries them out. Pure logic, tested alone.
+//! The table in docs/replication.md is this file in prose.
+
+/// What a whole request (a simple Query, possibly several statements) is, for routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Only reads (or empty): one node.
+    Read,
+    /// Writes rows; DDL is executed the same way.
+    Write,
+    /// COPY … FROM STDIN: data follows from the client and goes to every node.
+    CopyIn,
+    Begin,
+    Commit,
+    Rollback,
+    /// SAVEPOINT, RELEASE and two-phase commands: every node at once.
+    Savepoint,
+    /// ROLLBACK TO SAVEPOINT: every node at once; allowed in a failed transaction.
+    RollbackTo,
+    /// SET, PREPARE, DISCARD, temp tables…: every node, never wrapped in a transaction.
+    SessionState,
+    /// VACUUM, CREATE DATABASE, …: every node, never wrapped.
+    NoTransactionBlock,
+    /// LISTEN, UNLISTEN, NOTIFY: the lead only.
+    LeadOnly,
+    /// Several statements including transaction control: lead, then replicas, unwrapped.
+    Mixed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Targets {
+    Lead,
+    Replicas,
+    All,
+    /// The node chosen for reads.
+    ReadNode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Segment {
+    /// The client's statements; their answers are compared and the voice's go to the client.
+    Main,
+    /// Statements pgmulti adds (BEGIN/COMMIT around an autocommit write); answers swallowed.
+    Wrapper(&'static str),
+    /// Like `Main`, but with this text instead of the client's (COMMIT of a failed
+    /// transaction becomes ROLLBACK).
+    MainAs(&'static str),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Phase {
+    pub targets: Targets,
+    pub segments: Vec<Segment>,
+    /// Not run when the lead's Main failed (the replicas must not run what failed there).
+    pub skip_if_lead_failed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub phases: Vec<Phase>,
+    /// Whose answer the client sees: the lead, or the read node.
+    pub voice: Targets,
+    pub writes: bool,
+}
+
+/// What the session knows of the client's transaction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TxView {
+    pub open: bool,
+    /// The transaction failed (the client saw status 'E').
+    pub failed: bool,
+    /// A write ran in it: reads now go to the lead.
+    pub wrote: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Planned {
+    Run(Plan),
+    /// Inside a failed transaction: answer 25P02 without asking any node, as PostgreSQL would.
+    RefuseInFailedTransaction,
+}
+
+fn phase(targets: Targets, segments: &[Segment]) -> Phase {
+    Phase {
+        targets,
+        segments: segments.to_vec(),
+        skip_if_lead_failed: false,
+    }
+}
+
+fn lead_then_replicas(lead: &[Segment], replicas: &[Segment]) -> Vec<Phase> {
+    let mut replicas = phase(Targets::Replicas, replicas);
+    replicas.skip_if_lead_failed = true;
+    vec![phase(Targets::Lead, lead), replicas]
+}
+
+pub fn plan(class: Class, tx: TxView) -> Planned {
+    use Segment::*;
+    if tx.failed {
+        return match class {
+            Class::Rollback | Class::RollbackTo => Planned::Run(everywhere(&[Main], false)),
+            Class::Commit => Planned::Run(everywhere(&[MainAs("ROLLBACK")], false)),
+            _ => Planned::RefuseInFailedTransaction,
+        };
+    }
+    let run = |phases: Vec<Phase>, writes: bool| {
+        Planned::Run(Plan {
+            phases,
+            voice: Targets::Lead,
+            writes,
+        })
+    };
+    match class {
+        Class::Read if tx.wrote => run(vec![phase(Targets::Lead, &[Main])], false),
+        Class::Read => Planned::Run(Plan {
+            phases: vec![phase(Targets::ReadNode, &[Main])],
+            voice: Targets::ReadNode,
+            writes: false,
+        }),
+        Class::Write if tx.open => run(lead_then_replicas(&[Main], &[Main]), true),
+        // Autocommit: wrapped so the lead commits only after every replica has executed it.
+        Class::Write => {
+            let mut phases = lead_then_replicas(
+                &[Wrapper("BEGIN"), Main],
+                &[Wrapper("BEGIN"), Main, Wrapper("COMMIT")],
+            );
+            phases.push(phase(Targets::Lead, &[Wrapper("COMMIT")]));
+            run(phases, true)
+        }
+        Class::CopyIn if tx.open => run(vec![phase(Targets::All, &[Main])], true),
+        Class::CopyIn => run(
+            vec![
+                phase(Targets::All, &[Wrapper("BEGIN"), Main]),
+                phase(Targets::Replicas, &[Wrapper("COMMIT")]),
+                phase(Targets::Lead, &[Wrapper("COMMIT")]),
+            ],
+            true,
+        ),
+        Class::Begin | Class::Rollback | Class::Savepoint | Class::RollbackTo => {
+            Planned::Run(everywhere(&[Main], false))
+        }
+        Class::Commit => run(
+            vec![
+                phase(Targets::Replicas, &[Main]),
+                phase(Targets::Lead, &[Main]),
+            ],
+            false,
+        ),
+        Class::SessionState | Class::NoTransactionBlock | Class::Mixed => {
+            run(lead_then_replicas(&[Main], &[Main]), true)
+        }
+        Class::LeadOnly => run(vec![phase(Targets::Lead, &[Main])], false),
+    }
+}
+
+fn everywhere(segments: &[Segment], writes: bool) -> Plan {
+    Plan {
+        phases: vec![phase(Targets::All, segments)],
+        voice: Targets::Lead,
+        writes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Segment::*;
+
+    fn phases(p: Planned) -> Vec<(Targets, Vec<Segment>)> {
+        match p {
+            Planned::Run(p) => p
+                .phases
+                .into_iter()
+                .map(|p| (p.targets, p.segments))
+                .collect(),
+            other => panic!("expected a plan, got {other:?}"),
+        }
+    }
+
+    const IDLE: TxView = TxView {
+        open: false,
+        failed: false,
+        wrote: false,
+    };
+    const OPEN: TxView = TxView {
+        open: true,
+        failed: false,
+        wrote: false,
+    };
+
+    #[test]
+    fn autocommit_write_commits_on_the_lead_last() {
+        let p = phases(plan(Class::Write, IDLE));
+        assert_eq!(
+            p,
+            vec![
+                (Targets::Lead, vec![Wrapper("BEGIN"), Main]),
+                (
+                    Targets::Replicas,
+                    vec![Wrapper("BEGIN"), Main, Wrapper("COMMIT")]
+                ),
+                (Targets::Lead, vec![Wrapper("COMMIT")]),
+            ]
+        );
+    }
+
+    #[test]
+    fn commit_goes_to_replicas_first() {
+        let p = phases(plan(Class::Commit, OPEN));
+        assert_eq!(
+            p,
+            vec![(Targets::Replicas, vec![Main]), (Targets::Lead, vec![Main])]
+        );
+    }
+
+    #[test]
+    fn reads_follow_the_transaction() {
+        assert_eq!(
+            phases(plan(Class::Read, IDLE)),
+            vec![(Targets::ReadNode, vec![Main])]
+        );
+        assert_eq!(
+            phases(plan(Class::Read, OPEN)),
+            vec![(Targets::ReadNode, vec![Main])]
+        );
+        let wrote = TxView {
+            wrote: true,
+            ..OPEN
+        };
+        assert_eq!(
+            phases(plan(Class::Read, wrote)),
+            vec![(Targets::Lead, vec![Main])]
+        );
+    }
+
+    #[test]
+    fn failed_transaction() {
+        let failed = TxView {
+            failed: true,
+            ..OPEN
+        };
+        assert_eq!(
+            plan(Class::Write, failed),
+            Planned::RefuseInFailedTransaction
+        );
+        assert_eq!(
+            plan(Class::Read, failed),
+            Planned::RefuseInFailedTransaction
+        );
+        assert_eq!(
+            phases(plan(Class::Commit, failed)),
+            vec![(Targets::All, vec![MainAs("ROLLBACK")])]
+        );
+        assert_eq!(
+            phases(plan(Class::RollbackTo, failed)),
+            vec![(Targets::All, vec![Main])]
+        );
+        assert_eq!(
+            plan(Class::Savepoint, failed),
+            Planned::RefuseInFailedTransaction
+        );
+    }
+
+    #[test]
+    fn replicas_skip_what_failed_on_the_lead() {
+        let Planned::Run(p) = plan(Class::Write, OPEN) else {
+            panic!()
+        };
+        assert!(p.phases[1].skip_if_lead_failed);
+        let Planned::Run(p) = plan(Class::SessionState, IDLE) else {
+            panic!()
+        };
+        assert_eq!(p.phases.len(), 2, "session state is never wrapped");
+    }
+}

@@ -1,0 +1,429 @@
+//! From a client's Query text to what replication needs: the class of the whole request
+//! (`analyse`, over every statement in it) and the text every node must run (`rewrite`):
+//! non-deterministic values replaced by literals pgmulti chooses once, so that every node
+//! computes the same thing, or a refusal with a hint when that cannot be done safely.
+//! Pure logic over the tokenizer; no I/O.
+
+use std::fmt::Write as _;
+
+use super::classify::{classify, Kind, Nondeterminism, Tx};
+use super::lexer::{split_statements, Lexer, Token, TokenKind};
+use super::plan::Class;
+
+pub struct Analysed {
+    pub class: Class,
+    pub nondeterminism: Nondeterminism,
+    /// Every statement is an `INSERT … VALUES` (each expression runs once per written row).
+    pub insert_values_only: bool,
+    /// Tables this request inserts into (folded names), sorted, without duplicates.
+    pub insert_targets: Vec<String>,
+}
+
+/// Classify a whole Query (one or more statements). Unsure means write.
+pub fn analyse(sql: &str) -> Analysed {
+    let mut classes = Vec::new();
+    let mut nondeterminism = Nondeterminism::default();
+    let mut insert_values_only = true;
+    let mut insert_targets = Vec::new();
+    for statement in split_statements(sql) {
+        let c = classify(statement);
+        if c.kind == Kind::Empty {
+            continue;
+        }
+        merge(&mut nondeterminism, c.nondeterministic);
+        insert_values_only &= c.command == "INSERT" && is_insert_values(statement);
+        if c.command == "INSERT" {
+            if let Some(t) = insert_target(statement) {
+                insert_targets.push(t);
+            }
+        }
+        classes.push(match c.kind {
+            Kind::Read => Class::Read,
+            Kind::Write if c.command == "COPY" => Class::CopyIn,
+            Kind::Write | Kind::Ddl => Class::Write,
+            Kind::Transaction(Tx::Begin) => Class::Begin,
+            Kind::Transaction(Tx::Commit) => Class::Commit,
+            Kind::Transaction(Tx::Rollback) => Class::Rollback,
+            Kind::Transaction(Tx::RollbackTo) => Class::RollbackTo,
+            Kind::Transaction(_) => Class::Savepoint,
+            Kind::SessionState => Class::SessionState,
+            Kind::NoTransactionBlock => Class::NoTransactionBlock,
+            Kind::LeadOnly => Class::LeadOnly,
+            Kind::Empty => continue,
+        });
+    }
+    let class = match classes.as_slice() {
+        [] => Class::Read,
+        [one] => *one,
+        many => {
+            let any = |c: Class| many.contains(&c);
+            let control = [
+                Class::Begin,
+                Class::Commit,
+                Class::Rollback,
+                Class::RollbackTo,
+                Class::Savepoint,
+            ];
+            if control.iter().any(|&c| any(c)) || any(Class::CopyIn) {
+                Class::Mixed
+            } else if any(Class::NoTransactionBlock) {
+                Class::NoTransactionBlock
+            } else if many.iter().all(|&c| c == Class::Read) {
+                Class::Read
+            } else if any(Class::Write) {
+                Class::Write
+            } else if any(Class::SessionState) {
+                Class::SessionState
+            } else {
+                Class::LeadOnly
+            }
+        }
+    };
+    Analysed {
+        class,
+        nondeterminism,
+        insert_values_only: insert_values_only && !classes.is_empty(),
+        insert_targets: {
+            insert_targets.sort();
+            insert_targets.dedup();
+            insert_targets
+        },
+    }
+}
+
+/// The table of `[WITH …] INSERT INTO name`, folded as PostgreSQL folds names.
+fn insert_target(statement: &str) -> Option<String> {
+    let mut tokens = Lexer::new(statement)
+        .skip_while(|t| !t.is_kw("INTO"))
+        .skip(1);
+    let mut name = String::new();
+    loop {
+        let t = tokens.next()?;
+        let mut buf = [0u8; super::lexer::NAMEDATALEN];
+        name.push_str(super::lexer::fold_ident(t.text, &mut buf));
+        match tokens.next() {
+            Some(dot) if dot.is_punct(b'.') => name.push('.'),
+            _ => return Some(name),
+        }
+    }
+}
+
+/// Advisory-lock key class pgmulti uses for ordering (ASCII "pm").
+const ORDERING_LOCK_CLASS: u32 = 0x706d;
+
+/// The statement the lead runs before a write whose effect depends on the order of
+/// concurrent writers: sequences (nextval, SERIAL, IDENTITY). A transaction-scoped advisory
+/// lock per inserted table (and one for explicit sequence calls) is taken on the lead; the
+/// lead commits last, so concurrent inserters reach every replica in the lead's order and
+/// draw the same sequence values. Keys are sorted so two requests cannot deadlock on them.
+pub fn ordering_lock(analysed: &Analysed) -> Option<String> {
+    let mut keys: Vec<&str> = analysed.insert_targets.iter().map(String::as_str).collect();
+    if analysed.nondeterminism.sequence {
+        keys.push(" sequences");
+    }
+    if keys.is_empty() {
+        return None;
+    }
+    keys.sort_unstable();
+    let calls: Vec<String> = keys
+        .iter()
+        .map(|k| {
+            format!(
+                "pg_advisory_xact_lock({ORDERING_LOCK_CLASS}, hashtext('{}'))",
+                k.replace('\'', "''")
+            )
+        })
+        .collect();
+    Some(format!("SELECT {}", calls.join(", ")))
+}
+
+fn merge(into: &mut Nondeterminism, o: Nondeterminism) {
+    into.now |= o.now;
+    into.clock |= o.clock;
+    into.random |= o.random;
+    into.uuid |= o.uuid;
+    into.sequence |= o.sequence;
+    into.maybe_now |= o.maybe_now;
+}
+
+/// `INSERT INTO … VALUES (…)` with no SELECT feeding it.
+fn is_insert_values(statement: &str) -> bool {
+    let mut saw_values = false;
+    for t in Lexer::new(statement) {
+        if t.is_kw("SELECT") {
+            return false;
+        }
+        saw_values |= t.is_kw("VALUES");
+    }
+    saw_values
+}
+
+/// Why a statement cannot be replicated as written.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub message: String,
+    pub hint: String,
+}
+
+/// pgmulti's clock as the body of a timestamptz literal (UTC, microseconds).
+pub fn timestamp_now() -> String {
+    let (secs, micros) = crate::timestamp::now();
+    format!("{}+00", crate::timestamp::format_utc(secs, micros))
+}
+
+/// Values a rewrite draws on: the transaction's timestamp (now() & co), this statement's
+/// (statement_timestamp(), clock_timestamp()), and a source of random bytes.
+pub struct Values<'a> {
+    pub transaction_ts: &'a str,
+    pub statement_ts: &'a str,
+    pub random: &'a mut dyn FnMut() -> u64,
+}
+
+/// The text every node runs, or `None` when the client's text is already deterministic.
+pub fn rewrite(
+    sql: &str,
+    analysed: &Analysed,
+    values: &mut Values,
+) -> Result<Option<String>, Refusal> {
+    let n = &analysed.nondeterminism;
+    if !n.any() {
+        return Ok(None);
+    }
+    if (n.random || n.uuid) && !analysed.insert_values_only {
+        return Err(Refusal {
+            message: "random() and gen_random_uuid() cannot be replicated in this statement: each node would compute different values".into(),
+            hint: "use them in INSERT … VALUES (pgmulti then chooses one value per call for every node), or compute the value in the client".into(),
+        });
+    }
+    let tokens: Vec<Token> = Lexer::new(sql).collect();
+    let mut out = String::with_capacity(sql.len() + 64);
+    let mut copied = 0;
+    let mut i = 0;
+    while i < tokens.len() {
+        let t = tokens[i];
+        let next = |k: usize| tokens.get(i + k);
+        // A call `name ( )`, optionally schema-qualified with pg_catalog.
+        let is_call = |k: usize| {
+            next(k).is_some_and(|p| p.is_punct(b'('))
+                && next(k + 1).is_some_and(|p| p.is_punct(b')'))
+        };
+        let qualified = t.is_kw("pg_catalog") && next(1).is_some_and(|p| p.is_punct(b'.'));
+        let (name, name_at) = if qualified {
+            (next(2).copied(), 2)
+        } else {
+            (Some(t), 0)
+        };
+        let Some(name) = name.filter(|n| n.kind == TokenKind::Ident) else {
+            // 'now' & co as a date/time input: `'now'::timestamp`, `timestamp 'now'`, or a bare
+            // literal the classifier could not place (it may land in a date/time column).
+            let as_time = next(1).is_some_and(|p| p.kind == TokenKind::Cast)
+                || i.checked_sub(1)
+                    .is_some_and(|p| tokens[p].kind == TokenKind::Ident)
+                || n.maybe_now;
+            if t.kind == TokenKind::String && as_time && is_now_word(t.string_body()) {
+                return Err(Refusal {
+                    message: format!("the literal {} cannot be replicated: each node would read its own clock", t.text),
+                    hint: "write now() (or CURRENT_DATE) instead; pgmulti replaces those with one value for every node".into(),
+                });
+            }
+            i += 1;
+            continue;
+        };
+        let mut replacement = None;
+        let mut end_token = i + name_at;
+        if is_call(name_at + 1) {
+            let ts = |v: &str| format!("('{v}'::timestamptz)");
+            replacement = if name.is_kw("now") || name.is_kw("transaction_timestamp") {
+                Some(ts(values.transaction_ts))
+            } else if name.is_kw("statement_timestamp") || name.is_kw("clock_timestamp") {
+                Some(ts(values.statement_ts))
+            } else if name.is_kw("random") {
+                let r = (values.random)() >> 11; // 53 random bits
+                Some(format!("({:.17}::float8)", r as f64 / (1u64 << 53) as f64))
+            } else if name.is_kw("gen_random_uuid") || name.is_kw("uuid_generate_v4") {
+                Some(format!("('{}'::uuid)", uuid_v4(values.random)))
+            } else if name.is_kw("timeofday") {
+                return Err(Refusal {
+                    message: "timeofday() cannot be replicated: each node would read its own clock"
+                        .into(),
+                    hint: "use clock_timestamp() or now() instead".into(),
+                });
+            } else {
+                None
+            };
+            if replacement.is_some() {
+                end_token = i + name_at + 2;
+            }
+        } else if !qualified {
+            // SQL-standard value functions, with an optional precision: CURRENT_TIMESTAMP(3).
+            let cast = if t.is_kw("CURRENT_TIMESTAMP") {
+                Some("")
+            } else if t.is_kw("CURRENT_DATE") {
+                Some("::date")
+            } else if t.is_kw("CURRENT_TIME") {
+                Some("::timetz")
+            } else if t.is_kw("LOCALTIME") {
+                Some("::time")
+            } else if t.is_kw("LOCALTIMESTAMP") {
+                Some("::timestamp")
+            } else {
+                None
+            };
+            if let Some(cast) = cast {
+                let mut precision = String::new();
+                if next(1).is_some_and(|p| p.is_punct(b'('))
+                    && next(2).is_some_and(|p| p.kind == TokenKind::Number)
+                    && next(3).is_some_and(|p| p.is_punct(b')'))
+                    && !t.is_kw("CURRENT_DATE")
+                {
+                    precision = format!("({})", tokens[i + 2].text);
+                    end_token = i + 3;
+                }
+                let mut r = format!("('{}'::timestamptz", values.transaction_ts);
+                if cast.is_empty() {
+                    let _ = write!(r, "{precision})");
+                } else {
+                    let _ = write!(r, "{cast}{precision})");
+                }
+                replacement = Some(r);
+            }
+        }
+        match replacement {
+            Some(r) => {
+                out.push_str(&sql[copied..t.start]);
+                out.push_str(&r);
+                copied = tokens[end_token].end();
+                i = end_token + 1;
+            }
+            None => i += 1,
+        }
+    }
+    if copied == 0 {
+        return Ok(None);
+    }
+    out.push_str(&sql[copied..]);
+    Ok(Some(out))
+}
+
+fn is_now_word(s: &str) -> bool {
+    ["now", "today", "tomorrow", "yesterday"]
+        .iter()
+        .any(|w| s.trim().eq_ignore_ascii_case(w))
+}
+
+fn uuid_v4(random: &mut dyn FnMut() -> u64) -> String {
+    let (a, b) = (random(), random());
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&a.to_be_bytes());
+    bytes[8..].copy_from_slice(&b.to_be_bytes());
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rw(sql: &str) -> Result<Option<String>, Refusal> {
+        let mut n = 0u64;
+        let mut random = move || {
+            n += 1;
+            n << 40
+        };
+        let mut v = Values {
+            transaction_ts: "2026-11-21 06:00:00.000001+00",
+            statement_ts: "2026-11-21 06:00:05.000002+00",
+            random: &mut random,
+        };
+        rewrite(sql, &analyse(sql), &mut v)
+    }
+
+    #[test]
+    fn ordering_locks_cover_inserts_and_sequences() {
+        assert_eq!(ordering_lock(&analyse("update t set a = 1")), None);
+        assert_eq!(
+            ordering_lock(&analyse("insert into Public.\"Hist\" values (1); insert into b values (2)")).unwrap(),
+            "SELECT pg_advisory_xact_lock(28781, hashtext('b')), pg_advisory_xact_lock(28781, hashtext('public.Hist'))"
+        );
+        assert_eq!(
+            ordering_lock(&analyse("select nextval('s')")).unwrap(),
+            "SELECT pg_advisory_xact_lock(28781, hashtext(' sequences'))"
+        );
+    }
+
+    #[test]
+    fn classes() {
+        assert_eq!(analyse("select 1").class, Class::Read);
+        assert_eq!(analyse("").class, Class::Read);
+        assert_eq!(analyse("update t set a = 1").class, Class::Write);
+        assert_eq!(
+            analyse("BEGIN; UPDATE t SET a=1; SELECT 1; COMMIT;").class,
+            Class::Mixed
+        );
+        assert_eq!(analyse("select 1; select 2").class, Class::Read);
+        assert_eq!(
+            analyse("insert into t values (1); select 1").class,
+            Class::Write
+        );
+        assert_eq!(analyse("copy t from stdin").class, Class::CopyIn);
+        assert_eq!(analyse("copy t to stdout").class, Class::Read);
+        assert_eq!(analyse("vacuum").class, Class::NoTransactionBlock);
+        assert_eq!(analyse("set search_path = x").class, Class::SessionState);
+        assert_eq!(analyse("create table t (a int)").class, Class::Write);
+        assert_eq!(analyse("listen ch").class, Class::LeadOnly);
+        assert_eq!(analyse("rollback to savepoint s").class, Class::RollbackTo);
+        assert_eq!(analyse("end").class, Class::Commit);
+    }
+
+    #[test]
+    fn time_functions_become_the_transaction_timestamp() {
+        assert_eq!(
+            rw("insert into h values (1, CURRENT_TIMESTAMP)")
+                .unwrap()
+                .unwrap(),
+            "insert into h values (1, ('2026-11-21 06:00:00.000001+00'::timestamptz))"
+        );
+        assert_eq!(
+            rw("update t set d = current_date, t = now(), c = pg_catalog.clock_timestamp()").unwrap().unwrap(),
+            "update t set d = ('2026-11-21 06:00:00.000001+00'::timestamptz::date), t = ('2026-11-21 06:00:00.000001+00'::timestamptz), c = ('2026-11-21 06:00:05.000002+00'::timestamptz)"
+        );
+        assert_eq!(
+            rw("update t set a = localtimestamp(2), b = current_time").unwrap().unwrap(),
+            "update t set a = ('2026-11-21 06:00:00.000001+00'::timestamptz::timestamp(2)), b = ('2026-11-21 06:00:00.000001+00'::timestamptz::timetz)"
+        );
+    }
+
+    #[test]
+    fn quoted_and_commented_text_is_left_alone() {
+        assert_eq!(rw("insert into t values ('now()')").unwrap(), None);
+        assert_eq!(rw("update t set \"now\" = 1 -- now()").unwrap(), None);
+        assert_eq!(rw("update t set a = $$ now() $$").unwrap(), None);
+    }
+
+    #[test]
+    fn random_values_only_where_they_run_once() {
+        let r = rw("insert into t values (random(), gen_random_uuid())")
+            .unwrap()
+            .unwrap();
+        assert!(r.starts_with("insert into t values (("), "{r}");
+        assert!(r.contains("::float8), ('") && r.contains("-4"), "{r}");
+        assert!(rw("update t set r = random()").is_err());
+        assert!(rw("insert into t select random() from generate_series(1, 3)").is_err());
+    }
+
+    #[test]
+    fn now_literals_are_refused() {
+        let e = rw("insert into t values ('now'::timestamp)").unwrap_err();
+        assert!(e.message.contains("'now'"), "{e:?}");
+        assert!(rw("update t set a = timeofday()").is_err());
+    }
+}

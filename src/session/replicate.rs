@@ -1,0 +1,778 @@
+//! The session in replication mode (`State::Replicating`): it takes one client request at a
+//! time, plans it (`replication::plan`), runs the phases over its node connections, passes
+//! the answer of one node (the voice) to the client, compares the others' answers, detaches
+//! the nodes that disagree with the majority, and ends the request with its own
+//! ReadyForQuery. Requests the client pipelines wait in its receive buffer.
+//!
+//! What a statement is comes from `replication::request`; how phases are chosen from
+//! `replication::plan`; the vote from `replication::compare`. This file only moves messages.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use super::node::NodeConn;
+use super::{Session, Transition};
+use crate::net::endpoint::Broken;
+use crate::protocol::backend;
+use crate::protocol::framing::message_header;
+use crate::protocol::frontend;
+use crate::reactor::context::Context;
+use crate::replication::compare::{self, Outcome};
+use crate::replication::plan::{self, Plan, Planned, Segment, Targets, TxView};
+use crate::replication::request;
+use crate::trace::{trace_message, Peer};
+
+/// Passes over client and nodes per wakeup before yielding to other sessions.
+const PASSES: usize = 8;
+
+/// The largest client message accepted in replication mode: a statement is kept whole
+/// until every node has run it.
+pub const MAX_REPLICATED_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// Per-session replication state.
+#[derive(Default)]
+pub struct Replication {
+    request: Option<Request>,
+    tx: Tx,
+    /// After refusing an extended-protocol message, skip the client's messages until Sync.
+    skipping_to_sync: bool,
+    /// A client message larger than the receive buffer, being collected.
+    large: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Tx {
+    view: TxView,
+    /// The node a transaction's reads go to until it writes.
+    read_node: Option<u8>,
+    /// The transaction's timestamp for rewritten now() & co.
+    timestamp: Option<String>,
+}
+
+impl Tx {
+    /// An error pgmulti raised itself: inside a transaction block it aborts the transaction,
+    /// as an error from PostgreSQL would.
+    fn fail(&mut self) {
+        if self.view.open {
+            self.view.failed = true;
+        }
+    }
+
+    /// The ReadyForQuery status byte of this state.
+    fn status(&self) -> u8 {
+        match (self.view.open, self.view.failed) {
+            (false, _) => b'I',
+            (true, false) => b'T',
+            (true, true) => b'E',
+        }
+    }
+}
+
+impl Replication {
+    pub fn is_idle(&self) -> bool {
+        self.request.is_none()
+    }
+}
+
+struct Request {
+    /// The Query message sent as `Segment::Main` (rewritten where needed).
+    main: Vec<u8>,
+    /// The statement text for log lines.
+    text: String,
+    /// Run on the lead just before Main: locks that order concurrent writers (sequences).
+    ordering_lock: Option<String>,
+    plan: Plan,
+    next_phase: usize,
+    running: Vec<Running>,
+    /// Node ids that ran Main, with their outcomes (for the vote).
+    answers: Vec<(u8, Vec<Outcome>)>,
+    lead: u8,
+    voice: u8,
+    lead_failed: bool,
+    /// The voice's last ReadyForQuery status.
+    status: u8,
+    /// The client is sending COPY data for the running nodes.
+    copy_in: bool,
+    /// An error pgmulti reports before ReadyForQuery.
+    error: Option<(&'static str, String)>,
+    phase_started: Instant,
+}
+
+struct Running {
+    node: u8,
+    pending: VecDeque<Segment>,
+}
+
+impl Session {
+    pub(super) fn on_replicate(&mut self, cx: &mut Context) -> Transition {
+        let mut exhausted = true;
+        for _ in 0..PASSES {
+            let mut progress = false;
+            match self.client.fill() {
+                Ok(n) => progress |= n > 0,
+                Err(Broken::Closed) => {
+                    return Transition::Close("client closed the connection".into())
+                }
+                Err(Broken::Error(e)) => {
+                    return Transition::Close(format!("client read error: {e}"))
+                }
+            }
+            match self.node_io(cx) {
+                Ok(p) => progress |= p,
+                Err(t) => return t,
+            }
+            match self.node_replies(cx) {
+                Ok(p) => progress |= p,
+                Err(t) => return t,
+            }
+            match self.client_requests(cx) {
+                Ok(p) => progress |= p,
+                Err(t) => return t,
+            }
+            match self.node_io(cx) {
+                Ok(p) => progress |= p,
+                Err(t) => return t,
+            }
+            match self.client.flush() {
+                Ok(n) => progress |= n > 0,
+                Err(e) => return Transition::Close(format!("client write error: {e}")),
+            }
+            if !progress {
+                exhausted = false;
+                break;
+            }
+        }
+        if exhausted {
+            cx.again = true;
+        }
+        self.last_activity = cx.now;
+        if self.idle_timer.is_none() {
+            self.idle_timer =
+                Some(cx.schedule(super::IDLE_SWEEP, crate::reactor::context::TimerKind::Idle));
+        }
+        self.close_if_drained(cx)
+    }
+
+    /// Flush and fill every node connection. A node whose connection broke is detached.
+    fn node_io(&mut self, cx: &mut Context) -> Result<bool, Transition> {
+        let mut progress = false;
+        let mut lost = Vec::new();
+        for n in &mut self.nodes {
+            match n.flush() {
+                Ok(k) => progress |= k > 0,
+                Err(e) => {
+                    lost.push((n.index, e.to_string()));
+                    continue;
+                }
+            }
+            match n.ep.fill() {
+                Ok(k) => progress |= k > 0,
+                // What the node sent before it went away is still read below.
+                Err(e) => lost.push((n.index, e.to_string())),
+            }
+        }
+        for (id, why) in lost {
+            // Answers already buffered are processed first; then the node goes.
+            self.node_replies(cx)?;
+            self.lose_node(id, &format!("connection lost: {why}"), cx)?;
+            progress = true;
+        }
+        Ok(progress)
+    }
+
+    /// A node's connection failed: detach it everywhere; the request goes on without it,
+    /// unless the client was being answered by it.
+    fn lose_node(&mut self, id: u8, why: &str, cx: &mut Context) -> Result<(), Transition> {
+        cx.shared.cluster.detach(id, why);
+        self.drop_node(id, cx);
+        let voice_lost = self.repl.request.as_ref().is_some_and(|r| r.voice == id);
+        if let Some(r) = self.repl.request.as_mut() {
+            r.running.retain(|run| run.node != id);
+            r.answers.retain(|(n, _)| *n != id);
+        }
+        if voice_lost || self.nodes.is_empty() {
+            let msg = format!("node {id} failed while running this statement: {why}");
+            self.fatal(cx, "08006", &msg);
+            return Err(Transition::Close(msg));
+        }
+        Ok(())
+    }
+
+    fn drop_node(&mut self, id: u8, cx: &mut Context) {
+        if let Some(pos) = self.nodes.iter().position(|n| n.index == id) {
+            let mut n = self.nodes.remove(pos);
+            n.close(cx);
+        }
+    }
+
+    /// Process what the nodes answered. The voice's messages wait while the client's send
+    /// buffer has no room for them (back-pressure on the node).
+    fn node_replies(&mut self, cx: &mut Context) -> Result<bool, Transition> {
+        let mut progress = false;
+        let voice = match &self.repl.request {
+            Some(r) => Some(r.voice),
+            None => self.nodes.first().map(|n| n.index),
+        };
+        for i in 0..self.nodes.len() {
+            loop {
+                let node = &mut self.nodes[i];
+                let id = node.index;
+                if node.passing > 0 {
+                    let room = if node.passing_to_client {
+                        self.client.tx.free()
+                    } else {
+                        usize::MAX
+                    };
+                    let n = node.passing.min(node.ep.rx.len()).min(room);
+                    if n == 0 {
+                        break;
+                    }
+                    if node.passing_to_client {
+                        self.client.tx.extend(&node.ep.rx.data()[..n]);
+                    }
+                    node.ep.rx.consume(n);
+                    node.passing -= n;
+                    progress = true;
+                    continue;
+                }
+                let data = node.ep.rx.data();
+                let (tag, len) = match message_header(data, crate::protocol::MAX_MESSAGE_LEN) {
+                    Ok(Some(h)) if data.len() >= h.1 => h,
+                    Ok(Some((tag, len))) if len > node.ep.rx.capacity() => {
+                        // A large row or copy chunk: only the voice's goes on, streamed.
+                        trace_message(
+                            &self.prefix,
+                            Peer::Node(id),
+                            Peer::Pgmulti,
+                            tag,
+                            &data[5..],
+                            len,
+                            &mut cx.shared.scratch,
+                        );
+                        node.passing = len;
+                        node.passing_to_client =
+                            voice == Some(id) && !matches!(tag, b'C' | b'E' | b'Z');
+                        continue;
+                    }
+                    Ok(_) => break,
+                    Err(e) => {
+                        let why = format!("invalid message: {e}");
+                        self.lose_node(id, &why, cx)?;
+                        return Ok(true);
+                    }
+                };
+                if voice == Some(id) && self.client.tx.free() < len {
+                    break;
+                }
+                let msg = data[..len].to_vec();
+                node.ep.rx.consume(len);
+                progress = true;
+                self.on_node_message(id, tag, &msg, cx)?;
+                if self.nodes.get(i).is_none_or(|n| n.index != id) {
+                    break; // the node was dropped
+                }
+            }
+        }
+        self.advance(cx)?;
+        Ok(progress)
+    }
+
+    fn on_node_message(
+        &mut self,
+        id: u8,
+        tag: u8,
+        msg: &[u8],
+        cx: &mut Context,
+    ) -> Result<(), Transition> {
+        trace_message(
+            &self.prefix,
+            Peer::Node(id),
+            Peer::Pgmulti,
+            tag,
+            &msg[5..],
+            msg.len(),
+            &mut cx.shared.scratch,
+        );
+        let lead = self.nodes.first().map(|n| n.index);
+        let Some(r) = self.repl.request.as_mut() else {
+            // Between requests only asynchronous messages come: the lead's reach the client.
+            if matches!(tag, b'A' | b'N' | b'S') && lead == Some(id) {
+                self.client.tx.extend(msg);
+            }
+            return Ok(());
+        };
+        let Some(run) = r.running.iter_mut().find(|run| run.node == id) else {
+            if matches!(tag, b'A' | b'N' | b'S') && r.voice == id {
+                self.client.tx.extend(msg);
+            }
+            return Ok(());
+        };
+        let Some(&segment) = run.pending.front() else {
+            return Ok(());
+        };
+        let main = !matches!(segment, Segment::Wrapper(_));
+        let voice = r.voice == id;
+        match tag {
+            b'Z' => {
+                run.pending.pop_front();
+                if voice {
+                    r.status = msg.get(5).copied().unwrap_or(b'I');
+                }
+                if run.pending.is_empty() {
+                    let ms = cx
+                        .now
+                        .saturating_duration_since(r.phase_started)
+                        .as_secs_f64()
+                        * 1000.0;
+                    cx.shared.cluster.observe_latency(id, ms);
+                }
+                return Ok(());
+            }
+            b'C' | b'I' | b'E' => {
+                let outcome = match tag {
+                    b'C' => Outcome::Complete(command_rows(msg)),
+                    b'I' => Outcome::Complete(None),
+                    _ => Outcome::Error(error_code(msg)),
+                };
+                if main || tag == b'E' {
+                    if main && id == r.lead && tag == b'E' {
+                        r.lead_failed = true;
+                    }
+                    match r.answers.iter_mut().find(|(n, _)| *n == id) {
+                        Some((_, o)) => o.push(outcome),
+                        None => r.answers.push((id, vec![outcome])),
+                    }
+                }
+            }
+            b'G' if main && voice => r.copy_in = true,
+            _ => {}
+        }
+        if voice && (main || matches!(tag, b'E' | b'A' | b'N' | b'S')) {
+            // Room was checked before the message was taken.
+            self.client.tx.extend(msg);
+        }
+        Ok(())
+    }
+
+    /// Start the next phase when the running one is done; finish the request at the end.
+    fn advance(&mut self, cx: &mut Context) -> Result<(), Transition> {
+        loop {
+            let Some(r) = self.repl.request.as_mut() else {
+                return Ok(());
+            };
+            if r.running.iter().any(|run| !run.pending.is_empty()) {
+                return Ok(());
+            }
+            r.running.clear();
+            if r.next_phase == r.plan.phases.len() {
+                return self.finish_request(cx);
+            }
+            let phase = r.plan.phases[r.next_phase].clone();
+            r.next_phase += 1;
+            if phase.skip_if_lead_failed && r.lead_failed {
+                continue;
+            }
+            let targets: Vec<u8> = match phase.targets {
+                Targets::Lead => vec![r.lead],
+                Targets::ReadNode => vec![r.voice],
+                Targets::All => self.nodes.iter().map(|n| n.index).collect(),
+                Targets::Replicas => self
+                    .nodes
+                    .iter()
+                    .map(|n| n.index)
+                    .filter(|&n| n != r.lead)
+                    .collect(),
+            };
+            r.phase_started = cx.now;
+            for id in targets {
+                let Some(node) = self.nodes.iter_mut().find(|n| n.index == id) else {
+                    continue;
+                };
+                let mut out = Vec::new();
+                let mut pending = VecDeque::with_capacity(phase.segments.len() + 1);
+                for &seg in &phase.segments {
+                    match seg {
+                        Segment::Main => {
+                            if let Some(lock) = r.ordering_lock.as_deref().filter(|_| id == r.lead)
+                            {
+                                frontend::query(&mut out, lock);
+                                pending.push_back(Segment::Wrapper("ordering lock"));
+                            }
+                            out.extend_from_slice(&r.main)
+                        }
+                        Segment::Wrapper(text) | Segment::MainAs(text) => {
+                            frontend::query(&mut out, text)
+                        }
+                    }
+                    pending.push_back(seg);
+                }
+                crate::trace::trace_built(
+                    &self.prefix,
+                    Peer::Pgmulti,
+                    Peer::Node(id),
+                    &out,
+                    &mut cx.shared.scratch,
+                );
+                node.send(&out);
+                r.running.push(Running { node: id, pending });
+                let stats = &mut cx.shared.cluster.nodes[id as usize];
+                if r.plan.writes {
+                    stats.writes += 1;
+                } else if phase.targets == Targets::ReadNode {
+                    stats.reads += 1;
+                }
+            }
+            if !r.running.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Every phase ran: vote, detach who differs, update the transaction, answer the client.
+    fn finish_request(&mut self, cx: &mut Context) -> Result<(), Transition> {
+        let Some(mut r) = self.repl.request.take() else {
+            return Ok(());
+        };
+        if r.answers.len() > 1 {
+            let verdict = compare::vote(&r.answers, r.lead);
+            if !verdict.differ.is_empty() {
+                log::warn!(
+                    "{} nodes disagree on \"{}\": {}; detaching node(s) {:?}",
+                    self.prefix,
+                    r.text,
+                    compare::describe(&r.answers),
+                    verdict.differ
+                );
+                for id in &verdict.differ {
+                    cx.shared.cluster.detach(
+                        *id,
+                        &format!("its answer differed from the majority on \"{}\"", r.text),
+                    );
+                    self.drop_node(*id, cx);
+                }
+                if verdict.differ.contains(&r.voice) {
+                    r.error = Some((
+                        "40003",
+                        format!("node {} answered differently from the other nodes and was detached; this statement's outcome on the remaining nodes differs from what was reported", r.voice),
+                    ));
+                }
+            }
+        }
+        if self.nodes.is_empty() {
+            self.fatal(cx, "08006", "no node is left");
+            return Err(Transition::Close("no node is left".into()));
+        }
+        let tx = &mut self.repl.tx;
+        let mut status = r.status;
+        if r.error.is_some() && status != b'I' {
+            status = b'E';
+        }
+        match status {
+            b'I' => *tx = Tx::default(),
+            b'T' => {
+                tx.view.open = true;
+                tx.view.wrote |= r.plan.writes;
+            }
+            _ => {
+                tx.view.open = true;
+                tx.view.failed = true;
+            }
+        }
+        if let Some((code, msg)) = &r.error {
+            self.send_error(cx, "ERROR", code, msg, None);
+        }
+        self.ready_for_query(status, cx);
+        Ok(())
+    }
+
+    /// Take client messages: one request at a time, COPY data while copying.
+    fn client_requests(&mut self, cx: &mut Context) -> Result<bool, Transition> {
+        let mut progress = false;
+        loop {
+            let copying = self.repl.request.as_ref().is_some_and(|r| r.copy_in);
+            if self.repl.request.is_some() && !copying {
+                return Ok(progress);
+            }
+            let Some((tag, len)) = self.peek_client_message(cx)? else {
+                return Ok(progress);
+            };
+            if copying {
+                if !self.copy_to_nodes(tag, len, cx) {
+                    return Ok(progress);
+                }
+                progress = true;
+                continue;
+            }
+            let msg = self.take_client_message(len);
+            progress = true;
+            trace_message(
+                &self.prefix,
+                Peer::Client,
+                Peer::Pgmulti,
+                tag,
+                &msg[5..],
+                msg.len(),
+                &mut cx.shared.scratch,
+            );
+            if self.repl.skipping_to_sync {
+                if tag == b'S' {
+                    self.repl.skipping_to_sync = false;
+                    self.ready_for_query(self.repl.tx.status(), cx);
+                }
+                continue;
+            }
+            match tag {
+                b'Q' => self.start_request(msg, cx)?,
+                b'X' => return Err(Transition::Close("client sent Terminate".into())),
+                b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'S' | b'F' => {
+                    self.repl.tx.fail();
+                    self.repl.skipping_to_sync = tag != b'S';
+                    self.send_error(
+                        cx,
+                        "ERROR",
+                        "0A000",
+                        "the extended query protocol is not supported in replication mode yet",
+                        Some("use the simple query protocol (psql, pgbench -M simple)"),
+                    );
+                    if tag == b'S' {
+                        self.ready_for_query(self.repl.tx.status(), cx);
+                    }
+                }
+                // Copy messages outside COPY are ignored, as PostgreSQL does after an error.
+                b'd' | b'c' | b'f' => {}
+                other => {
+                    return Err(self.protocol_violation(
+                        cx,
+                        &format!("unexpected message type {:?}", other as char),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// End a request: ReadyForQuery with `status`, remembered for idle and shutdown checks.
+    fn ready_for_query(&mut self, status: u8, cx: &mut Context) {
+        self.tx_status = status;
+        let out = &mut cx.shared.out;
+        out.clear();
+        backend::ready_for_query(out, status);
+        self.send_to_client(cx);
+    }
+
+    /// The next whole client message's (tag, length), collecting a large one if need be.
+    fn peek_client_message(&mut self, cx: &mut Context) -> Result<Option<(u8, usize)>, Transition> {
+        if !self.repl.large.is_empty() {
+            let want = message_len(&self.repl.large);
+            let take = (want - self.repl.large.len()).min(self.client.rx.len());
+            self.repl
+                .large
+                .extend_from_slice(&self.client.rx.data()[..take]);
+            self.client.rx.consume(take);
+            return Ok((self.repl.large.len() == want).then(|| (self.repl.large[0], want)));
+        }
+        let data = self.client.rx.data();
+        match message_header(data, MAX_REPLICATED_MESSAGE) {
+            Ok(Some((tag, len))) if data.len() >= len => Ok(Some((tag, len))),
+            Ok(Some((_, len))) if len > self.client.rx.capacity() => {
+                self.repl.large.reserve_exact(len);
+                self.repl.large.extend_from_slice(data);
+                let n = data.len();
+                self.client.rx.consume(n);
+                Ok(None)
+            }
+            Ok(_) => Ok(None),
+            Err(e) => Err(self.protocol_violation(cx, &e.to_string())),
+        }
+    }
+
+    fn take_client_message(&mut self, len: usize) -> Vec<u8> {
+        if !self.repl.large.is_empty() {
+            return std::mem::take(&mut self.repl.large);
+        }
+        let msg = self.client.rx.data()[..len].to_vec();
+        self.client.rx.consume(len);
+        msg
+    }
+
+    /// Pass one COPY message to every running node when all have room; false to wait.
+    fn copy_to_nodes(&mut self, tag: u8, len: usize, cx: &mut Context) -> bool {
+        let Some(r) = self.repl.request.as_ref() else {
+            return false;
+        };
+        let targets: Vec<u8> = r.running.iter().map(|run| run.node).collect();
+        if !matches!(tag, b'd' | b'c' | b'f') {
+            // Flush/Sync during COPY are ignored, as PostgreSQL does.
+            let _ = self.take_client_message(len);
+            return true;
+        }
+        let waiting = self.nodes.iter().filter(|n| targets.contains(&n.index));
+        if len <= self.client.rx.capacity() && !waiting.clone().all(|n| n.has_room(len)) {
+            return false;
+        }
+        let msg = self.take_client_message(len);
+        if tag != b'd' {
+            if let Some(r) = self.repl.request.as_mut() {
+                r.copy_in = false;
+            }
+            trace_message(
+                &self.prefix,
+                Peer::Client,
+                Peer::Pgmulti,
+                tag,
+                &msg[5..],
+                msg.len(),
+                &mut cx.shared.scratch,
+            );
+        }
+        for n in self.nodes.iter_mut().filter(|n| targets.contains(&n.index)) {
+            n.send(&msg);
+        }
+        true
+    }
+
+    fn start_request(&mut self, msg: Vec<u8>, cx: &mut Context) -> Result<(), Transition> {
+        // Nodes detached by other sessions are dropped between requests.
+        let gone: Vec<u8> = self
+            .nodes
+            .iter()
+            .map(|n| n.index)
+            .filter(|&id| !cx.shared.cluster.is_up(id))
+            .collect();
+        for id in gone {
+            self.drop_node(id, cx);
+        }
+        let Some(lead) = self.nodes.first().map(|n| n.index) else {
+            self.fatal(cx, "08006", "no node is left");
+            return Err(Transition::Close("no node is left".into()));
+        };
+        let sql = match frontend::parse_query(&msg[5..]) {
+            Ok(s) => s,
+            Err(e) => return Err(self.protocol_violation(cx, &e.to_string())),
+        };
+        let text = short(sql);
+        let analysed = request::analyse(sql);
+        let planned = plan::plan(analysed.class, self.repl.tx.view);
+        let plan = match planned {
+            Planned::Run(p) => p,
+            Planned::RefuseInFailedTransaction => {
+                self.send_error(cx, "ERROR", "25P02", "current transaction is aborted, commands ignored until end of transaction block", None);
+                self.ready_for_query(b'E', cx);
+                return Ok(());
+            }
+        };
+        let main = if plan.writes {
+            let transaction_ts = self
+                .repl
+                .tx
+                .timestamp
+                .get_or_insert_with(request::timestamp_now)
+                .clone();
+            let statement_ts = request::timestamp_now();
+            let mut random = || {
+                let mut b = [0u8; 8];
+                let _ = openssl::rand::rand_bytes(&mut b);
+                u64::from_be_bytes(b)
+            };
+            let mut values = request::Values {
+                transaction_ts: &transaction_ts,
+                statement_ts: &statement_ts,
+                random: &mut random,
+            };
+            match request::rewrite(sql, &analysed, &mut values) {
+                Ok(Some(rewritten)) => {
+                    log::debug!(
+                        "{} rewritten for replication: {}",
+                        self.prefix,
+                        short(&rewritten)
+                    );
+                    let mut m = Vec::with_capacity(rewritten.len() + 6);
+                    frontend::query(&mut m, &rewritten);
+                    m
+                }
+                Ok(None) => msg.clone(),
+                Err(refusal) => {
+                    self.send_error(cx, "ERROR", "0A000", &refusal.message, Some(&refusal.hint));
+                    self.repl.tx.fail();
+                    self.ready_for_query(self.repl.tx.status(), cx);
+                    return Ok(());
+                }
+            }
+        } else {
+            msg
+        };
+        let voice = match plan.voice {
+            Targets::ReadNode => {
+                let pick = |c: &crate::cluster::Cluster, nodes: &[NodeConn]| {
+                    c.read_node()
+                        .filter(|id| nodes.iter().any(|n| n.index == *id))
+                        .unwrap_or(lead)
+                };
+                if self.repl.tx.view.open {
+                    *self
+                        .repl
+                        .tx
+                        .read_node
+                        .get_or_insert_with(|| pick(&cx.shared.cluster, &self.nodes))
+                } else {
+                    pick(&cx.shared.cluster, &self.nodes)
+                }
+            }
+            _ => lead,
+        };
+        let ordering_lock = if plan.writes {
+            request::ordering_lock(&analysed)
+        } else {
+            None
+        };
+        self.repl.request = Some(Request {
+            main,
+            text,
+            ordering_lock,
+            plan,
+            next_phase: 0,
+            running: Vec::new(),
+            answers: Vec::new(),
+            lead,
+            voice,
+            lead_failed: false,
+            status: b'I',
+            copy_in: false,
+            error: None,
+            phase_started: cx.now,
+        });
+        self.advance(cx)
+    }
+}
+
+fn message_len(header: &[u8]) -> usize {
+    match message_header(header, MAX_REPLICATED_MESSAGE) {
+        Ok(Some((_, len))) => len,
+        _ => header.len(),
+    }
+}
+
+/// The row count in a CommandComplete message's tag.
+fn command_rows(msg: &[u8]) -> Option<u64> {
+    let tag = msg.get(5..)?.split(|&b| b == 0).next()?;
+    backend::command_tag_rows(std::str::from_utf8(tag).ok()?)
+}
+
+fn error_code(msg: &[u8]) -> String {
+    backend::parse_error_fields(msg.get(5..).unwrap_or_default())
+        .map(|f| f.code.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// A statement shortened for log lines.
+fn short(sql: &str) -> String {
+    let one_line: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.len() > 200 {
+        let mut end = 200;
+        while !one_line.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &one_line[..end])
+    } else {
+        one_line
+    }
+}
