@@ -470,7 +470,9 @@ impl Session {
         match status {
             b'I' => *tx = Tx::default(),
             b'T' => {
+                // Also after ROLLBACK TO SAVEPOINT, which recovers a failed transaction.
                 tx.view.open = true;
+                tx.view.failed = false;
                 tx.view.wrote |= r.plan.writes;
             }
             _ => {

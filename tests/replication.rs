@@ -1,0 +1,386 @@
+//! `mode = replication` over three real PostgreSQL nodes: writes reach every node in the same
+//! order, reads go to one, non-deterministic values are made identical (or refused), and a
+//! node that disagrees is detached. Each test works in its own database on all three nodes
+//! and starts its own pgmulti.
+
+mod common;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::*;
+
+/// Three nodes shared by the tests of this binary.
+fn nodes() -> &'static [Node; 3] {
+    static NODES: OnceLock<[Node; 3]> = OnceLock::new();
+    NODES.get_or_init(|| {
+        [
+            Node::start(NodeOptions::default()),
+            Node::start(NodeOptions::default()),
+            Node::start(NodeOptions::default()),
+        ]
+    })
+}
+
+/// A database of this name, fresh on every node.
+fn fresh_db(name: &str) {
+    for n in nodes() {
+        n.fresh_db(name, "postgres");
+    }
+}
+
+fn replication_conf() -> PgmultiConf {
+    let [n0, n1, n2] = nodes();
+    PgmultiConf::relay(n0)
+        .mode("replication")
+        .backend(n1.host(), n1.port())
+        .backend(n2.host(), n2.port())
+}
+
+/// Run SQL through pgmulti; panic with stderr on failure; -At output.
+fn sql(pm: &Pgmulti, db: &str, sql: &str) -> String {
+    let out = pm.psql("postgres", db, None, sql);
+    assert!(out.success(), "{sql}: {}", out.stderr);
+    out.stdout.trim().to_string()
+}
+
+/// One checksum per user table: row count and md5 of all rows in a stable order.
+fn checksums(node: &Node, db: &str) -> Vec<String> {
+    let tables = node.psql(
+        "postgres",
+        db,
+        "SELECT string_agg(quote_ident(relname), ' ' ORDER BY relname) FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE relkind = 'r' AND nspname = 'public'",
+    );
+    tables
+        .split_whitespace()
+        .map(|t| {
+            let sum = node.psql(
+                "postgres",
+                db,
+                &format!("SELECT count(*) || ' ' || coalesce(md5(string_agg(x::text, ',' ORDER BY x::text)), '-') FROM {t} x"),
+            );
+            format!("{t}: {sum}")
+        })
+        .collect()
+}
+
+fn assert_identical(db: &str, on: &[usize]) {
+    let all = nodes();
+    let first = checksums(&all[on[0]], db);
+    assert!(!first.is_empty(), "no tables in {db}");
+    for &i in &on[1..] {
+        assert_eq!(
+            checksums(&all[i], db),
+            first,
+            "node {i} differs from node {} in {db}",
+            on[0]
+        );
+    }
+}
+
+#[test]
+fn pgbench_tpcb_keeps_every_table_identical() {
+    fresh_db("tpcb");
+    let pm = Pgmulti::start(&replication_conf());
+    let conn = ["-h", "127.0.0.1", "-p"];
+    let port = pm.port().to_string();
+    let (ok, out, err) = pgbench(
+        &[
+            conn[0], conn[1], conn[2], &port, "-U", "postgres", "-i", "-s", "2", "tpcb",
+        ],
+        &[],
+    );
+    assert!(ok, "pgbench -i through pgmulti failed:\n{out}\n{err}");
+    let (ok, out, err) = pgbench(
+        &[
+            conn[0], conn[1], conn[2], &port, "-U", "postgres", "-c", "8", "-j", "2", "-T", "10",
+            "-M", "simple", "tpcb",
+        ],
+        &[],
+    );
+    assert!(ok, "pgbench failed:\n{out}\n{err}");
+    let summary = parse_pgbench_summary(&out).expect("pgbench summary");
+    assert!(summary.processed > 0, "{out}");
+    assert_eq!(summary.failed, 0, "{out}");
+    assert_identical("tpcb", &[0, 1, 2]);
+    let history = nodes()[2].psql("postgres", "tpcb", "SELECT count(*) FROM pgbench_history");
+    assert_eq!(
+        history,
+        summary.processed.to_string(),
+        "every acknowledged transaction is on node 2"
+    );
+}
+
+#[test]
+fn nondeterministic_values_are_identical_on_every_node() {
+    fresh_db("nondet");
+    let pm = Pgmulti::start(&replication_conf());
+    sql(
+        &pm,
+        "nondet",
+        "CREATE TABLE serial_t (id serial PRIMARY KEY, client int, at timestamptz, clock timestamptz);
+         CREATE TABLE ident_t (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, r float8, u uuid, d date);
+         CREATE SEQUENCE explicit_seq;
+         CREATE TABLE seq_t (v bigint, client int);
+         CREATE TABLE counters (id int PRIMARY KEY, n int NOT NULL, touched timestamptz);
+         INSERT INTO counters SELECT g, 0, now() FROM generate_series(0, 2) g;",
+    );
+    let script = temp_dir("nondet").join("script.sql");
+    std::fs::write(
+        &script,
+        "INSERT INTO serial_t (client, at, clock) VALUES (:client_id, now(), clock_timestamp());\n\
+         INSERT INTO ident_t (r, u, d) VALUES (random(), gen_random_uuid(), CURRENT_DATE);\n\
+         INSERT INTO seq_t VALUES (nextval('explicit_seq'), :client_id);\n\
+         SELECT nextval('explicit_seq');\n\
+         UPDATE counters SET n = n + 1, touched = CURRENT_TIMESTAMP WHERE id = :client_id % 3;\n",
+    )
+    .unwrap();
+    let port = pm.port().to_string();
+    let (ok, out, err) = pgbench(
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-n",
+            "-c",
+            "8",
+            "-j",
+            "2",
+            "-T",
+            "5",
+            "-f",
+            script.to_str().unwrap(),
+            "nondet",
+        ],
+        &[],
+    );
+    assert!(ok, "pgbench failed:\n{out}\n{err}");
+    let summary = parse_pgbench_summary(&out).expect("pgbench summary");
+    assert_eq!(summary.failed, 0, "{out}");
+    assert!(summary.processed > 0);
+    assert_identical("nondet", &[0, 1, 2]);
+    // Values really vary between executions (not one frozen literal).
+    let n0 = &nodes()[0];
+    assert_eq!(
+        n0.psql(
+            "postgres",
+            "nondet",
+            "SELECT count(DISTINCT u) = count(*) FROM ident_t"
+        ),
+        "t"
+    );
+    assert_eq!(
+        n0.psql(
+            "postgres",
+            "nondet",
+            "SELECT count(DISTINCT clock) > 1 FROM serial_t"
+        ),
+        "t"
+    );
+}
+
+#[test]
+fn what_cannot_be_replicated_is_refused_with_a_hint() {
+    fresh_db("refuse");
+    let pm = Pgmulti::start(&replication_conf());
+    sql(&pm, "refuse", "CREATE TABLE t (id int PRIMARY KEY, r float8, at timestamp); INSERT INTO t VALUES (1, 0, NULL)");
+    for statement in [
+        "UPDATE t SET r = random()",
+        "INSERT INTO t SELECT 2, random(), NULL",
+        "UPDATE t SET at = 'now'::timestamp",
+    ] {
+        let out = pm.psql("postgres", "refuse", None, statement);
+        assert!(!out.success(), "{statement} was not refused");
+        assert!(
+            out.stderr.contains("cannot be replicated"),
+            "{statement}: {}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains("HINT"),
+            "{statement}: no hint: {}",
+            out.stderr
+        );
+    }
+    assert_identical("refuse", &[0, 1, 2]);
+    assert_eq!(
+        nodes()[1].psql("postgres", "refuse", "SELECT r FROM t"),
+        "0"
+    );
+}
+
+/// The same psql script through pgmulti and directly against one PostgreSQL: same output.
+#[test]
+fn sql_features_answer_as_postgresql_and_stay_identical() {
+    fresh_db("features");
+    nodes()[0].fresh_db("features_direct", "postgres");
+    let pm = Pgmulti::start(&replication_conf());
+    let script = "\
+CREATE TABLE acct (id int PRIMARY KEY, balance int NOT NULL CHECK (balance >= 0));
+INSERT INTO acct SELECT g, 100 FROM generate_series(1, 10) g;
+BEGIN; UPDATE acct SET balance = balance - 10 WHERE id = 1; SELECT balance FROM acct WHERE id = 1; COMMIT;
+SET application_name = 'features';
+SHOW application_name;
+CREATE TEMP TABLE scratch AS SELECT id FROM acct WHERE id <= 3;
+INSERT INTO acct SELECT id + 100, 1 FROM scratch;
+BEGIN;
+UPDATE acct SET balance = balance + 5 WHERE id = 2;
+SAVEPOINT s1;
+UPDATE acct SET balance = balance - 1000 WHERE id = 3;
+ROLLBACK TO SAVEPOINT s1;
+UPDATE acct SET balance = balance + 1 WHERE id = 3;
+COMMIT;
+BEGIN;
+UPDATE acct SET balance = 0 WHERE id = 4;
+SELECT 1/0;
+SELECT 'not reached';
+ROLLBACK;
+PREPARE bump(int) AS UPDATE acct SET balance = balance + $1 WHERE id = 5;
+EXECUTE bump(7);
+EXECUTE bump(8);
+DEALLOCATE bump;
+ALTER TABLE acct ADD COLUMN note text DEFAULT 'x';
+SELECT id, balance, note FROM acct ORDER BY id;
+";
+    let run = |conn: String| {
+        let mut cmd = std::process::Command::new("psql");
+        cmd.args(["-X", "-A", "-t", "-q", &conn, "-f", "-"]);
+        run_with_timeout(
+            cmd,
+            Some(script.as_bytes().to_vec()),
+            Duration::from_secs(60),
+        )
+    };
+    let through = run(pm.conn_str("postgres", "features"));
+    let n0 = &nodes()[0];
+    let direct = run(format!(
+        "host=127.0.0.1 port={} user=postgres dbname=features_direct",
+        n0.port()
+    ));
+    assert_eq!(
+        through.stdout, direct.stdout,
+        "stdout differs from PostgreSQL's"
+    );
+    let strip_db = |s: &str| s.replace("features_direct", "features");
+    assert_eq!(
+        through.stderr,
+        strip_db(&direct.stderr),
+        "errors differ from PostgreSQL's"
+    );
+    assert!(
+        through.stderr.contains("division by zero"),
+        "{}",
+        through.stderr
+    );
+    assert!(
+        through.stderr.contains("current transaction is aborted"),
+        "{}",
+        through.stderr
+    );
+    assert_identical("features", &[0, 1, 2]);
+}
+
+#[test]
+fn a_node_that_disagrees_is_detached_and_stays_detached() {
+    fresh_db("diverge");
+    let status_file = temp_dir("diverge-status").join("node_status");
+    let conf = replication_conf().line(&format!("status_file = '{}'", status_file.display()));
+    let pm = Pgmulti::start(&conf);
+    sql(&pm, "diverge", "CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t SELECT g, 0 FROM generate_series(1, 10) g");
+    // Someone changes node 2 behind pgmulti's back.
+    nodes()[2].psql("postgres", "diverge", "DELETE FROM t WHERE id = 7");
+    let out = pm.psql("postgres", "diverge", None, "UPDATE t SET v = v + 1");
+    assert!(
+        out.success(),
+        "the client must not see an error: {}",
+        out.stderr
+    );
+    assert!(
+        pm.wait_log(Duration::from_secs(5), |l| l.contains("WARN")
+            && l.contains("UPDATE t SET v = v + 1")
+            && l.contains("node 2: ok 9")),
+        "no WARNING naming the statement and the counts:\n{}",
+        pm.log()
+    );
+    let status = std::fs::read_to_string(&status_file).unwrap();
+    assert!(
+        status.lines().any(|l| l == "2 down"),
+        "status_file:\n{status}"
+    );
+    assert!(
+        status.lines().any(|l| l == "0 up") && status.lines().any(|l| l == "1 up"),
+        "{status}"
+    );
+    // Writes continue on nodes 0 and 1 only.
+    sql(&pm, "diverge", "INSERT INTO t VALUES (11, 0)");
+    assert_identical("diverge", &[0, 1]);
+    assert_eq!(
+        nodes()[2].psql(
+            "postgres",
+            "diverge",
+            "SELECT count(*) FROM t WHERE id = 11"
+        ),
+        "0"
+    );
+
+    // A restarted pgmulti reads the status file: node 2 stays out.
+    drop(pm);
+    let pm = Pgmulti::start(&conf);
+    sql(&pm, "diverge", "INSERT INTO t VALUES (12, 0)");
+    assert_identical("diverge", &[0, 1]);
+    assert_eq!(
+        nodes()[2].psql(
+            "postgres",
+            "diverge",
+            "SELECT count(*) FROM t WHERE id = 12"
+        ),
+        "0"
+    );
+}
+
+#[test]
+fn reads_skip_weight_zero_and_writes_reach_every_node() {
+    fresh_db("weights");
+    let [n0, n1, n2] = nodes();
+    let conf = replication_conf().line("backend_weight2 = 0");
+    let pm = Pgmulti::start(&conf);
+    sql(&pm, "weights", "CREATE TABLE t (v int)");
+    let mut ports = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        ports.insert(sql(&pm, "weights", "SELECT inet_server_port()"));
+    }
+    assert!(
+        !ports.contains(&n2.port().to_string()),
+        "node 2 (weight 0) served a read: {ports:?}"
+    );
+    assert!(ports
+        .iter()
+        .all(|p| *p == n0.port().to_string() || *p == n1.port().to_string()));
+    sql(&pm, "weights", "INSERT INTO t VALUES (1)");
+    assert_eq!(
+        n2.psql("postgres", "weights", "SELECT count(*) FROM t"),
+        "1"
+    );
+}
+
+#[test]
+fn extended_protocol_is_refused_clearly_and_the_session_goes_on() {
+    fresh_db("extended");
+    let pm = Pgmulti::start(&replication_conf());
+    let mut client = connect(&pm.conn_str("postgres", "extended"));
+    let err = client.query("SELECT $1::int", &[&1i32]).unwrap_err();
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "0A000", "{db:?}");
+    assert!(db.message().contains("extended query protocol"), "{db:?}");
+    let rows = client.simple_query("SELECT 41 + 1").unwrap();
+    let value = rows.iter().find_map(|m| match m {
+        postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    });
+    assert_eq!(value.as_deref(), Some("42"));
+}
