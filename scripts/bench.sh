@@ -127,7 +127,8 @@ done
 
 ensure_peers() {
     local missing=()
-    command -v pgbouncer >/dev/null || missing+=(pgbouncer)
+    # Debian puts both in /usr/sbin, which an ordinary user's PATH may lack.
+    command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
     [ -x /usr/sbin/pgpool ] || command -v pgpool >/dev/null || missing+=(pgpool2)
     [ ${#missing[@]} -eq 0 ] && return 0
     if ! is_root; then
@@ -150,6 +151,7 @@ ensure_peers() {
 }
 ensure_peers
 PGPOOL=$(command -v pgpool || echo /usr/sbin/pgpool)
+PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
 
 PGMULTI_REV=
 if [ -n "${PGMULTI_BIN:-}" ]; then
@@ -340,9 +342,9 @@ EOF
 launch_pgbouncer() { # DIR PORT -> sets LAUNCHED_PID
     # PgBouncer refuses to run as root: -u makes it switch to postgres (keeping our ulimit -n).
     if is_root; then
-        pgbouncer -u postgres "$1/pgbouncer.ini" >>"$1/stderr.log" 2>&1 &
+        "$PGBOUNCER" -u postgres "$1/pgbouncer.ini" >>"$1/stderr.log" 2>&1 &
     else
-        pgbouncer "$1/pgbouncer.ini" >>"$1/stderr.log" 2>&1 &
+        "$PGBOUNCER" "$1/pgbouncer.ini" >>"$1/stderr.log" 2>&1 &
     fi
     LAUNCHED_PID=$!
     BG_PIDS+=("$LAUNCHED_PID")
@@ -695,7 +697,7 @@ done
     echo "os=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME")"
     echo "postgres=$("$PG_BIN/postgres" --version)"
     echo "pgbench=$(pgbench --version)"
-    echo "pgbouncer=$(pgbouncer --version | head -1)"
+    echo "pgbouncer=$("$PGBOUNCER" --version | head -1)"
     echo "pgpool=$("$PGPOOL" --version 2>&1 | head -1)"
     echo "pgmulti=$("$PGMULTI" --version)"
     if [ -n "$PGMULTI_REV" ]; then

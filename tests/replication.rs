@@ -125,6 +125,8 @@ fn nondeterministic_values_are_identical_on_every_node() {
          CREATE SEQUENCE explicit_seq;
          CREATE TABLE seq_t (v bigint, client int);
          CREATE TABLE counters (id int PRIMARY KEY, n int NOT NULL, touched timestamptz);
+         CREATE TABLE defaulted (id bigserial PRIMARY KEY, client int, at timestamptz DEFAULT now(),
+                                 u uuid NOT NULL DEFAULT gen_random_uuid(), day date DEFAULT CURRENT_DATE);
          INSERT INTO counters SELECT g, 0, now() FROM generate_series(0, 2) g;",
     );
     let script = temp_dir("nondet").join("script.sql");
@@ -134,7 +136,8 @@ fn nondeterministic_values_are_identical_on_every_node() {
          INSERT INTO ident_t (r, u, d) VALUES (random(), gen_random_uuid(), CURRENT_DATE);\n\
          INSERT INTO seq_t VALUES (nextval('explicit_seq'), :client_id);\n\
          SELECT nextval('explicit_seq');\n\
-         UPDATE counters SET n = n + 1, touched = CURRENT_TIMESTAMP WHERE id = :client_id % 3;\n",
+         UPDATE counters SET n = n + 1, touched = CURRENT_TIMESTAMP WHERE id = :client_id % 3;\n\
+         INSERT INTO defaulted (client) VALUES (:client_id), (:client_id + 100);\n",
     )
     .unwrap();
     let port = pm.port().to_string();
@@ -182,6 +185,14 @@ fn nondeterministic_values_are_identical_on_every_node() {
         ),
         "t"
     );
+    assert_eq!(
+        n0.psql(
+            "postgres",
+            "nondet",
+            "SELECT count(DISTINCT u) = count(*) AND count(*) > 0 FROM defaulted"
+        ),
+        "t"
+    );
 }
 
 #[test]
@@ -189,10 +200,17 @@ fn what_cannot_be_replicated_is_refused_with_a_hint() {
     fresh_db("refuse");
     let pm = Pgmulti::start(&replication_conf());
     sql(&pm, "refuse", "CREATE TABLE t (id int PRIMARY KEY, r float8, at timestamp); INSERT INTO t VALUES (1, 0, NULL)");
+    sql(
+        &pm,
+        "refuse",
+        "CREATE TABLE d (id int, at timestamptz DEFAULT clock_timestamp())",
+    );
     for statement in [
         "UPDATE t SET r = random()",
         "INSERT INTO t SELECT 2, random(), NULL",
         "UPDATE t SET at = 'now'::timestamp",
+        "INSERT INTO d SELECT 1",
+        "INSERT INTO d (id, at) VALUES (2, DEFAULT)",
     ] {
         let out = pm.psql("postgres", "refuse", None, statement);
         assert!(!out.success(), "{statement} was not refused");

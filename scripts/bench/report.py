@@ -330,6 +330,8 @@ def main():
                     notes.append(f"spread {spread:.0f}%")
                 rd = ratio(cell.tps, d)
                 rb = ratio(cell.tps, bpe[1] if bpe else None)
+                if w.startswith("tpcb") and not t["repl"] and t["group"] != "ref":
+                    rb = None  # a single node against a replicating peer: not comparable
                 o(f"| {cc} | {t['label']} | {tps_txt} | {ms(cell.p50)} | {ms(cell.p99)} | "
                   f"{fratio(rd)} | {fratio(rb)} | {'; '.join(notes)} |")
         for r in na_rows + skipped_rows:
@@ -338,6 +340,24 @@ def main():
         if best_lines:
             o("Best peer: " + "; ".join(best_lines) + ".\n")
         o("Spread = (max − min) / median TPS over the rounds.\n" if w == workloads[0] else "")
+
+    # --- caveats ----------------------------------------------------------------------------
+    o("## Caveats\n")
+    o("- Everything (3 nodes, the middleware, pgbench) shares the same cores, so a middleware that uses "
+      "more CPU also takes it from the nodes and from pgbench; this favours light processes, as a "
+      "single small server would in production too. Other jobs may run on the machine at the same time: "
+      "the alternation spreads their effect over all targets, and the spread column shows how steady a "
+      "cell was.")
+    o("- pgpool-II's configuration is the script's best reading of the 4.3 sample for native replication with "
+      "load balancing and no failover; it is not tuned further (e.g. no `memory_cache_enabled`, "
+      "`max_pool = 1`). Its select-only numbers include load balancing over 3 nodes on the same 2 cores.")
+    o("- PgBouncer 1.18 (Debian 12) has no prepared statements in transaction pooling; newer PgBouncer "
+      "releases do.")
+    o("- pgmulti relay opens one node connection per client session (no pooling), so with `-C` it pays a "
+      "PostgreSQL backend start per transaction, like the direct connection, while PgBouncer and pgpool-II "
+      "reuse server connections. TPC-B through pgmulti relay reaches one node and is not comparable "
+      "with pgpool-II (× best peer left out).")
+    o("- Memory: RSS only (user space); kernel socket buffers are not counted for either program.\n")
 
     # --- consistency ---------------------------------------------------------------------------
     o("## Replication consistency\n")

@@ -60,6 +60,8 @@ pub struct Shared {
     pub stats: Stats,
     /// Reused for formatting trace lines.
     pub scratch: String,
+    /// Bumped whenever a session changes the schema: cached column defaults are stale.
+    pub ddl_epoch: u64,
     /// Reused for building messages pgmulti sends itself.
     pub out: Vec<u8>,
 }

@@ -500,6 +500,7 @@ impl Shared {
             next_process_id: std::process::id() & 0xffff,
             stats: Default::default(),
             scratch: String::with_capacity(4096),
+            ddl_epoch: 0,
             out: Vec::with_capacity(4096),
         }
     }

@@ -4,12 +4,14 @@
 //! `lexer` turns SQL text into borrowed tokens and splits a query string into statements;
 //! `classify` says what one statement is (read, write, transaction control, session state,
 //! DDL, …) and which non-deterministic constructs it contains; `request` classifies a whole
-//! Query and rewrites non-deterministic values into literals; `plan` turns a request and the
+//! Query and rewrites non-deterministic values into literals; `defaults` finds and writes in
+//! non-deterministic column defaults; `plan` turns a request and the
 //! transaction state into phases (lead first, replicas after, commit order); `compare` votes
 //! over the nodes' answers.
 
 pub mod classify;
 pub mod compare;
+pub mod defaults;
 pub mod lexer;
 pub mod plan;
 pub mod request;

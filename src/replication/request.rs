@@ -7,35 +7,38 @@
 use std::fmt::Write as _;
 
 use super::classify::{classify, Kind, Nondeterminism, Tx};
+use super::defaults::{insert_shape, InsertShape};
 use super::lexer::{split_statements, Lexer, Token, TokenKind};
 use super::plan::Class;
 
 pub struct Analysed {
     pub class: Class,
     pub nondeterminism: Nondeterminism,
-    /// Every statement is an `INSERT … VALUES` (each expression runs once per written row).
-    pub insert_values_only: bool,
-    /// Tables this request inserts into (folded names), sorted, without duplicates.
-    pub insert_targets: Vec<String>,
+    /// The INSERT statements of this request (for column defaults and ordering locks).
+    pub inserts: Vec<InsertShape>,
+    /// It changes the schema (DDL, temp tables).
+    pub ddl: bool,
 }
 
 /// Classify a whole Query (one or more statements). Unsure means write.
 pub fn analyse(sql: &str) -> Analysed {
     let mut classes = Vec::new();
     let mut nondeterminism = Nondeterminism::default();
-    let mut insert_values_only = true;
-    let mut insert_targets = Vec::new();
+    let mut inserts = Vec::new();
+    let mut ddl = false;
     for statement in split_statements(sql) {
         let c = classify(statement);
         if c.kind == Kind::Empty {
             continue;
         }
         merge(&mut nondeterminism, c.nondeterministic);
-        insert_values_only &= c.command == "INSERT" && is_insert_values(statement);
+        ddl |= matches!(
+            c.kind,
+            Kind::Ddl | Kind::SessionState | Kind::NoTransactionBlock
+        );
         if c.command == "INSERT" {
-            if let Some(t) = insert_target(statement) {
-                insert_targets.push(t);
-            }
+            let offset = statement.as_ptr() as usize - sql.as_ptr() as usize;
+            inserts.extend(insert_shape(statement, offset));
         }
         classes.push(match c.kind {
             Kind::Read => Class::Read,
@@ -82,29 +85,8 @@ pub fn analyse(sql: &str) -> Analysed {
     Analysed {
         class,
         nondeterminism,
-        insert_values_only: insert_values_only && !classes.is_empty(),
-        insert_targets: {
-            insert_targets.sort();
-            insert_targets.dedup();
-            insert_targets
-        },
-    }
-}
-
-/// The table of `[WITH …] INSERT INTO name`, folded as PostgreSQL folds names.
-fn insert_target(statement: &str) -> Option<String> {
-    let mut tokens = Lexer::new(statement)
-        .skip_while(|t| !t.is_kw("INTO"))
-        .skip(1);
-    let mut name = String::new();
-    loop {
-        let t = tokens.next()?;
-        let mut buf = [0u8; super::lexer::NAMEDATALEN];
-        name.push_str(super::lexer::fold_ident(t.text, &mut buf));
-        match tokens.next() {
-            Some(dot) if dot.is_punct(b'.') => name.push('.'),
-            _ => return Some(name),
-        }
+        inserts,
+        ddl,
     }
 }
 
@@ -117,7 +99,7 @@ const ORDERING_LOCK_CLASS: u32 = 0x706d;
 /// lead commits last, so concurrent inserters reach every replica in the lead's order and
 /// draw the same sequence values. Keys are sorted so two requests cannot deadlock on them.
 pub fn ordering_lock(analysed: &Analysed) -> Option<String> {
-    let mut keys: Vec<&str> = analysed.insert_targets.iter().map(String::as_str).collect();
+    let mut keys: Vec<&str> = analysed.inserts.iter().map(|i| i.key.as_str()).collect();
     if analysed.nondeterminism.sequence {
         keys.push(" sequences");
     }
@@ -125,6 +107,7 @@ pub fn ordering_lock(analysed: &Analysed) -> Option<String> {
         return None;
     }
     keys.sort_unstable();
+    keys.dedup();
     let calls: Vec<String> = keys
         .iter()
         .map(|k| {
@@ -185,16 +168,93 @@ pub fn rewrite(
     analysed: &Analysed,
     values: &mut Values,
 ) -> Result<Option<String>, Refusal> {
-    let n = &analysed.nondeterminism;
-    if !n.any() {
+    if !analysed.nondeterminism.any() {
         return Ok(None);
     }
-    if (n.random || n.uuid) && !analysed.insert_values_only {
-        return Err(Refusal {
-            message: "random() and gen_random_uuid() cannot be replicated in this statement: each node would compute different values".into(),
-            hint: "use them in INSERT … VALUES (pgmulti then chooses one value per call for every node), or compute the value in the client".into(),
-        });
+    let mut out = String::new();
+    let mut copied = 0;
+    for statement in split_statements(sql) {
+        let c = classify(statement);
+        let n = c.nondeterministic;
+        if !n.any() {
+            continue;
+        }
+        match c.command {
+            // A definition keeps its expressions: a DEFAULT now() must stay now().
+            "CREATE" if c.kind != Kind::Write && !creates_from_query(statement) => continue,
+            // Existing rows would get each node's own value.
+            "ALTER" if (n.now || n.clock || n.random || n.uuid) && fills_rows(statement) => {
+                return Err(Refusal {
+                    message: "this ALTER cannot be replicated: it would fill existing rows with a value each node computes itself".into(),
+                    hint: "add the column without the default, set the default with ALTER COLUMN … SET DEFAULT, then fill existing rows with an UPDATE".into(),
+                })
+            }
+            "ALTER" | "COMMENT" | "GRANT" | "REVOKE" | "DROP" => continue,
+            // Every EXECUTE would compute its own values on each node.
+            "PREPARE" => {
+                return Err(Refusal {
+                    message: "a prepared statement using now(), random() or similar cannot be replicated: each EXECUTE would compute its own values on each node".into(),
+                    hint: "pass the value as a parameter of EXECUTE instead".into(),
+                })
+            }
+            _ => {}
+        }
+        if (n.random || n.uuid) && !(c.command == "INSERT" && is_insert_values(statement)) {
+            return Err(Refusal {
+                message: "random() and gen_random_uuid() cannot be replicated in this statement: each node would compute different values".into(),
+                hint: "use them in INSERT … VALUES (pgmulti then chooses one value per call for every node), or compute the value in the client".into(),
+            });
+        }
+        if let Some(new) = rewrite_statement(statement, &n, values)? {
+            let offset = statement.as_ptr() as usize - sql.as_ptr() as usize;
+            out.push_str(&sql[copied..offset]);
+            out.push_str(&new);
+            copied = offset + statement.len();
+        }
     }
+    if copied == 0 {
+        return Ok(None);
+    }
+    out.push_str(&sql[copied..]);
+    Ok(Some(out))
+}
+
+/// An ALTER that computes values for existing rows (ADD COLUMN … DEFAULT, TYPE … USING).
+fn fills_rows(statement: &str) -> bool {
+    Lexer::new(statement).any(|t| t.is_kw("ADD") || t.is_kw("USING"))
+}
+
+/// `CREATE [TEMP] TABLE … AS query` / `CREATE MATERIALIZED VIEW … AS query`: data, not a
+/// definition.
+fn creates_from_query(statement: &str) -> bool {
+    let mut depth = 0u32;
+    let mut after_as = false;
+    for t in Lexer::new(statement) {
+        if t.is_punct(b'(') {
+            if after_as && depth == 0 {
+                return true;
+            }
+            depth += 1;
+        } else if t.is_punct(b')') {
+            depth = depth.saturating_sub(1);
+        } else if depth == 0 {
+            if after_as
+                && (t.is_kw("SELECT") || t.is_kw("WITH") || t.is_kw("VALUES") || t.is_kw("TABLE"))
+            {
+                return true;
+            }
+            after_as = t.is_kw("AS");
+        }
+    }
+    false
+}
+
+/// Replace the non-deterministic calls of one data statement by literals.
+fn rewrite_statement(
+    sql: &str,
+    n: &Nondeterminism,
+    values: &mut Values,
+) -> Result<Option<String>, Refusal> {
     let tokens: Vec<Token> = Lexer::new(sql).collect();
     let mut out = String::with_capacity(sql.len() + 64);
     let mut copied = 0;
@@ -213,7 +273,7 @@ pub fn rewrite(
         } else {
             (Some(t), 0)
         };
-        let Some(name) = name.filter(|n| n.kind == TokenKind::Ident) else {
+        let Some(name) = name.filter(|t| t.kind == TokenKind::Ident) else {
             // 'now' & co as a date/time input: `'now'::timestamp`, `timestamp 'now'`, or a bare
             // literal the classifier could not place (it may land in a date/time column).
             let as_time = next(1).is_some_and(|p| p.kind == TokenKind::Cast)
@@ -399,6 +459,30 @@ mod tests {
         assert_eq!(
             rw("update t set a = localtimestamp(2), b = current_time").unwrap().unwrap(),
             "update t set a = ('2026-11-21 06:00:00.000001+00'::timestamptz::timestamp(2)), b = ('2026-11-21 06:00:00.000001+00'::timestamptz::timetz)"
+        );
+    }
+
+    #[test]
+    fn definitions_keep_their_expressions() {
+        assert_eq!(
+            rw("create table t (at timestamptz default now(), u uuid default gen_random_uuid())")
+                .unwrap(),
+            None
+        );
+        assert!(rw("create table c as select now() as at")
+            .unwrap()
+            .unwrap()
+            .contains("'::timestamptz)"));
+        assert!(rw("alter table t add column at timestamptz default now()").is_err());
+        assert!(rw("alter table t alter column at type timestamptz using now()").is_err());
+        assert_eq!(
+            rw("alter table t alter column at set default now()").unwrap(),
+            None
+        );
+        assert!(rw("prepare p as insert into t values (now())").is_err());
+        assert_eq!(
+            rw("create table x (a timestamptz default now()); insert into x values (now())").unwrap().unwrap(),
+            "create table x (a timestamptz default now()); insert into x values (('2026-11-21 06:00:00.000001+00'::timestamptz))"
         );
     }
 

@@ -7,7 +7,7 @@
 //! What a statement is comes from `replication::request`; how phases are chosen from
 //! `replication::plan`; the vote from `replication::compare`. This file only moves messages.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use super::node::NodeConn;
@@ -18,6 +18,7 @@ use crate::protocol::framing::message_header;
 use crate::protocol::frontend;
 use crate::reactor::context::Context;
 use crate::replication::compare::{self, Outcome};
+use crate::replication::defaults::{self, VolatileDefault};
 use crate::replication::plan::{self, Plan, Planned, Segment, Targets, TxView};
 use crate::replication::request;
 use crate::trace::{trace_message, Peer};
@@ -38,6 +39,10 @@ pub struct Replication {
     skipping_to_sync: bool,
     /// A client message larger than the receive buffer, being collected.
     large: Vec<u8>,
+    /// Non-deterministic column defaults of tables this session inserted into, by folded
+    /// name; valid while `defaults_epoch` equals the cluster-wide DDL epoch.
+    defaults: HashMap<String, Vec<VolatileDefault>>,
+    defaults_epoch: u64,
 }
 
 #[derive(Default)]
@@ -96,6 +101,43 @@ struct Request {
     /// An error pgmulti reports before ReadyForQuery.
     error: Option<(&'static str, String)>,
     phase_started: Instant,
+    /// This request is pgmulti's own catalog query, run before the client's `original`.
+    probe: Option<Probe>,
+    /// The request changes the schema: cached column defaults are stale afterwards.
+    ddl: bool,
+}
+
+/// Looking up column defaults on the lead before an INSERT (see `replication::defaults`).
+struct Probe {
+    original: Vec<u8>,
+    /// (table as written, folded key) asked about.
+    tables: Vec<(String, String)>,
+    /// (table as written, column, default expression) rows of the answer.
+    rows: Vec<(String, String, String)>,
+    error: Option<String>,
+}
+
+impl Request {
+    fn new(main: Vec<u8>, text: String, plan: Plan, lead: u8, voice: u8, now: Instant) -> Request {
+        Request {
+            main,
+            text,
+            ordering_lock: None,
+            plan,
+            next_phase: 0,
+            running: Vec::new(),
+            answers: Vec::new(),
+            lead,
+            voice,
+            lead_failed: false,
+            status: b'I',
+            copy_in: false,
+            error: None,
+            phase_started: now,
+            probe: None,
+            ddl: false,
+        }
+    }
 }
 
 struct Running {
@@ -312,6 +354,19 @@ impl Session {
         };
         let main = !matches!(segment, Segment::Wrapper(_));
         let voice = r.voice == id;
+        if let Some(probe) = r.probe.as_mut() {
+            // pgmulti's own query: its answer is kept, never shown to the client.
+            match tag {
+                b'D' => probe.rows.extend(data_row_3(msg)),
+                b'E' => probe.error = Some(error_message(msg)),
+                b'Z' => {
+                    run.pending.pop_front();
+                    r.status = msg.get(5).copied().unwrap_or(b'I');
+                }
+                _ => {}
+            }
+            return Ok(());
+        }
         match tag {
             b'Z' => {
                 run.pending.pop_front();
@@ -433,6 +488,12 @@ impl Session {
         let Some(mut r) = self.repl.request.take() else {
             return Ok(());
         };
+        if let Some(probe) = r.probe.take() {
+            return self.finish_probe(probe, r.status, cx);
+        }
+        if r.ddl {
+            cx.shared.ddl_epoch += 1;
+        }
         if r.answers.len() > 1 {
             let verdict = compare::vote(&r.answers, r.lead);
             if !verdict.differ.is_empty() {
@@ -552,6 +613,43 @@ impl Session {
         }
     }
 
+    /// The defaults lookup answered: cache it, then run the client's statement for real.
+    fn finish_probe(
+        &mut self,
+        probe: Probe,
+        status: u8,
+        cx: &mut Context,
+    ) -> Result<(), Transition> {
+        if let Some(e) = probe.error {
+            // The lookup failed on the lead (and aborted an open transaction there).
+            self.send_error(
+                cx,
+                "ERROR",
+                "XX000",
+                &format!("looking up column defaults failed: {e}"),
+                None,
+            );
+            if status == b'E' {
+                self.repl.tx.fail();
+            }
+            self.ready_for_query(self.repl.tx.status(), cx);
+            return Ok(());
+        }
+        for (table, key) in &probe.tables {
+            let volatile = probe
+                .rows
+                .iter()
+                .filter(|(t, _, expr)| t == table && defaults::is_volatile(expr))
+                .map(|(_, column, expression)| VolatileDefault {
+                    column: column.clone(),
+                    expression: expression.clone(),
+                })
+                .collect();
+            self.repl.defaults.insert(key.clone(), volatile);
+        }
+        self.start_request(probe.original, cx)
+    }
+
     /// End a request: ReadyForQuery with `status`, remembered for idle and shutdown checks.
     fn ready_for_query(&mut self, status: u8, cx: &mut Context) {
         self.tx_status = status;
@@ -653,8 +751,7 @@ impl Session {
         };
         let text = short(sql);
         let analysed = request::analyse(sql);
-        let planned = plan::plan(analysed.class, self.repl.tx.view);
-        let plan = match planned {
+        let plan = match plan::plan(analysed.class, self.repl.tx.view) {
             Planned::Run(p) => p,
             Planned::RefuseInFailedTransaction => {
                 self.send_error(cx, "ERROR", "25P02", "current transaction is aborted, commands ignored until end of transaction block", None);
@@ -662,25 +759,24 @@ impl Session {
                 return Ok(());
             }
         };
+        if plan.writes && !analysed.inserts.is_empty() {
+            if self.repl.defaults_epoch != cx.shared.ddl_epoch {
+                self.repl.defaults.clear();
+                self.repl.defaults_epoch = cx.shared.ddl_epoch;
+            }
+            let mut unknown: Vec<(String, String)> = analysed
+                .inserts
+                .iter()
+                .filter(|i| !self.repl.defaults.contains_key(&i.key))
+                .map(|i| (i.table.clone(), i.key.clone()))
+                .collect();
+            unknown.dedup();
+            if !unknown.is_empty() {
+                return self.start_probe(msg.clone(), unknown, lead, cx);
+            }
+        }
         let main = if plan.writes {
-            let transaction_ts = self
-                .repl
-                .tx
-                .timestamp
-                .get_or_insert_with(request::timestamp_now)
-                .clone();
-            let statement_ts = request::timestamp_now();
-            let mut random = || {
-                let mut b = [0u8; 8];
-                let _ = openssl::rand::rand_bytes(&mut b);
-                u64::from_be_bytes(b)
-            };
-            let mut values = request::Values {
-                transaction_ts: &transaction_ts,
-                statement_ts: &statement_ts,
-                random: &mut random,
-            };
-            match request::rewrite(sql, &analysed, &mut values) {
+            match self.replicated_text(sql, &analysed) {
                 Ok(Some(rewritten)) => {
                     log::debug!(
                         "{} rewritten for replication: {}",
@@ -692,8 +788,8 @@ impl Session {
                     m
                 }
                 Ok(None) => msg.clone(),
-                Err(refusal) => {
-                    self.send_error(cx, "ERROR", "0A000", &refusal.message, Some(&refusal.hint));
+                Err((message, hint)) => {
+                    self.send_error(cx, "ERROR", "0A000", &message, Some(&hint));
                     self.repl.tx.fail();
                     self.ready_for_query(self.repl.tx.status(), cx);
                     return Ok(());
@@ -726,23 +822,96 @@ impl Session {
         } else {
             None
         };
-        self.repl.request = Some(Request {
-            main,
-            text,
-            ordering_lock,
-            plan,
-            next_phase: 0,
-            running: Vec::new(),
-            answers: Vec::new(),
-            lead,
-            voice,
-            lead_failed: false,
-            status: b'I',
-            copy_in: false,
-            error: None,
-            phase_started: cx.now,
-        });
+        self.repl.request = Some(Request::new(main, text, plan, lead, voice, cx.now));
+        if let Some(r) = self.repl.request.as_mut() {
+            r.ordering_lock = ordering_lock;
+            r.ddl = analysed.ddl;
+        }
         self.advance(cx)
+    }
+
+    /// Ask the lead for the column defaults of `tables` before running `original`.
+    fn start_probe(
+        &mut self,
+        original: Vec<u8>,
+        tables: Vec<(String, String)>,
+        lead: u8,
+        cx: &mut Context,
+    ) -> Result<(), Transition> {
+        let names: Vec<&str> = tables.iter().map(|(t, _)| t.as_str()).collect();
+        let sql = defaults::probe_sql(&names);
+        let mut main = Vec::with_capacity(sql.len() + 6);
+        frontend::query(&mut main, &sql);
+        let plan = Plan {
+            phases: vec![plan::Phase {
+                targets: Targets::Lead,
+                segments: vec![Segment::Main],
+                skip_if_lead_failed: false,
+            }],
+            voice: Targets::Lead,
+            writes: false,
+        };
+        let mut r = Request::new(
+            main,
+            "column defaults lookup".into(),
+            plan,
+            lead,
+            lead,
+            cx.now,
+        );
+        r.probe = Some(Probe {
+            original,
+            tables,
+            rows: Vec::new(),
+            error: None,
+        });
+        self.repl.request = Some(r);
+        self.advance(cx)
+    }
+
+    /// The text every node runs for a write: non-deterministic column defaults written in,
+    /// then non-deterministic calls replaced by literals. `Ok(None)`: the client's text as is.
+    fn replicated_text(
+        &mut self,
+        sql: &str,
+        analysed: &request::Analysed,
+    ) -> Result<Option<String>, (String, String)> {
+        let cache = &self.repl.defaults;
+        let filled = defaults::fill(sql, &analysed.inserts, &|key| {
+            cache.get(key).cloned().unwrap_or_default()
+        })?;
+        let (text, analysed) = match &filled {
+            Some(f) => (f.as_str(), request::analyse(f)),
+            None => (
+                sql,
+                request::Analysed {
+                    inserts: Vec::new(),
+                    ..*analysed
+                },
+            ),
+        };
+        let transaction_ts = self
+            .repl
+            .tx
+            .timestamp
+            .get_or_insert_with(request::timestamp_now)
+            .clone();
+        let statement_ts = request::timestamp_now();
+        let mut random = || {
+            let mut b = [0u8; 8];
+            let _ = openssl::rand::rand_bytes(&mut b);
+            u64::from_be_bytes(b)
+        };
+        let mut values = request::Values {
+            transaction_ts: &transaction_ts,
+            statement_ts: &statement_ts,
+            random: &mut random,
+        };
+        match request::rewrite(text, &analysed, &mut values) {
+            Ok(Some(r)) => Ok(Some(r)),
+            Ok(None) => Ok(filled),
+            Err(refusal) => Err((refusal.message, refusal.hint)),
+        }
     }
 }
 
@@ -777,4 +946,31 @@ fn short(sql: &str) -> String {
     } else {
         one_line
     }
+}
+
+/// The first three text columns of a DataRow (NULL as empty).
+fn data_row_3(msg: &[u8]) -> Option<(String, String, String)> {
+    let body = msg.get(5..)?;
+    let count = i16::from_be_bytes(body.get(..2)?.try_into().ok()?);
+    let mut at = 2;
+    let mut cols = Vec::with_capacity(3);
+    for _ in 0..count.clamp(0, 3) {
+        let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
+        at += 4;
+        if len < 0 {
+            cols.push(String::new());
+            continue;
+        }
+        let v = body.get(at..at + len as usize)?;
+        cols.push(String::from_utf8_lossy(v).into_owned());
+        at += len as usize;
+    }
+    let mut it = cols.into_iter();
+    Some((it.next()?, it.next()?, it.next()?))
+}
+
+fn error_message(msg: &[u8]) -> String {
+    backend::parse_error_fields(msg.get(5..).unwrap_or_default())
+        .map(|f| format!("{} {}", f.code, f.message))
+        .unwrap_or_else(|_| "unreadable error".into())
 }
