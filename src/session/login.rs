@@ -27,6 +27,13 @@ impl Session {
             };
             let mut conn = match NodeConn::connect(id, &node.host.clone(), node.addr) {
                 Ok(n) => n,
+                Err(e)
+                    if cx.shared.config.mode == Mode::Replication
+                        && cx.shared.cluster.live().count() > 1 =>
+                {
+                    cx.shared.cluster.detach(id, &e);
+                    continue;
+                }
                 Err(e) => {
                     self.fatal(cx, "08006", &e);
                     return Transition::Close(e);
@@ -40,6 +47,10 @@ impl Session {
                 return Transition::Close(format!("register node socket: {e}"));
             }
             self.nodes.push(conn);
+        }
+        if self.nodes.is_empty() {
+            self.fatal(cx, "08006", "no node could be reached");
+            return Transition::Close("no node could be reached".into());
         }
         self.cancel_key = cx.shared.new_cancel_key();
         let timeout = cx.shared.config.connect_timeout;
@@ -62,7 +73,24 @@ impl Session {
             client_tx: &mut self.client.tx,
             voice,
         };
-        match node.login(&mut lc, cx) {
+        let step = node.login(&mut lc, cx);
+        let step = match step {
+            // In replication mode a node that cannot be reached is detached; the session goes
+            // on with the others. A node that refuses the login (ErrorResponse) is not down.
+            LoginStep::Failed {
+                reason,
+                forwarded: false,
+            } if cx.shared.config.mode == Mode::Replication && self.nodes.len() > 1 => {
+                cx.shared.cluster.detach(id, &reason);
+                if let Some(pos) = self.nodes.iter().position(|n| n.index == id) {
+                    let mut gone = self.nodes.remove(pos);
+                    gone.close(cx);
+                }
+                LoginStep::Ready
+            }
+            other => other,
+        };
+        match step {
             LoginStep::Pending => Transition::Stay,
             LoginStep::Ready if self.nodes.iter().all(|n| n.is_ready()) => {
                 let out = &mut cx.shared.out;

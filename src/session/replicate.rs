@@ -105,6 +105,12 @@ struct Request {
     probe: Option<Probe>,
     /// The request changes the schema: cached column defaults are stale afterwards.
     ddl: bool,
+    /// The node that answered the client failed during this request.
+    voice_lost: Option<u8>,
+    /// What the request is (COMMIT needs care when the lead fails).
+    class: plan::Class,
+    /// A CommandComplete pgmulti sends for a voice that failed after the outcome was known.
+    complete_tag: Option<&'static str>,
 }
 
 /// Looking up column defaults on the lead before an INSERT (see `replication::defaults`).
@@ -136,6 +142,9 @@ impl Request {
             phase_started: now,
             probe: None,
             ddl: false,
+            voice_lost: None,
+            class: plan::Class::Read,
+            complete_tag: None,
         }
     }
 }
@@ -224,18 +233,72 @@ impl Session {
 
     /// A node's connection failed: detach it everywhere; the request goes on without it,
     /// unless the client was being answered by it.
+    /// A node's connection failed: it is detached everywhere and the session goes on with
+    /// the others. If it was answering the client and had not finished, the request fails
+    /// (nothing more of it runs; an autocommit wrapper is rolled back on the survivors); if
+    /// it had finished, the survivors' answers decide. A lost lead is replaced by the next.
     fn lose_node(&mut self, id: u8, why: &str, cx: &mut Context) -> Result<(), Transition> {
         cx.shared.cluster.detach(id, why);
         self.drop_node(id, cx);
-        let voice_lost = self.repl.request.as_ref().is_some_and(|r| r.voice == id);
-        if let Some(r) = self.repl.request.as_mut() {
-            r.running.retain(|run| run.node != id);
-            r.answers.retain(|(n, _)| *n != id);
-        }
-        if voice_lost || self.nodes.is_empty() {
-            let msg = format!("node {id} failed while running this statement: {why}");
+        if self.nodes.is_empty() {
+            let msg = format!("node {id} failed and no node is left: {why}");
             self.fatal(cx, "08006", &msg);
             return Err(Transition::Close(msg));
+        }
+        let new_lead = self.nodes[0].index;
+        if self.repl.tx.read_node == Some(id) {
+            self.repl.tx.read_node = None;
+        }
+        let autocommit = !self.repl.tx.view.open;
+        let Some(r) = self.repl.request.as_mut() else {
+            return Ok(());
+        };
+        let unfinished = r.running.iter().any(|run| {
+            run.node == id
+                && run
+                    .pending
+                    .iter()
+                    .any(|s| !matches!(s, Segment::Wrapper(_)))
+        });
+        r.running.retain(|run| run.node != id);
+        let was_voice = r.voice == id;
+        if r.lead == id {
+            r.lead = new_lead;
+        }
+        // COMMIT runs on the replicas first: if they committed, the transaction is committed.
+        let committed_on_survivors = r.class == plan::Class::Commit
+            && r.answers.iter().any(|(n, o)| {
+                *n != id && !o.is_empty() && o.iter().all(|x| matches!(x, Outcome::Complete(_)))
+            });
+        if was_voice {
+            r.voice = new_lead;
+            r.voice_lost = Some(id);
+            if unfinished && committed_on_survivors {
+                log::warn!(
+                    "{} node {id} failed during COMMIT; the other nodes had committed",
+                    self.prefix
+                );
+                r.complete_tag = Some("COMMIT");
+            } else if unfinished {
+                log::warn!(
+                    "{} node {id} failed while answering \"{}\"; the statement fails",
+                    self.prefix,
+                    r.text
+                );
+                r.error = Some((
+                    "40001",
+                    format!("node {id} failed while running this statement ({why}); it was not committed and can be retried"),
+                ));
+                // Nothing more of this request runs; survivors inside pgmulti's own BEGIN roll back.
+                r.next_phase = r.plan.phases.len();
+                if autocommit {
+                    r.plan.phases.push(plan::Phase {
+                        targets: Targets::All,
+                        segments: vec![Segment::Wrapper("ROLLBACK")],
+                        skip_if_lead_failed: false,
+                    });
+                }
+            }
         }
         Ok(())
     }
@@ -494,6 +557,12 @@ impl Session {
         if r.ddl {
             cx.shared.ddl_epoch += 1;
         }
+        // What the client was shown by a voice that failed afterwards.
+        let shown = r
+            .voice_lost
+            .and_then(|id| r.answers.iter().find(|(n, _)| *n == id))
+            .map(|(_, o)| o.clone());
+        r.answers.retain(|(n, _)| cx.shared.cluster.is_up(*n));
         if r.answers.len() > 1 {
             let verdict = compare::vote(&r.answers, r.lead);
             if !verdict.differ.is_empty() {
@@ -519,14 +588,24 @@ impl Session {
                 }
             }
         }
+        if let (Some(shown), None) = (&shown, &r.error) {
+            let survivors = r.answers.iter().find(|(n, _)| cx.shared.cluster.is_up(*n));
+            if survivors.is_some_and(|(_, o)| o != shown) {
+                r.error = Some((
+                    "40003",
+                    "the node that answered failed, and the remaining nodes' outcome differs from what was reported".into(),
+                ));
+            }
+        }
         if self.nodes.is_empty() {
             self.fatal(cx, "08006", "no node is left");
             return Err(Transition::Close("no node is left".into()));
         }
         let tx = &mut self.repl.tx;
         let mut status = r.status;
-        if r.error.is_some() && status != b'I' {
-            status = b'E';
+        if r.error.is_some() {
+            // An error pgmulti reports aborts an open transaction; an autocommit one is over.
+            status = if tx.view.open { b'E' } else { b'I' };
         }
         match status {
             b'I' => *tx = Tx::default(),
@@ -543,6 +622,11 @@ impl Session {
         }
         if let Some((code, msg)) = &r.error {
             self.send_error(cx, "ERROR", code, msg, None);
+        } else if let Some(tag) = r.complete_tag {
+            let out = &mut cx.shared.out;
+            out.clear();
+            backend::command_complete(out, tag);
+            self.send_to_client(cx);
         }
         self.ready_for_query(status, cx);
         Ok(())
@@ -826,6 +910,7 @@ impl Session {
         if let Some(r) = self.repl.request.as_mut() {
             r.ordering_lock = ordering_lock;
             r.ddl = analysed.ddl;
+            r.class = analysed.class;
         }
         self.advance(cx)
     }

@@ -601,6 +601,16 @@ impl Node {
 
     /// Fast shutdown. Idempotent.
     pub fn stop(&self) {
+        self.stop_with("fast");
+    }
+
+    /// `pg_ctl stop -m immediate`: the server dies without a shutdown checkpoint, as in a
+    /// crash; its connections are cut.
+    pub fn stop_immediate(&self) {
+        self.stop_with("immediate");
+    }
+
+    fn stop_with(&self, mode: &str) {
         if self.stopped.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -608,7 +618,7 @@ impl Node {
         pg_ctl
             .arg("-D")
             .arg(&self.data)
-            .args(["-m", "fast", "-w", "stop"]);
+            .args(["-m", mode, "-w", "stop"]);
         let _ = run_with_timeout(pg_ctl, None, Duration::from_secs(60));
         lock(&RUNNING_NODES).retain(|d| d != &self.data);
     }
