@@ -402,3 +402,150 @@ fn extended_protocol_is_refused_clearly_and_the_session_goes_on() {
     });
     assert_eq!(value.as_deref(), Some("42"));
 }
+
+/// A TCP relay that delays every chunk by `delay`: a slow network path to one node.
+fn slow_path_to(port: u16, delay: Duration) -> u16 {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let local = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(node) = TcpStream::connect(("127.0.0.1", port)) else {
+                continue;
+            };
+            for (mut from, mut to) in [
+                (client.try_clone().unwrap(), node.try_clone().unwrap()),
+                (node, client),
+            ] {
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        std::thread::sleep(delay);
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        }
+    });
+    local
+}
+
+#[test]
+fn reads_avoid_a_slow_node() {
+    fresh_db("latency");
+    let [n0, n1, n2] = nodes();
+    let slow = slow_path_to(n0.port(), Duration::from_millis(30));
+    let conf = PgmultiConf {
+        backends: vec![
+            ("127.0.0.1".into(), slow),
+            (n1.host().into(), n1.port()),
+            (n2.host().into(), n2.port()),
+        ],
+        ..replication_conf()
+    };
+    let pm = Pgmulti::start(&conf);
+    // Writes reach every node and measure each one's round trips.
+    sql(&pm, "latency", "CREATE TABLE t (v int)");
+    for i in 0..5 {
+        sql(&pm, "latency", &format!("INSERT INTO t VALUES ({i})"));
+    }
+    let mut served = std::collections::BTreeMap::new();
+    for _ in 0..20 {
+        *served
+            .entry(sql(&pm, "latency", "SELECT inet_server_port()"))
+            .or_insert(0) += 1;
+    }
+    assert!(
+        !served.contains_key(&n0.port().to_string()),
+        "the slow node (the lead) served reads: {served:?}"
+    );
+    assert_eq!(served.values().sum::<i32>(), 20);
+    assert_identical("latency", &[0, 1, 2]);
+}
+
+#[test]
+fn statements_outside_transaction_blocks_reach_every_node() {
+    fresh_db("notx");
+    let pm = Pgmulti::start(&replication_conf());
+    sql(
+        &pm,
+        "notx",
+        "CREATE TABLE t (v int); INSERT INTO t SELECT generate_series(1, 100)",
+    );
+    sql(&pm, "notx", "VACUUM ANALYZE t");
+    sql(&pm, "notx", "CREATE DATABASE notx_created");
+    for n in nodes() {
+        assert_eq!(
+            n.psql(
+                "postgres",
+                "postgres",
+                "SELECT count(*) FROM pg_database WHERE datname = 'notx_created'"
+            ),
+            "1"
+        );
+        assert_ne!(n.psql("postgres", "notx", "SELECT coalesce(last_vacuum::text, '') FROM pg_stat_user_tables WHERE relname = 't'"), "");
+    }
+    sql(&pm, "notx", "DROP DATABASE notx_created");
+    for n in nodes() {
+        assert_eq!(
+            n.psql(
+                "postgres",
+                "postgres",
+                "SELECT count(*) FROM pg_database WHERE datname = 'notx_created'"
+            ),
+            "0"
+        );
+    }
+    // Inside a transaction block they fail as on PostgreSQL, and nothing diverges.
+    let out = pm.psql("postgres", "notx", None, "BEGIN; VACUUM t; COMMIT");
+    assert!(
+        out.stderr.contains("cannot run inside a transaction block"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn copy_in_reaches_every_node_and_copy_out_comes_from_one() {
+    fresh_db("copies");
+    let pm = Pgmulti::start(&replication_conf());
+    sql(&pm, "copies", "CREATE TABLE t (id int PRIMARY KEY, v text)");
+    let rows: String = (1..=20_000).map(|i| format!("{i}\tvalue {i}\n")).collect();
+    let mut cmd = std::process::Command::new("psql");
+    cmd.args([
+        "-X",
+        "-q",
+        &pm.conn_str("postgres", "copies"),
+        "-c",
+        "COPY t FROM STDIN",
+    ]);
+    let out = run_with_timeout(
+        cmd,
+        Some(rows.clone().into_bytes()),
+        Duration::from_secs(60),
+    );
+    assert!(out.success(), "{}", out.stderr);
+    assert_identical("copies", &[0, 1, 2]);
+    assert_eq!(
+        nodes()[2].psql("postgres", "copies", "SELECT count(*) FROM t"),
+        "20000"
+    );
+    let mut cmd = std::process::Command::new("psql");
+    cmd.args([
+        "-X",
+        "-q",
+        &pm.conn_str("postgres", "copies"),
+        "-c",
+        "COPY (SELECT * FROM t ORDER BY id) TO STDOUT",
+    ]);
+    let out = run_with_timeout(cmd, None, Duration::from_secs(60));
+    assert!(out.success(), "{}", out.stderr);
+    assert_eq!(out.stdout, rows);
+}
