@@ -3,9 +3,9 @@
 #
 #   scripts/bench.sh [--quick] [--out FILE] [--keep] [--dir DIR] [--rev REV]
 #
-#   --quick      scale 10, 2 rounds of 2 s runs, clients 8 and 64, 1,000 idle clients for the
+#   --quick      scale 10, 2 rounds of 1 s runs, clients 8 and 64, 1,000 idle clients for the
 #                memory test: about 4 minutes on 2 cores. Default (full): scale 50, 5 rounds x
-#                20 s, clients 1 8 64 256, 5,000 idle clients: about 3 hours on 2 cores.
+#                20 s, clients 1 8 64 256, 5,000 idle clients: about 3.5 hours on 2 cores.
 #   --out FILE   where the Markdown report goes (default docs/benchmarks.md); the chart is
 #                written next to it as <name>-select.svg (docs/benchmarks-select.svg)
 #   --keep       keep the work folder (node data, configs, logs, raw results)
@@ -58,7 +58,7 @@ case $OUT in /*) ;; *) OUT=$PWD/$OUT ;; esac
 SVG=${OUT%.md}-select.svg
 
 if [ "$QUICK" = 1 ]; then
-    SCALE=${BENCH_SCALE:-10} ROUNDS=${BENCH_ROUNDS:-2} DURATION=${BENCH_DURATION:-2}
+    SCALE=${BENCH_SCALE:-10} ROUNDS=${BENCH_ROUNDS:-2} DURATION=${BENCH_DURATION:-1}
     CLIENTS=${BENCH_CLIENTS:-"8 64"} MEM_CLIENTS=${BENCH_MEM_CLIENTS:-1000}
     SHARED_BUFFERS=128MB
 else

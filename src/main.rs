@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use pgmulti::auth::userlist::UserList;
 use pgmulti::cluster::{self, Cluster, NodeStatus};
-use pgmulti::config::{self, Config, Mode, WriteAck};
+use pgmulti::config::{self, Config};
 use pgmulti::net::listener;
 use pgmulti::net::tls::{ClientTls, NodeTls};
 use pgmulti::reactor::context::Shared;
@@ -157,11 +157,6 @@ fn run(config: Config, parts: Parts) -> Result<(), String> {
         config.backends.len(),
         config.file.display()
     );
-    if config.mode == Mode::Replication && config.write_ack == WriteAck::Async {
-        log::warn!(
-            "write_ack = async is not implemented yet: writes are acknowledged as with sync"
-        );
-    }
     let shared = Shared::new(
         config,
         parts.users,

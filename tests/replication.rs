@@ -549,3 +549,65 @@ fn copy_in_reaches_every_node_and_copy_out_comes_from_one() {
     assert!(out.success(), "{}", out.stderr);
     assert_eq!(out.stdout, rows);
 }
+
+#[test]
+fn async_acks_keep_every_table_identical() {
+    fresh_db("tpcb_async");
+    let pm = Pgmulti::start(&replication_conf().line("write_ack = async"));
+    let port = pm.port().to_string();
+    let base = ["-h", "127.0.0.1", "-p", &port, "-U", "postgres"];
+    let (ok, out, err) = pgbench(&[&base[..], &["-i", "-s", "1", "tpcb_async"]].concat(), &[]);
+    assert!(ok, "pgbench -i:\n{out}\n{err}");
+    let (ok, out, err) = pgbench(
+        &[&base[..], &["-c", "8", "-j", "2", "-T", "8", "tpcb_async"]].concat(),
+        &[],
+    );
+    assert!(ok, "pgbench:\n{out}\n{err}");
+    let summary = parse_pgbench_summary(&out).expect("pgbench summary");
+    assert_eq!(summary.failed, 0, "{out}");
+    assert!(summary.processed > 0);
+    assert_identical("tpcb_async", &[0, 1, 2]);
+}
+
+#[test]
+fn async_disagreement_fails_the_commit_everywhere() {
+    fresh_db("async_diverge");
+    let pm = Pgmulti::start(&replication_conf().line("write_ack = async"));
+    sql(&pm, "async_diverge", "CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t SELECT g, 0 FROM generate_series(1, 5) g");
+    nodes()[2].psql("postgres", "async_diverge", "DELETE FROM t WHERE id = 3");
+    // One statement per Query: the UPDATEs are acknowledged from the lead alone.
+    let mut cmd = std::process::Command::new("psql");
+    cmd.args([
+        "-X",
+        "-q",
+        &pm.conn_str("postgres", "async_diverge"),
+        "-f",
+        "-",
+    ]);
+    let script =
+        "BEGIN;\nUPDATE t SET v = 10 WHERE id = 3;\nUPDATE t SET v = 20 WHERE id = 4;\nCOMMIT;\n";
+    let out = run_with_timeout(
+        cmd,
+        Some(script.as_bytes().to_vec()),
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.stderr.contains("COMMIT failed"),
+        "the COMMIT must fail: {}",
+        out.stderr
+    );
+    for n in &nodes()[..2] {
+        assert_eq!(
+            n.psql("postgres", "async_diverge", "SELECT v FROM t WHERE id = 4"),
+            "0",
+            "the failed transaction was committed"
+        );
+    }
+    assert_identical("async_diverge", &[0, 1]);
+    assert!(
+        pm.wait_log(Duration::from_secs(5), |l| l.contains("node 2")
+            && l.contains("detached")),
+        "{}",
+        pm.log()
+    );
+}

@@ -157,8 +157,8 @@ def main():
           % (meta.get("scale"), meta.get("rounds"), meta.get("duration"), ", ".join(map(str, clients))))
 
     o("## How to run\n")
-    o("```sh\nscripts/bench.sh --quick            # ~4 min: scale 10, 2 rounds x 2 s, clients 8 and 64\n"
-      "scripts/bench.sh                    # full, ~3 h: scale 50, 5 rounds x 20 s, clients 1 8 64 256\n"
+    o("```sh\nscripts/bench.sh --quick            # ~4 min: scale 10, 2 rounds x 1 s, clients 8 and 64\n"
+      "scripts/bench.sh                    # full, ~3.5 h: scale 50, 5 rounds x 20 s, clients 1 8 64 256\n"
       "scripts/bench.sh --quick --rev HEAD # a committed revision instead of the working tree\n"
       "scripts/bench.sh --keep --out /tmp/b.md   # keep the work folder (configs, logs, raw TSV)\n```\n")
     o("The script installs `pgbouncer` and `pgpool2` with apt-get when run as root and they are "
@@ -229,7 +229,7 @@ def main():
     def goal(text, num, den, minimum, extra=""):
         r = ratio(num, den)
         if num is None or den is None:
-            verdict = "not measured"
+            verdict = "not measured (skipped or failed)"
         else:
             verdict = "**met**" if r >= minimum else "missed"
         goals.append((text, fratio(r), f"≥ {minimum}×", verdict + extra))
@@ -272,8 +272,8 @@ def main():
     o("| Comparison | Measured | Goal | Verdict |\n|---|---|---|---|")
     for g in goals:
         o("| " + " | ".join(g) + " |")
-    o("\n\"not measured\": a target of the comparison is not implemented yet (see below) or the "
-      f"client count {c} was not in this run.\n")
+    o("\n\"not measured\": a target of the comparison is not implemented yet, failed (see the tables below), "
+      f"or the client count {c} was not in this run.\n")
 
     # --- results per workload -----------------------------------------------------------------
     o("## Results\n")

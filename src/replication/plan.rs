@@ -56,6 +56,9 @@ pub struct Phase {
     pub segments: Vec<Segment>,
     /// Not run when the lead's Main failed (the replicas must not run what failed there).
     pub skip_if_lead_failed: bool,
+    /// With `write_ack = async` the request does not wait for this phase: the client gets
+    /// the lead's answer and these nodes run behind; their answers are checked at COMMIT.
+    pub behind_in_async: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,11 +86,13 @@ pub enum Planned {
     RefuseInFailedTransaction,
 }
 
-fn phase(targets: Targets, segments: &[Segment]) -> Phase {
+/// A phase sending `segments` to `targets`, waited for, run whatever happened before.
+pub fn phase(targets: Targets, segments: &[Segment]) -> Phase {
     Phase {
         targets,
         segments: segments.to_vec(),
         skip_if_lead_failed: false,
+        behind_in_async: false,
     }
 }
 
@@ -120,7 +125,11 @@ pub fn plan(class: Class, tx: TxView) -> Planned {
             voice: Targets::ReadNode,
             writes: false,
         }),
-        Class::Write if tx.open => run(lead_then_replicas(&[Main], &[Main]), true),
+        Class::Write if tx.open => {
+            let mut phases = lead_then_replicas(&[Main], &[Main]);
+            phases[1].behind_in_async = true;
+            run(phases, true)
+        }
         // Autocommit: wrapped so the lead commits only after every replica has executed it.
         Class::Write => {
             let mut phases = lead_then_replicas(

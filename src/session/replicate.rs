@@ -43,6 +43,10 @@ pub struct Replication {
     /// name; valid while `defaults_epoch` equals the cluster-wide DDL epoch.
     defaults: HashMap<String, Vec<VolatileDefault>>,
     defaults_epoch: u64,
+    /// `write_ack = async`: replicas still running statements whose answer the client has.
+    behind: Vec<Running>,
+    /// A COMMIT waiting for `behind` to finish.
+    parked: Option<Vec<u8>>,
 }
 
 #[derive(Default)]
@@ -52,6 +56,9 @@ struct Tx {
     read_node: Option<u8>,
     /// The transaction's timestamp for rewritten now() & co.
     timestamp: Option<String>,
+    /// `write_ack = async`: every node's answers to the statements that ran behind, compared
+    /// at COMMIT.
+    async_answers: Vec<(u8, Vec<Outcome>)>,
 }
 
 impl Tx {
@@ -75,7 +82,15 @@ impl Tx {
 
 impl Replication {
     pub fn is_idle(&self) -> bool {
-        self.request.is_none()
+        self.request.is_none() && self.behind.is_empty() && self.parked.is_none()
+    }
+}
+
+/// Add `outcome` to `node`'s list.
+fn record(answers: &mut Vec<(u8, Vec<Outcome>)>, node: u8, outcome: Outcome) {
+    match answers.iter_mut().find(|(n, _)| *n == node) {
+        Some((_, o)) => o.push(outcome),
+        None => answers.push((node, vec![outcome])),
     }
 }
 
@@ -111,6 +126,10 @@ struct Request {
     class: plan::Class,
     /// A CommandComplete pgmulti sends for a voice that failed after the outcome was known.
     complete_tag: Option<&'static str>,
+    /// Replicas ran this request's last phase behind (`write_ack = async`).
+    ran_behind: bool,
+    /// The ReadyForQuery status to report, when pgmulti decides it.
+    final_status: Option<u8>,
 }
 
 /// Looking up column defaults on the lead before an INSERT (see `replication::defaults`).
@@ -145,6 +164,8 @@ impl Request {
             voice_lost: None,
             class: plan::Class::Read,
             complete_tag: None,
+            ran_behind: false,
+            final_status: None,
         }
     }
 }
@@ -246,6 +267,8 @@ impl Session {
             return Err(Transition::Close(msg));
         }
         let new_lead = self.nodes[0].index;
+        self.repl.behind.retain(|b| b.node != id);
+        self.repl.tx.async_answers.retain(|(n, _)| *n != id);
         if self.repl.tx.read_node == Some(id) {
             self.repl.tx.read_node = None;
         }
@@ -292,11 +315,9 @@ impl Session {
                 // Nothing more of this request runs; survivors inside pgmulti's own BEGIN roll back.
                 r.next_phase = r.plan.phases.len();
                 if autocommit {
-                    r.plan.phases.push(plan::Phase {
-                        targets: Targets::All,
-                        segments: vec![Segment::Wrapper("ROLLBACK")],
-                        skip_if_lead_failed: false,
-                    });
+                    r.plan
+                        .phases
+                        .push(plan::phase(Targets::All, &[Segment::Wrapper("ROLLBACK")]));
                 }
             }
         }
@@ -379,6 +400,12 @@ impl Session {
             }
         }
         self.advance(cx)?;
+        self.repl.behind.retain(|b| !b.pending.is_empty());
+        if self.repl.behind.is_empty() && self.repl.request.is_none() {
+            if let Some(commit) = self.repl.parked.take() {
+                self.start_request(commit, cx)?;
+            }
+        }
         Ok(progress)
     }
 
@@ -399,6 +426,29 @@ impl Session {
             &mut cx.shared.scratch,
         );
         let lead = self.nodes.first().map(|n| n.index);
+        if let Some(b) = self
+            .repl
+            .behind
+            .iter_mut()
+            .find(|b| b.node == id && !b.pending.is_empty())
+        {
+            // A statement the client already has the lead's answer to (write_ack = async).
+            match tag {
+                b'Z' => {
+                    b.pending.pop_front();
+                }
+                b'C' | b'I' | b'E' => {
+                    let outcome = match tag {
+                        b'C' => Outcome::Complete(command_rows(msg)),
+                        b'I' => Outcome::Complete(None),
+                        _ => Outcome::Error(error_code(msg)),
+                    };
+                    record(&mut self.repl.tx.async_answers, id, outcome);
+                }
+                _ => {}
+            }
+            return Ok(());
+        }
         let Some(r) = self.repl.request.as_mut() else {
             // Between requests only asynchronous messages come: the lead's reach the client.
             if matches!(tag, b'A' | b'N' | b'S') && lead == Some(id) {
@@ -456,10 +506,7 @@ impl Session {
                     if main && id == r.lead && tag == b'E' {
                         r.lead_failed = true;
                     }
-                    match r.answers.iter_mut().find(|(n, _)| *n == id) {
-                        Some((_, o)) => o.push(outcome),
-                        None => r.answers.push((id, vec![outcome])),
-                    }
+                    record(&mut r.answers, id, outcome);
                 }
             }
             b'G' if main && voice => r.copy_in = true,
@@ -474,6 +521,7 @@ impl Session {
 
     /// Start the next phase when the running one is done; finish the request at the end.
     fn advance(&mut self, cx: &mut Context) -> Result<(), Transition> {
+        let async_ack = cx.shared.config.write_ack == crate::config::WriteAck::Async;
         loop {
             let Some(r) = self.repl.request.as_mut() else {
                 return Ok(());
@@ -532,7 +580,12 @@ impl Session {
                     &mut cx.shared.scratch,
                 );
                 node.send(&out);
-                r.running.push(Running { node: id, pending });
+                if phase.behind_in_async && async_ack {
+                    r.ran_behind = true;
+                    self.repl.behind.push(Running { node: id, pending });
+                } else {
+                    r.running.push(Running { node: id, pending });
+                }
                 let stats = &mut cx.shared.cluster.nodes[id as usize];
                 if r.plan.writes {
                     stats.writes += 1;
@@ -556,6 +609,15 @@ impl Session {
         }
         if r.ddl {
             cx.shared.ddl_epoch += 1;
+        }
+        if r.ran_behind {
+            // The replicas' answers come later; the lead's are kept to compare at COMMIT.
+            if let Some((_, lead_answers)) = r.answers.iter().find(|(n, _)| *n == r.lead) {
+                for o in lead_answers.clone() {
+                    record(&mut self.repl.tx.async_answers, r.lead, o);
+                }
+            }
+            r.answers.clear();
         }
         // What the client was shown by a voice that failed afterwards.
         let shown = r
@@ -603,7 +665,9 @@ impl Session {
         }
         let tx = &mut self.repl.tx;
         let mut status = r.status;
-        if r.error.is_some() {
+        if let Some(s) = r.final_status {
+            status = s;
+        } else if r.error.is_some() {
             // An error pgmulti reports aborts an open transaction; an autocommit one is over.
             status = if tx.view.open { b'E' } else { b'I' };
         }
@@ -637,7 +701,7 @@ impl Session {
         let mut progress = false;
         loop {
             let copying = self.repl.request.as_ref().is_some_and(|r| r.copy_in);
-            if self.repl.request.is_some() && !copying {
+            if (self.repl.request.is_some() || self.repl.parked.is_some()) && !copying {
                 return Ok(progress);
             }
             let Some((tag, len)) = self.peek_client_message(cx)? else {
@@ -835,6 +899,40 @@ impl Session {
         };
         let text = short(sql);
         let analysed = request::analyse(sql);
+        if analysed.class == plan::Class::Commit && !self.repl.behind.is_empty() {
+            // write_ack = async: the replicas first finish what they run behind.
+            self.repl.parked = Some(msg);
+            return Ok(());
+        }
+        let mut async_mismatch = None;
+        if analysed.class == plan::Class::Commit && !self.repl.tx.async_answers.is_empty() {
+            async_mismatch = self.check_async_answers(lead, cx);
+        }
+        if async_mismatch.is_some() && self.nodes.is_empty() {
+            self.fatal(cx, "08006", "no node is left");
+            return Err(Transition::Close("no node is left".into()));
+        }
+        if let Some(error) = async_mismatch {
+            // Roll the whole transaction back everywhere: COMMIT fails.
+            let plan = Plan {
+                phases: vec![plan::phase(Targets::All, &[Segment::MainAs("ROLLBACK")])],
+                voice: Targets::Lead,
+                writes: false,
+            };
+            let mut r = Request::new(
+                msg,
+                text,
+                plan,
+                self.nodes[0].index,
+                self.nodes[0].index,
+                cx.now,
+            );
+            r.error = Some(("40003", error));
+            r.final_status = Some(b'I');
+            r.probe = None;
+            self.repl.request = Some(r);
+            return self.advance(cx);
+        }
         let plan = match plan::plan(analysed.class, self.repl.tx.view) {
             Planned::Run(p) => p,
             Planned::RefuseInFailedTransaction => {
@@ -915,6 +1013,40 @@ impl Session {
         self.advance(cx)
     }
 
+    /// At COMMIT with `write_ack = async`: compare what every node answered to the statements
+    /// that ran behind; detach the minority. Some(message) when the transaction must fail.
+    fn check_async_answers(&mut self, lead: u8, cx: &mut Context) -> Option<String> {
+        let mut answers = std::mem::take(&mut self.repl.tx.async_answers);
+        answers.retain(|(n, _)| cx.shared.cluster.is_up(*n));
+        // A node that ran nothing behind (the lead's statements all failed) has no entry.
+        for n in &self.nodes {
+            if !answers.iter().any(|(id, _)| *id == n.index) {
+                answers.push((n.index, Vec::new()));
+            }
+        }
+        let verdict = compare::vote(&answers, lead);
+        if verdict.differ.is_empty() {
+            return None;
+        }
+        log::warn!(
+            "{} nodes disagree on the transaction's statements: {}; detaching node(s) {:?}; COMMIT fails",
+            self.prefix,
+            compare::describe(&answers),
+            verdict.differ
+        );
+        for id in &verdict.differ {
+            cx.shared.cluster.detach(
+                *id,
+                "its answers in an async transaction differed from the majority",
+            );
+            self.drop_node(*id, cx);
+        }
+        Some(format!(
+            "COMMIT failed: node(s) {:?} answered differently from the others during the transaction; it was rolled back everywhere",
+            verdict.differ
+        ))
+    }
+
     /// Ask the lead for the column defaults of `tables` before running `original`.
     fn start_probe(
         &mut self,
@@ -928,11 +1060,7 @@ impl Session {
         let mut main = Vec::with_capacity(sql.len() + 6);
         frontend::query(&mut main, &sql);
         let plan = Plan {
-            phases: vec![plan::Phase {
-                targets: Targets::Lead,
-                segments: vec![Segment::Main],
-                skip_if_lead_failed: false,
-            }],
+            phases: vec![plan::phase(Targets::Lead, &[Segment::Main])],
             voice: Targets::Lead,
             writes: false,
         };
