@@ -11,15 +11,15 @@
 #   pgmulti.conf, userlist.txt   pgmulti's config and users file (demo / demo)
 #   pgmulti.pid, pgmulti.log, pgmulti.out
 #
-# NODES (default 1) sets how many nodes to run: 1 gives `mode = relay` in front of node 0;
-# more writes `mode = replication` over all of them (refused by pgmulti until that mode lands). Re-running is safe: running nodes are
+# NODES (default 3) sets how many nodes to run: 3 (or any number above 1) gives
+# `mode = replication` over all of them; 1 gives `mode = relay` in front of node 0. Re-running is safe: running nodes are
 # reused, pgmulti is restarted. To start from scratch: stop, then delete the folder (and the
 # folder pg/ points to, if it is a symlink).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 QS=${PGMULTI_QUICKSTART_DIR:-$PWD/.quickstart}
-NODES=${NODES:-1}
+NODES=${NODES:-3}
 PG_BIN=/usr/lib/postgresql/15/bin
 DEMO_USER=demo
 DEMO_PASSWORD=demo
