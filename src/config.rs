@@ -186,6 +186,9 @@ pub struct Config {
     /// Zero: SIGTERM does not wait for transactions.
     pub shutdown_timeout: Duration,
     pub max_client_conn: usize,
+    /// Idle node connections kept per node, database, user and startup parameters, for
+    /// the next client to reuse (0: no pooling).
+    pub max_pool_size: usize,
 }
 
 /// The log levels `log_level` accepts, in increasing verbosity.
@@ -224,6 +227,7 @@ const PARAMETERS: &[&str] = &[
     "client_idle_timeout",
     "shutdown_timeout",
     "max_client_conn",
+    "max_pool_size",
 ];
 
 /// The per-node parameters, written with the node index appended (`backend_port1`).
@@ -424,6 +428,12 @@ impl Parser<'_> {
                     config.max_client_conn =
                         parse_count(value).ok_or_else(|| bad(COUNT_ALLOWED))?;
                 }
+                "max_pool_size" => {
+                    config.max_pool_size = value
+                        .trim()
+                        .parse::<usize>()
+                        .map_err(|_| bad("expected a non-negative integer"))?;
+                }
                 other => {
                     // Pass 1 admitted only known names, so this is a backend key.
                     let Some((field, index)) = backend_key(other) else {
@@ -587,6 +597,7 @@ impl Config {
             client_idle_timeout: Duration::ZERO,
             shutdown_timeout: Duration::from_secs(30),
             max_client_conn: 10000,
+            max_pool_size: 20,
         }
     }
 
@@ -700,6 +711,7 @@ impl Config {
             ),
             ("shutdown_timeout", format_duration(self.shutdown_timeout)),
             ("max_client_conn", self.max_client_conn.to_string()),
+            ("max_pool_size", self.max_pool_size.to_string()),
         ]
         .into_iter()
         .map(|(name, value)| (name.to_string(), value))

@@ -3,6 +3,8 @@
 //! live node with the lowest id). Detaching is persisted to `status_file` at once so a
 //! detached node stays detached across a restart. No I/O besides that file.
 
+pub mod pool;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 

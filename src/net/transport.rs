@@ -108,6 +108,15 @@ impl Transport {
         )
     }
 
+    /// Move the socket to another token (a pooled connection changing hands).
+    pub fn reregister(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        registry.reregister(
+            self.socket_mut().source(),
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        )
+    }
+
     pub fn deregister(&mut self, registry: &Registry) {
         let _ = registry.deregister(self.socket_mut().source());
     }

@@ -62,6 +62,8 @@ pub struct Shared {
     pub scratch: String,
     /// Bumped whenever a session changes the schema: cached column defaults are stale.
     pub ddl_epoch: u64,
+    /// Idle node connections for reuse.
+    pub pool: crate::cluster::pool::Pool,
     /// Reused for building messages pgmulti sends itself.
     pub out: Vec<u8>,
 }

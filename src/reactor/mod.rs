@@ -27,7 +27,7 @@ use context::{Context, Shared, TimerEvent};
 use log_queue::LogDrain;
 use signals::{Signal, SignalPipe};
 use timer::TimerWheel;
-use token::{decode, ConnKey, Side, LISTENER_TOKEN_BASE, SIGNAL_TOKEN};
+use token::{decode, ConnKey, Side, LISTENER_TOKEN_BASE, POOL_TOKEN_BASE, SIGNAL_TOKEN};
 
 /// Called on SIGHUP: re-reads the configuration and applies what can change live.
 pub type ReloadFn = fn(&mut Shared, &mut LogDrain);
@@ -165,6 +165,17 @@ impl Reactor {
             self.accept(t.0 - LISTENER_TOKEN_BASE, now);
             return;
         }
+        if t.0 >= POOL_TOKEN_BASE {
+            let read_closed = ev.is_read_closed() || ev.is_error();
+            self.shared.pool.on_ready(
+                t,
+                ev.is_readable(),
+                ev.is_writable(),
+                read_closed,
+                self.poll.registry(),
+            );
+            return;
+        }
         let Some((key, side)) = decode(t) else { return };
         let Some(entry) = self.live_entry(key) else {
             return;
@@ -292,7 +303,8 @@ impl Reactor {
     /// The key the next `entries.insert` will get.
     fn new_key(&mut self) -> ConnKey {
         let generation = self.next_generation;
-        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        // 31 bits: tokens of pooled connections live above 2^63.
+        self.next_generation = (self.next_generation.wrapping_add(1) & 0x7fff_ffff).max(1);
         ConnKey {
             index: self.entries.vacant_key() as u32,
             generation,
@@ -501,6 +513,7 @@ impl Shared {
             stats: Default::default(),
             scratch: String::with_capacity(4096),
             ddl_epoch: 0,
+            pool: Default::default(),
             out: Vec::with_capacity(4096),
         }
     }

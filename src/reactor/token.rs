@@ -20,6 +20,9 @@ pub enum Side {
 /// Tokens at the top of the range belong to listeners and the signal pipe.
 pub const SIGNAL_TOKEN: Token = Token(usize::MAX);
 pub const LISTENER_TOKEN_BASE: usize = usize::MAX - 1024;
+/// Pooled (idle) node connections: this base plus their pool slot. Connection generations
+/// are 31 bits, so session tokens stay below it.
+pub const POOL_TOKEN_BASE: usize = 1 << 63;
 
 pub fn token(key: ConnKey, side: Side) -> Token {
     let side = match side {
@@ -31,7 +34,7 @@ pub fn token(key: ConnKey, side: Side) -> Token {
 
 /// The key and side a token names; `None` for listener and signal tokens.
 pub fn decode(t: Token) -> Option<(ConnKey, Side)> {
-    if t.0 >= LISTENER_TOKEN_BASE {
+    if t.0 >= POOL_TOKEN_BASE {
         return None;
     }
     let key = ConnKey {
@@ -53,12 +56,13 @@ mod tests {
     fn round_trip() {
         let key = ConnKey {
             index: 0x12_3456,
-            generation: 0xdead_beef,
+            generation: 0x5ead_beef,
         };
         for side in [Side::Client, Side::Node(0), Side::Node(7)] {
             assert_eq!(decode(token(key, side)), Some((key, side)));
         }
         assert_eq!(decode(SIGNAL_TOKEN), None);
         assert_eq!(decode(Token(LISTENER_TOKEN_BASE + 3)), None);
+        assert_eq!(decode(Token(POOL_TOKEN_BASE + 3)), None);
     }
 }

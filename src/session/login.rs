@@ -22,6 +22,15 @@ impl Session {
             return Transition::Close("no node available".into());
         }
         for id in targets {
+            let node_token = token(cx.key, Side::Node(id));
+            if let Some(conn) = self
+                .pool_key(id)
+                .and_then(|k| cx.shared.pool.take(&k, cx.registry, node_token))
+            {
+                log::debug!("{} node {id}: connection from the pool", self.prefix);
+                self.nodes.push(conn);
+                continue;
+            }
             let Some(node) = cx.shared.cluster.nodes.get(id as usize) else {
                 return Transition::Close(format!("node {id} is not configured"));
             };
@@ -53,11 +62,31 @@ impl Session {
             return Transition::Close("no node could be reached".into());
         }
         self.cancel_key = cx.shared.new_cancel_key();
+        if self.nodes.iter().all(|n| n.is_ready()) {
+            return self.login_done(cx);
+        }
         let timeout = cx.shared.config.connect_timeout;
         if !timeout.is_zero() {
             self.connect_timer = Some(cx.schedule(timeout, TimerKind::Connect));
         }
         Transition::Stay
+    }
+
+    /// Every node connection is ready: the client gets the lead's parameters (replayed when
+    /// that connection came from the pool), pgmulti's BackendKeyData and ReadyForQuery.
+    fn login_done(&mut self, cx: &mut Context) -> Transition {
+        let out = &mut cx.shared.out;
+        out.clear();
+        if let Some(lead) = self.nodes.first().filter(|n| n.from_pool) {
+            out.extend_from_slice(&lead.server_params);
+        }
+        backend::backend_key_data(out, self.cancel_key.0, self.cancel_key.1);
+        backend::ready_for_query(out, b'I');
+        self.send_to_client(cx);
+        Transition::Goto(match cx.shared.config.mode {
+            Mode::Relay => State::Relaying,
+            Mode::Replication => State::Replicating,
+        })
     }
 
     pub(super) fn on_node_login(&mut self, id: u8, cx: &mut Context) -> Transition {
@@ -92,17 +121,7 @@ impl Session {
         };
         match step {
             LoginStep::Pending => Transition::Stay,
-            LoginStep::Ready if self.nodes.iter().all(|n| n.is_ready()) => {
-                let out = &mut cx.shared.out;
-                out.clear();
-                backend::backend_key_data(out, self.cancel_key.0, self.cancel_key.1);
-                backend::ready_for_query(out, b'I');
-                self.send_to_client(cx);
-                Transition::Goto(match cx.shared.config.mode {
-                    Mode::Relay => State::Relaying,
-                    Mode::Replication => State::Replicating,
-                })
-            }
+            LoginStep::Ready if self.nodes.iter().all(|n| n.is_ready()) => self.login_done(cx),
             LoginStep::Ready => Transition::Stay,
             LoginStep::Failed { reason, forwarded } => {
                 if !forwarded {

@@ -24,6 +24,7 @@ use crate::reactor::timer::TimerId;
 use crate::reactor::token::{token, Side};
 use crate::trace;
 
+use crate::cluster::pool::PoolKey;
 use client_auth::{ClientAuth, Credentials};
 use node::NodeConn;
 
@@ -88,6 +89,8 @@ pub struct Session {
     node_stream_left: usize,
     /// Transaction status of the last ReadyForQuery relayed ('I', 'T', 'E').
     tx_status: u8,
+    /// Relay: ReadyForQuery messages the node still owes the client.
+    awaiting_ready: i64,
     repl: replicate::Replication,
     draining: bool,
     closed: bool,
@@ -120,6 +123,7 @@ impl Session {
             client_stream_left: 0,
             node_stream_left: 0,
             tx_status: b'I',
+            awaiting_ready: 0,
             repl: Default::default(),
             draining: false,
             closed: false,
@@ -318,9 +322,7 @@ impl Session {
         let _ = self.client.flush();
         self.client.transport.shutdown();
         self.client.transport.deregister(cx.registry);
-        for node in &mut self.nodes {
-            node.close(cx);
-        }
+        self.release_nodes(cx);
         cx.cancel(&mut self.auth_timer);
         cx.cancel(&mut self.connect_timer);
         cx.cancel(&mut self.idle_timer);
@@ -329,6 +331,57 @@ impl Session {
         }
         cx.shared.stats.sessions_closed += 1;
         log::info!("{} closing: {}", self.prefix, reason);
+    }
+
+    /// The pool key for this session's connection to `node`; None when the client's startup
+    /// parameters make its connections its own (`options`, replication).
+    fn pool_key(&self, node: u8) -> Option<PoolKey> {
+        let mut params = Vec::new();
+        let (mut database, mut user) = (String::new(), String::new());
+        for (k, v) in &self.params {
+            match k.as_str() {
+                "user" => user = v.clone(),
+                "database" => database = v.clone(),
+                "options" | "replication" => return None,
+                _ => params.push((k.clone(), v.clone())),
+            }
+        }
+        params.sort();
+        Some(PoolKey {
+            node,
+            database,
+            user,
+            params,
+        })
+    }
+
+    /// At the end: node connections with nothing in flight go back to the pool, the others
+    /// are closed.
+    fn release_nodes(&mut self, cx: &mut Context) {
+        let quiet = match self.state {
+            State::Relaying => {
+                self.awaiting_ready == 0
+                    && self.client_stream_left == 0
+                    && self.node_stream_left == 0
+            }
+            State::Replicating => self.repl.is_idle(),
+            _ => false,
+        };
+        let max = cx.shared.config.max_pool_size;
+        for mut node in std::mem::take(&mut self.nodes) {
+            let key = self.pool_key(node.index);
+            match key {
+                Some(key)
+                    if quiet
+                        && max > 0
+                        && node.is_quiet()
+                        && cx.shared.cluster.is_up(node.index) =>
+                {
+                    cx.shared.pool.put(key, node, max, cx.registry)
+                }
+                _ => node.close(cx),
+            }
+        }
     }
 
     fn on_idle_timer(&mut self, cx: &mut Context) -> Transition {

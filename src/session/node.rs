@@ -58,6 +58,11 @@ pub struct NodeConn {
     /// streamed to the client when this node is the voice, else dropped.
     pub passing: usize,
     pub passing_to_client: bool,
+    /// The ParameterStatus messages of the login, replayed to a client that gets this
+    /// connection from the pool.
+    pub server_params: Vec<u8>,
+    /// Taken from the pool rather than logged in for this session.
+    pub from_pool: bool,
 }
 
 /// What the login needs from its session.
@@ -87,6 +92,8 @@ impl NodeConn {
             overflow_sent: 0,
             passing: 0,
             passing_to_client: false,
+            server_params: Vec::new(),
+            from_pool: false,
         })
     }
 
@@ -137,6 +144,11 @@ impl NodeConn {
     }
 
     pub fn close(&mut self, cx: &mut Context) {
+        self.terminate(cx.registry);
+    }
+
+    /// Say Terminate (if logged in), close TLS, leave the poller. Never blocks.
+    pub fn terminate(&mut self, registry: &mio::Registry) {
         if self.state == LoginState::Ready {
             let mut out = Vec::with_capacity(5);
             frontend::terminate(&mut out);
@@ -144,7 +156,16 @@ impl NodeConn {
             let _ = self.ep.flush();
         }
         self.ep.transport.shutdown();
-        self.ep.transport.deregister(cx.registry);
+        self.ep.transport.deregister(registry);
+    }
+
+    /// Nothing half-sent or half-read: the connection can serve another client after a reset.
+    pub fn is_quiet(&self) -> bool {
+        self.state == LoginState::Ready
+            && self.ep.rx.is_empty()
+            && self.ep.tx.is_empty()
+            && self.overflow.is_empty()
+            && self.passing == 0
     }
 
     /// Advance the login as far as the socket allows.
@@ -322,6 +343,9 @@ impl NodeConn {
                     Err(e) => Some(self.fail(e)),
                 },
                 b'S' | b'N' => {
+                    if tag == b'S' {
+                        self.server_params.extend_from_slice(&data[..len]);
+                    }
                     if lc.voice {
                         lc.client_tx.extend(&data[..len]);
                     }

@@ -24,6 +24,10 @@ pub struct Pumped {
     pub terminate: bool,
     /// Status byte of the last ReadyForQuery that passed.
     pub ready: Option<u8>,
+    /// Messages that each bring a ReadyForQuery (Query, Sync, FunctionCall), and
+    /// ReadyForQuery messages passed.
+    pub requests: u32,
+    pub readies: u32,
 }
 
 /// Copy messages from `src` to `dst` while whole messages fit; stream oversized ones.
@@ -75,16 +79,22 @@ pub fn pump(
         let msg = &data[..len];
         trace_message(prefix, from, to, tag, &msg[5..], len, scratch);
         match (dir, tag) {
-            (Direction::ToBackend, b'X') => out.terminate = true,
-            (Direction::ToClient, b'Z') => out.ready = msg.get(5).copied(),
+            // Not passed on: the node connection may serve another client.
+            (Direction::ToBackend, b'X') => {
+                out.terminate = true;
+                src.consume(len);
+                break;
+            }
+            (Direction::ToBackend, b'Q' | b'S' | b'F') => out.requests += 1,
+            (Direction::ToClient, b'Z') => {
+                out.ready = msg.get(5).copied();
+                out.readies += 1;
+            }
             _ => {}
         }
         dst.extend(msg);
         src.consume(len);
         out.bytes += len;
-        if out.terminate {
-            break;
-        }
     }
     Ok(out)
 }
@@ -125,6 +135,7 @@ impl Session {
                 }
             };
             moved += up.bytes;
+            self.awaiting_ready += i64::from(up.requests);
             match node.ep.flush() {
                 Ok(n) => moved += n,
                 Err(e) => node_gone = Some(e),
@@ -156,6 +167,7 @@ impl Session {
                 }
             };
             moved += down.bytes;
+            self.awaiting_ready -= i64::from(down.readies);
             if let Some(status) = down.ready {
                 self.tx_status = status;
             }

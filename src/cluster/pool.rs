@@ -1,0 +1,177 @@
+//! Idle node connections kept for the next client (`max_pool_size` per key). A session
+//! hands its node connections back when it ends quietly; the pool resets each one (Sync,
+//! ROLLBACK, DISCARD ALL — as PgBouncer's server_reset_query) and keeps it idle; a later
+//! session with the same node, database, user and startup parameters takes it instead of
+//! connecting and logging in. An idle connection that the node closes, or that says
+//! anything unexpected, is dropped. Pooled connections have tokens of their own
+//! (`POOL_TOKEN_BASE + slot`); the loop passes their events here.
+
+use std::collections::HashMap;
+
+use mio::{Registry, Token};
+use slab::Slab;
+
+use crate::net::endpoint::Broken;
+use crate::protocol::framing::message_header;
+use crate::protocol::frontend;
+use crate::reactor::token::POOL_TOKEN_BASE;
+use crate::session::node::NodeConn;
+
+/// Which clients a pooled connection can serve.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub node: u8,
+    pub database: String,
+    pub user: String,
+    /// The other startup parameters (application_name, client_encoding, …), sorted: the
+    /// connection's session was started with them and DISCARD ALL returns to them.
+    pub params: Vec<(String, String)>,
+}
+
+enum State {
+    /// ReadyForQuery answers still expected for the reset.
+    Resetting(u8),
+    Idle,
+}
+
+struct Pooled {
+    key: PoolKey,
+    conn: NodeConn,
+    state: State,
+}
+
+#[derive(Default)]
+pub struct Pool {
+    slots: Slab<Pooled>,
+    idle: HashMap<PoolKey, Vec<usize>>,
+    /// Connections handed out and taken back, for SHOW POOLS later and the tests' logs.
+    pub reused: u64,
+}
+
+impl Pool {
+    /// An idle connection for `key`, moved to `token`.
+    pub fn take(&mut self, key: &PoolKey, registry: &Registry, token: Token) -> Option<NodeConn> {
+        let list = self.idle.get_mut(key)?;
+        while let Some(slot) = list.pop() {
+            let mut p = self.slots.remove(slot);
+            if p.conn.ep.transport.reregister(registry, token).is_ok() {
+                self.reused += 1;
+                p.conn.from_pool = true;
+                return Some(p.conn);
+            }
+            p.conn.ep.transport.deregister(registry);
+        }
+        None
+    }
+
+    /// Take back a connection a session no longer needs. Its reset starts at once. If the
+    /// key already has `max` connections, it is closed instead.
+    pub fn put(&mut self, key: PoolKey, mut conn: NodeConn, max: usize, registry: &Registry) {
+        let kept = self.idle.get(&key).map_or(0, Vec::len)
+            + self
+                .slots
+                .iter()
+                .filter(|(_, p)| p.key == key && matches!(p.state, State::Resetting(_)))
+                .count();
+        if kept >= max {
+            conn.terminate(registry);
+            return;
+        }
+        let entry = self.slots.vacant_entry();
+        let slot = entry.key();
+        if conn
+            .ep
+            .transport
+            .reregister(registry, Token(POOL_TOKEN_BASE + slot))
+            .is_err()
+        {
+            conn.terminate(registry);
+            return;
+        }
+        // Sync ends any unfinished extended-protocol batch; ROLLBACK any transaction.
+        let mut reset = Vec::with_capacity(48);
+        frontend::sync(&mut reset);
+        frontend::query(&mut reset, "ROLLBACK");
+        frontend::query(&mut reset, "DISCARD ALL");
+        conn.send(&reset);
+        entry.insert(Pooled {
+            key,
+            conn,
+            state: State::Resetting(3),
+        });
+        self.drive(slot, registry);
+    }
+
+    /// Readiness for a pooled connection's token.
+    pub fn on_ready(
+        &mut self,
+        token: Token,
+        readable: bool,
+        writable: bool,
+        read_closed: bool,
+        registry: &Registry,
+    ) {
+        let slot = token.0 - POOL_TOKEN_BASE;
+        if let Some(p) = self.slots.get_mut(slot) {
+            p.conn.ep.set_ready(readable, writable, read_closed);
+            self.drive(slot, registry);
+        }
+    }
+
+    fn drive(&mut self, slot: usize, registry: &Registry) {
+        let Some(p) = self.slots.get_mut(slot) else {
+            return;
+        };
+        let healthy = p.conn.flush().is_ok() && read_replies(p);
+        if !healthy {
+            let mut p = self.slots.remove(slot);
+            if let Some(list) = self.idle.get_mut(&p.key) {
+                list.retain(|&s| s != slot);
+            }
+            log::debug!("pooled connection to node {} dropped", p.key.node);
+            p.conn.ep.transport.deregister(registry);
+            return;
+        }
+        if let State::Resetting(0) = p.state {
+            p.state = State::Idle;
+            p.conn.ep.release_buffers();
+            self.idle.entry(p.key.clone()).or_default().push(slot);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
+/// Read what the node sent; false when the connection must be dropped.
+fn read_replies(p: &mut Pooled) -> bool {
+    let filled = p.conn.ep.fill();
+    loop {
+        let data = p.conn.ep.rx.data();
+        let (tag, len) = match message_header(data, p.conn.ep.rx.capacity()) {
+            Ok(Some(h)) if data.len() >= h.1 => h,
+            Ok(None) | Ok(Some(_)) => break,
+            Err(_) => return false,
+        };
+        match (&mut p.state, tag) {
+            (State::Resetting(n), b'Z') if *n > 0 => *n -= 1,
+            // Notices (ROLLBACK outside a transaction warns) and parameter changes.
+            (
+                State::Resetting(_),
+                b'N' | b'S' | b'C' | b'T' | b'D' | b'I' | b'1' | b'2' | b'3' | b'n' | b't',
+            ) => {}
+            (State::Idle, b'N' | b'S') => {}
+            _ => return false,
+        }
+        p.conn.ep.rx.consume(len);
+    }
+    match filled {
+        Ok(_) => true,
+        Err(Broken::Closed) | Err(Broken::Error(_)) => false,
+    }
+}

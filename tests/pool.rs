@@ -1,0 +1,113 @@
+//! Node connections are pooled: a client that leaves quietly hands its node connection back
+//! (reset with ROLLBACK and DISCARD ALL) and the next client with the same database, user
+//! and startup parameters gets it without a new login; nothing of the first session leaks.
+
+mod common;
+
+use common::*;
+
+/// Run `sql` through pgmulti in a session of its own, then give pgmulti a moment to reset
+/// the node connection the session leaves behind.
+fn one(pm: &Pgmulti, sql: &str) -> String {
+    let out = pm.psql("postgres", "postgres", None, sql);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(out.success(), "{sql}: {}", out.stderr);
+    out.stdout.trim().to_string()
+}
+
+#[test]
+fn a_quiet_connection_is_reused_and_reset() {
+    let pm = Pgmulti::start(&PgmultiConf::relay(shared_node()));
+    let first = one(
+        &pm,
+        "SET search_path = nowhere; CREATE TEMP TABLE leftover (a int); PREPARE p AS SELECT 1; \
+         LISTEN somewhere; SELECT pg_backend_pid()",
+    );
+    let second = one(&pm, "SELECT pg_backend_pid()");
+    assert_eq!(first, second, "the node connection was not reused");
+    assert_eq!(
+        one(&pm, "SHOW search_path"),
+        "\"$user\", public",
+        "SET leaked into the next client"
+    );
+    assert_eq!(
+        one(&pm, "SELECT count(*) FROM pg_prepared_statements"),
+        "0",
+        "PREPARE leaked"
+    );
+    assert_eq!(
+        one(&pm, "SELECT count(*) FROM pg_listening_channels()"),
+        "0",
+        "LISTEN leaked"
+    );
+    assert_eq!(
+        one(
+            &pm,
+            "SELECT count(*) FROM pg_class WHERE relname = 'leftover' AND relpersistence = 't'"
+        ),
+        "0",
+        "a temp table leaked"
+    );
+}
+
+#[test]
+fn an_open_transaction_is_rolled_back_before_reuse() {
+    let node = shared_node();
+    node.fresh_db("pool_tx", "postgres");
+    let pm = Pgmulti::start(&PgmultiConf::relay(node));
+    let out = pm.psql("postgres", "pool_tx", None, "CREATE TABLE t (v int)");
+    assert!(out.success(), "{}", out.stderr);
+    // psql -c with BEGIN and no COMMIT: the client leaves inside the transaction.
+    let out = pm.psql(
+        "postgres",
+        "pool_tx",
+        None,
+        "BEGIN; INSERT INTO t VALUES (1); SELECT pg_backend_pid()",
+    );
+    assert!(out.success(), "{}", out.stderr);
+    let out2 = pm.psql(
+        "postgres",
+        "pool_tx",
+        None,
+        "SELECT count(*) || ' ' || pg_backend_pid() FROM t",
+    );
+    assert!(out2.success(), "{}", out2.stderr);
+    assert_eq!(
+        out2.stdout.trim(),
+        format!("0 {}", out.stdout.trim()),
+        "the insert leaked or the connection was not reused"
+    );
+}
+
+#[test]
+fn different_startup_parameters_get_their_own_connections() {
+    let pm = Pgmulti::start(&PgmultiConf::relay(shared_node()));
+    let plain = one(&pm, "SELECT pg_backend_pid()");
+    let conn = format!(
+        "{} application_name=other",
+        pm.conn_str("postgres", "postgres")
+    );
+    let out = psql(
+        &[
+            &conn,
+            "-c",
+            "SELECT pg_backend_pid() || ' ' || current_setting('application_name')",
+        ],
+        &[],
+    );
+    assert!(out.success(), "{}", out.stderr);
+    let (pid, app) = out.stdout.trim().split_once(' ').unwrap();
+    assert_eq!(app, "other");
+    assert_ne!(
+        pid, plain,
+        "a connection started for other parameters was handed out"
+    );
+}
+
+#[test]
+fn max_pool_size_zero_disables_pooling() {
+    let pm = Pgmulti::start(&PgmultiConf::relay(shared_node()).line("max_pool_size = 0"));
+    let first = one(&pm, "SELECT pg_backend_pid()");
+    let second = one(&pm, "SELECT pg_backend_pid()");
+    assert_ne!(first, second);
+}
