@@ -4,7 +4,7 @@
 #   scripts/bench.sh [--quick] [--out FILE] [--keep] [--dir DIR] [--rev REV]
 #
 #   --quick      scale 10, 2 rounds of 1 s runs, clients 8 and 64, 1,000 idle clients for the
-#                memory test: about 4 minutes on 2 cores. Default (full): scale 50, 5 rounds x
+#                memory test: 3 to 4 minutes on 2 cores. Default (full): scale 50, 5 rounds x
 #                20 s, clients 1 8 64 256, 5,000 idle clients: about 3.5 hours on 2 cores.
 #   --out FILE   where the Markdown report goes (default docs/benchmarks.md); the chart is
 #                written next to it as <name>-select.svg (docs/benchmarks-select.svg)
