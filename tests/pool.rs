@@ -80,27 +80,31 @@ fn an_open_transaction_is_rolled_back_before_reuse() {
 }
 
 #[test]
-fn different_startup_parameters_get_their_own_connections() {
+fn startup_parameters_follow_the_client_on_a_shared_connection() {
     let pm = Pgmulti::start(&PgmultiConf::relay(shared_node()));
-    let plain = one(&pm, "SELECT pg_backend_pid()");
-    let conn = format!(
-        "{} application_name=other",
-        pm.conn_str("postgres", "postgres")
+    let query = "SELECT pg_backend_pid() || ' ' || current_setting('application_name') || ' ' || current_setting('DateStyle') || ' ' || current_setting('search_path')";
+    let run = |extra: &str, env: &[(&str, &str)]| {
+        let conn = format!("{} {extra}", pm.conn_str("postgres", "postgres"));
+        let out = psql(&[&conn, "-c", query], env);
+        assert!(out.success(), "{}", out.stderr);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        out.stdout.trim().to_string()
+    };
+    let first = run("application_name=other", &[("PGDATESTYLE", "German, DMY")]);
+    let pid = first.split(' ').next().unwrap().to_string();
+    assert_eq!(first, format!("{pid} other German, DMY \"$user\", public"));
+    let second = run("", &[]);
+    assert_eq!(
+        second,
+        format!("{pid} psql ISO, MDY \"$user\", public"),
+        "not reused, or parameters leaked"
     );
-    let out = psql(
-        &[
-            &conn,
-            "-c",
-            "SELECT pg_backend_pid() || ' ' || current_setting('application_name')",
-        ],
-        &[],
-    );
-    assert!(out.success(), "{}", out.stderr);
-    let (pid, app) = out.stdout.trim().split_once(' ').unwrap();
-    assert_eq!(app, "other");
-    assert_ne!(
-        pid, plain,
-        "a connection started for other parameters was handed out"
+    // Command-line options cannot be SET afterwards: such a client gets its own connection.
+    let third = run("options='-c search_path=elsewhere'", &[]);
+    assert!(third.ends_with(" psql ISO, MDY elsewhere"), "{third}");
+    assert!(
+        !third.starts_with(&format!("{pid} ")),
+        "a shared connection was used for options: {third}"
     );
 }
 

@@ -17,15 +17,14 @@ use crate::protocol::frontend;
 use crate::reactor::token::POOL_TOKEN_BASE;
 use crate::session::node::NodeConn;
 
-/// Which clients a pooled connection can serve.
+/// Which clients a pooled connection can serve. It was logged in with user and database
+/// only; a client's other startup parameters are SET when it takes the connection, and
+/// DISCARD ALL undoes them when it is handed back.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     pub node: u8,
     pub database: String,
     pub user: String,
-    /// The other startup parameters (application_name, client_encoding, …), sorted: the
-    /// connection's session was started with them and DISCARD ALL returns to them.
-    pub params: Vec<(String, String)>,
 }
 
 enum State {
@@ -57,6 +56,7 @@ impl Pool {
             if p.conn.ep.transport.reregister(registry, token).is_ok() {
                 self.reused += 1;
                 p.conn.from_pool = true;
+                p.conn.configured = false;
                 return Some(p.conn);
             }
             p.conn.ep.transport.deregister(registry);

@@ -23,11 +23,12 @@ impl Session {
         }
         for id in targets {
             let node_token = token(cx.key, Side::Node(id));
-            if let Some(conn) = self
+            if let Some(mut conn) = self
                 .pool_key(id)
                 .and_then(|k| cx.shared.pool.take(&k, cx.registry, node_token))
             {
                 log::debug!("{} node {id}: connection from the pool", self.prefix);
+                conn.configure(&self.settings);
                 self.nodes.push(conn);
                 continue;
             }
@@ -48,11 +49,7 @@ impl Session {
                     return Transition::Close(e);
                 }
             };
-            if let Err(e) = conn
-                .ep
-                .transport
-                .register(cx.registry, token(cx.key, Side::Node(id)))
-            {
+            if let Err(e) = conn.ep.transport.register(cx.registry, node_token) {
                 return Transition::Close(format!("register node socket: {e}"));
             }
             self.nodes.push(conn);
@@ -62,23 +59,27 @@ impl Session {
             return Transition::Close("no node could be reached".into());
         }
         self.cancel_key = cx.shared.new_cancel_key();
-        if self.nodes.iter().all(|n| n.is_ready()) {
+        if self.nodes.iter().all(|n| n.is_ready() && n.configured) {
             return self.login_done(cx);
         }
         let timeout = cx.shared.config.connect_timeout;
         if !timeout.is_zero() {
             self.connect_timer = Some(cx.schedule(timeout, TimerKind::Connect));
         }
+        // Pooled connections already have their SETs queued: get them going.
+        cx.again = true;
         Transition::Stay
     }
 
-    /// Every node connection is ready: the client gets the lead's parameters (replayed when
-    /// that connection came from the pool), pgmulti's BackendKeyData and ReadyForQuery.
+    /// Every node connection is ready: the client gets the lead's parameters, pgmulti's
+    /// BackendKeyData and ReadyForQuery.
     fn login_done(&mut self, cx: &mut Context) -> Transition {
         let out = &mut cx.shared.out;
         out.clear();
-        if let Some(lead) = self.nodes.first().filter(|n| n.from_pool) {
-            out.extend_from_slice(&lead.server_params);
+        if let Some(lead) = self.nodes.first() {
+            for (name, value) in &lead.server_params {
+                backend::parameter_status(out, name, value);
+            }
         }
         backend::backend_key_data(out, self.cancel_key.0, self.cancel_key.1);
         backend::ready_for_query(out, b'I');
@@ -97,12 +98,17 @@ impl Session {
         let mut lc = LoginContext {
             prefix: &self.prefix,
             user: &self.user,
-            params: &self.params,
+            params: &self.node_params,
             credentials: &self.credentials,
             client_tx: &mut self.client.tx,
             voice,
         };
-        let step = node.login(&mut lc, cx);
+        let mut step = node.login(&mut lc, cx);
+        if matches!(step, LoginStep::Ready) && !node.configured {
+            // Logged in with user and database only: now the client's own parameters.
+            node.configure(&self.settings);
+            step = node.login(&mut lc, cx);
+        }
         let step = match step {
             // In replication mode a node that cannot be reached is detached; the session goes
             // on with the others. A node that refuses the login (ErrorResponse) is not down.
@@ -121,7 +127,9 @@ impl Session {
         };
         match step {
             LoginStep::Pending => Transition::Stay,
-            LoginStep::Ready if self.nodes.iter().all(|n| n.is_ready()) => self.login_done(cx),
+            LoginStep::Ready if self.nodes.iter().all(|n| n.is_ready() && n.configured) => {
+                self.login_done(cx)
+            }
             LoginStep::Ready => Transition::Stay,
             LoginStep::Failed { reason, forwarded } => {
                 if !forwarded {

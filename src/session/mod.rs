@@ -75,6 +75,13 @@ pub struct Session {
     nodes: Vec<NodeConn>,
     /// The client's startup parameters, forwarded to the node.
     params: Vec<(String, String)>,
+    /// What goes into the nodes' StartupMessage: user and database when the session's node
+    /// connections can be pooled, else every parameter.
+    node_params: Vec<(String, String)>,
+    /// The client's other parameters, applied with SET after login (see `NodeConn::configure`).
+    settings: Vec<(String, String)>,
+    /// Its node connections can come from and go back to the pool.
+    poolable: bool,
     user: String,
     auth: Option<ClientAuth>,
     credentials: Credentials,
@@ -112,6 +119,9 @@ impl Session {
             client_tls: false,
             nodes: Vec::new(),
             params: Vec::new(),
+            node_params: Vec::new(),
+            settings: Vec::new(),
+            poolable: false,
             user: String::new(),
             auth: None,
             credentials: Credentials::default(),
@@ -333,25 +343,31 @@ impl Session {
         log::info!("{} closing: {}", self.prefix, reason);
     }
 
-    /// The pool key for this session's connection to `node`; None when the client's startup
-    /// parameters make its connections its own (`options`, replication).
+    /// Split the client's startup parameters into what the nodes' StartupMessage carries
+    /// and what is SET afterwards. Parameters that cannot be SET (`options`, `replication`,
+    /// protocol options) keep the connections out of the pool.
+    fn split_startup_params(&mut self) {
+        let poolable = self.params.iter().all(|(k, _)| {
+            !matches!(k.as_str(), "options" | "replication") && !k.starts_with("_pq_.")
+        });
+        let (node, settings): (Vec<_>, Vec<_>) = self
+            .params
+            .iter()
+            .cloned()
+            .partition(|(k, _)| !poolable || k == "user" || k == "database");
+        self.node_params = node;
+        self.settings = settings;
+        self.poolable = poolable;
+    }
+
+    /// The pool key for this session's connection to `node`; None when its connections
+    /// cannot be shared (see `split_startup_params`).
     fn pool_key(&self, node: u8) -> Option<PoolKey> {
-        let mut params = Vec::new();
-        let (mut database, mut user) = (String::new(), String::new());
-        for (k, v) in &self.params {
-            match k.as_str() {
-                "user" => user = v.clone(),
-                "database" => database = v.clone(),
-                "options" | "replication" => return None,
-                _ => params.push((k.clone(), v.clone())),
-            }
-        }
-        params.sort();
-        Some(PoolKey {
+        let get = |name: &str| self.param(name).unwrap_or_default().to_string();
+        self.poolable.then(|| PoolKey {
             node,
-            database,
-            user,
-            params,
+            database: get("database"),
+            user: get("user"),
         })
     }
 

@@ -27,6 +27,8 @@ pub enum LoginState {
     Tls,
     /// StartupMessage sent; authentication and parameters until ReadyForQuery.
     Login,
+    /// The client's startup parameters sent as SET; until ReadyForQuery.
+    Configuring,
     Ready,
 }
 
@@ -58,9 +60,10 @@ pub struct NodeConn {
     /// streamed to the client when this node is the voice, else dropped.
     pub passing: usize,
     pub passing_to_client: bool,
-    /// The ParameterStatus messages of the login, replayed to a client that gets this
-    /// connection from the pool.
-    pub server_params: Vec<u8>,
+    /// The node's ParameterStatus values (login and SETs since), replayed to the client.
+    pub server_params: Vec<(String, String)>,
+    /// The client's startup parameters have been applied (see `configure`).
+    pub configured: bool,
     /// Taken from the pool rather than logged in for this session.
     pub from_pool: bool,
 }
@@ -93,6 +96,7 @@ impl NodeConn {
             passing: 0,
             passing_to_client: false,
             server_params: Vec::new(),
+            configured: false,
             from_pool: false,
         })
     }
@@ -168,6 +172,28 @@ impl NodeConn {
             && self.passing == 0
     }
 
+    /// Apply the client's startup parameters with SET (pooled connections are logged in
+    /// with user and database only, so that any client can use them). Nothing to set: the
+    /// connection is configured at once.
+    pub fn configure(&mut self, settings: &[(String, String)]) {
+        if settings.is_empty() {
+            self.configured = true;
+            return;
+        }
+        let mut sql = String::new();
+        for (name, value) in settings {
+            sql.push_str(&format!(
+                "SET \"{}\" = '{}';",
+                name.replace('"', "\"\""),
+                value.replace('\'', "''")
+            ));
+        }
+        let mut out = Vec::with_capacity(sql.len() + 6);
+        frontend::query(&mut out, &sql);
+        self.send(&out);
+        self.state = LoginState::Configuring;
+    }
+
     /// Advance the login as far as the socket allows.
     pub fn login(&mut self, lc: &mut LoginContext, cx: &mut Context) -> LoginStep {
         loop {
@@ -176,7 +202,7 @@ impl NodeConn {
                 LoginState::Connecting => self.on_connecting(lc, cx),
                 LoginState::SslAnswer => self.on_ssl_answer(lc, cx),
                 LoginState::Tls => self.on_tls(lc, cx),
-                LoginState::Login => self.on_login_messages(lc, cx),
+                LoginState::Login | LoginState::Configuring => self.on_login_messages(lc, cx),
                 LoginState::Ready => return LoginStep::Ready,
             };
             if let Err(f) = self.ep.flush() {
@@ -342,15 +368,25 @@ impl NodeConn {
                     }
                     Err(e) => Some(self.fail(e)),
                 },
-                b'S' | b'N' => {
-                    if tag == b'S' {
-                        self.server_params.extend_from_slice(&data[..len]);
+                b'S' => {
+                    if let Ok((name, value)) = backend::parse_parameter_status(body) {
+                        match self.server_params.iter_mut().find(|(n, _)| n == name) {
+                            Some(p) => p.1 = value.to_string(),
+                            None => self
+                                .server_params
+                                .push((name.to_string(), value.to_string())),
+                        }
                     }
+                    None
+                }
+                b'N' => {
                     if lc.voice {
                         lc.client_tx.extend(&data[..len]);
                     }
                     None
                 }
+                // The answers to the SETs of `configure`.
+                b'C' if self.state == LoginState::Configuring => None,
                 b'E' => {
                     let reason = match backend::parse_error_fields(body) {
                         Ok(f) => format!(
@@ -367,6 +403,9 @@ impl NodeConn {
                 }
                 b'v' => None, // NegotiateProtocolVersion: the node speaks 3.0 minus some options; fine
                 b'Z' => {
+                    if self.state == LoginState::Configuring {
+                        self.configured = true;
+                    }
                     self.state = LoginState::Ready;
                     Some(LoginStep::Ready)
                 }

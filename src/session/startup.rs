@@ -146,8 +146,10 @@ impl Session {
             return Transition::Close("no user name in startup packet".into());
         }
         if self.param("database").is_none_or(str::is_empty) {
+            self.params.retain(|(k, _)| k != "database");
             self.params.push(("database".into(), user.clone()));
         }
+        self.split_startup_params();
         let database = self.param("database").unwrap_or_default();
         self.prefix = format!("C-{} {}/{}@{}", self.id, database, user, self.peer);
         self.user = user;
