@@ -178,6 +178,7 @@ chmod 600 "$QS/userlist.txt"
     echo "client_auth = 'scram-sha-256'"
     echo "log_file = '$QS/pgmulti.log'"
     echo "log_level = 'info'"
+    echo "preconnect = '$DEMO_USER:$DEMO_USER'"
 } >"$QS/pgmulti.conf"
 
 # --- build and (re)start pgmulti ------------------------------------------------------------

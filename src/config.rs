@@ -186,9 +186,13 @@ pub struct Config {
     /// Zero: SIGTERM does not wait for transactions.
     pub shutdown_timeout: Duration,
     pub max_client_conn: usize,
-    /// Idle node connections kept per node, database, user and startup parameters, for
-    /// the next client to reuse (0: no pooling).
+    /// Idle node connections kept per node, database and user for the next client to
+    /// reuse (0: no pooling).
     pub max_pool_size: usize,
+    /// (database, user) pairs whose node connections are opened at start-up.
+    pub preconnect: Vec<(String, String)>,
+    /// Idle connections kept ready per node for each `preconnect` pair.
+    pub min_pool_size: usize,
 }
 
 /// The log levels `log_level` accepts, in increasing verbosity.
@@ -228,6 +232,8 @@ const PARAMETERS: &[&str] = &[
     "shutdown_timeout",
     "max_client_conn",
     "max_pool_size",
+    "preconnect",
+    "min_pool_size",
 ];
 
 /// The per-node parameters, written with the node index appended (`backend_port1`).
@@ -428,6 +434,25 @@ impl Parser<'_> {
                     config.max_client_conn =
                         parse_count(value).ok_or_else(|| bad(COUNT_ALLOWED))?;
                 }
+                "preconnect" => {
+                    config.preconnect = split_list(value)
+                        .iter()
+                        .map(|item| match item.split_once(':') {
+                            Some((db, user))
+                                if !db.trim().is_empty() && !user.trim().is_empty() =>
+                            {
+                                Ok((db.trim().to_string(), user.trim().to_string()))
+                            }
+                            _ => Err(bad("expected a list of database:user pairs")),
+                        })
+                        .collect::<Result<_, _>>()?;
+                }
+                "min_pool_size" => {
+                    config.min_pool_size = value
+                        .trim()
+                        .parse::<usize>()
+                        .map_err(|_| bad("expected a non-negative integer"))?;
+                }
                 "max_pool_size" => {
                     config.max_pool_size = value
                         .trim()
@@ -598,6 +623,8 @@ impl Config {
             shutdown_timeout: Duration::from_secs(30),
             max_client_conn: 10000,
             max_pool_size: 20,
+            preconnect: Vec::new(),
+            min_pool_size: 1,
         }
     }
 
@@ -622,6 +649,7 @@ impl Config {
             self.unix_socket_directories != new.unix_socket_directories,
         );
         check("mode", self.mode != new.mode);
+        check("preconnect", self.preconnect != new.preconnect);
         let hosts = |c: &Config| {
             c.backends
                 .iter()
@@ -712,6 +740,15 @@ impl Config {
             ("shutdown_timeout", format_duration(self.shutdown_timeout)),
             ("max_client_conn", self.max_client_conn.to_string()),
             ("max_pool_size", self.max_pool_size.to_string()),
+            (
+                "preconnect",
+                self.preconnect
+                    .iter()
+                    .map(|(d, u)| format!("{d}:{u}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            ("min_pool_size", self.min_pool_size.to_string()),
         ]
         .into_iter()
         .map(|(name, value)| (name.to_string(), value))

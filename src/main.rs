@@ -215,6 +215,16 @@ fn reload(shared: &mut Shared, log: &mut LogDrain) {
     applied.backend_ssl_ca_file = shared.config.backend_ssl_ca_file.clone();
     applied.log_file = shared.config.log_file.clone();
     applied.log_queue_size = shared.config.log_queue_size;
+    applied.preconnect = shared.config.preconnect.clone();
+    // Read weights change live; the node list itself needs a restart.
+    for (i, b) in applied.backends.iter_mut().enumerate() {
+        if let Some(w) = new.backends.get(i).map(|n| n.weight) {
+            b.weight = w;
+            if let Some(node) = shared.cluster.nodes.get_mut(i) {
+                node.weight = w;
+            }
+        }
+    }
     shared.config = applied;
     shared.users = users;
     log::info!(

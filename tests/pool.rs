@@ -115,3 +115,53 @@ fn max_pool_size_zero_disables_pooling() {
     let second = one(&pm, "SELECT pg_backend_pid()");
     assert_ne!(first, second);
 }
+
+/// The node-side pids of pgmulti's connections (TCP) to `db`.
+fn pgmulti_backends(db: &str) -> Vec<String> {
+    let list = shared_node().psql(
+        "postgres",
+        "postgres",
+        &format!(
+            "SELECT string_agg(pid::text, ' ' ORDER BY pid) FROM pg_stat_activity \
+             WHERE datname = '{db}' AND client_addr IS NOT NULL"
+        ),
+    );
+    list.split_whitespace().map(str::to_string).collect()
+}
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn preconnected_connections_are_ready_before_the_first_client() {
+    let node = shared_node();
+    node.fresh_db("pool_pre", "postgres");
+    let pm = Pgmulti::start(
+        &PgmultiConf::relay(node)
+            .line("preconnect = 'pool_pre:postgres'")
+            .line("min_pool_size = 2"),
+    );
+    wait_for("2 preconnected connections", || {
+        pgmulti_backends("pool_pre").len() == 2
+    });
+    let ready = pgmulti_backends("pool_pre");
+    let out = pm.psql("postgres", "pool_pre", None, "SELECT pg_backend_pid()");
+    assert!(out.success(), "{}", out.stderr);
+    assert!(
+        ready.contains(&out.stdout.trim().to_string()),
+        "the client did not get a preconnected connection: {} not in {ready:?}",
+        out.stdout
+    );
+    // Taking one leaves fewer than min_pool_size idle: another is opened.
+    wait_for("the pool to be topped up", || {
+        pgmulti_backends("pool_pre").len() == 3
+    });
+}

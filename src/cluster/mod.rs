@@ -4,6 +4,7 @@
 //! detached node stays detached across a restart. No I/O besides that file.
 
 pub mod pool;
+pub mod preconnect;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

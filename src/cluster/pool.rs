@@ -43,6 +43,8 @@ struct Pooled {
 pub struct Pool {
     slots: Slab<Pooled>,
     idle: HashMap<PoolKey, Vec<usize>>,
+    /// Connections being opened ahead of clients, per key.
+    opening: HashMap<PoolKey, usize>,
     /// Connections handed out and taken back, for SHOW POOLS later and the tests' logs.
     pub reused: u64,
 }
@@ -100,6 +102,43 @@ impl Pool {
             state: State::Resetting(3),
         });
         self.drive(slot, registry);
+    }
+
+    /// A freshly logged-in connection (preconnect): idle at once, if there is room.
+    pub fn adopt(&mut self, key: PoolKey, mut conn: NodeConn, max: usize, registry: &Registry) {
+        if self.idle.get(&key).map_or(0, Vec::len) >= max {
+            conn.terminate(registry);
+            return;
+        }
+        let entry = self.slots.vacant_entry();
+        let slot = entry.key();
+        if conn
+            .ep
+            .transport
+            .reregister(registry, Token(POOL_TOKEN_BASE + slot))
+            .is_err()
+        {
+            conn.terminate(registry);
+            return;
+        }
+        conn.ep.release_buffers();
+        entry.insert(Pooled {
+            key: key.clone(),
+            conn,
+            state: State::Idle,
+        });
+        self.idle.entry(key).or_default().push(slot);
+    }
+
+    /// Count connections being opened for `key` (+1 started, -1 finished).
+    pub fn opening(&mut self, key: &PoolKey, delta: isize) {
+        let n = self.opening.entry(key.clone()).or_default();
+        *n = n.saturating_add_signed(delta);
+    }
+
+    /// Whether `key` has fewer than `min` connections idle or on their way.
+    pub fn wants(&self, key: &PoolKey, min: usize) -> bool {
+        self.idle.get(key).map_or(0, Vec::len) + self.opening.get(key).copied().unwrap_or(0) < min
     }
 
     /// Readiness for a pooled connection's token.

@@ -64,6 +64,8 @@ pub struct Shared {
     pub ddl_epoch: u64,
     /// Idle node connections for reuse.
     pub pool: crate::cluster::pool::Pool,
+    /// Pool keys that need a connection opened ahead of clients (`preconnect`).
+    pub preconnect_asks: Vec<crate::cluster::pool::PoolKey>,
     /// Reused for building messages pgmulti sends itself.
     pub out: Vec<u8>,
 }

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 use mio::{Events, Poll, Token};
 use slab::Slab;
 
+use crate::cluster::pool::PoolKey;
+use crate::cluster::preconnect::Preconnect;
 use crate::config::Config;
 use crate::net::listener::Listener;
 use crate::session::{Event, Session};
@@ -35,6 +37,7 @@ pub type ReloadFn = fn(&mut Shared, &mut LogDrain);
 enum Conn {
     Session(Box<Session>),
     Cancel(CancelConn),
+    Preconnect(Box<Preconnect>),
 }
 
 struct Entry {
@@ -114,6 +117,7 @@ impl Reactor {
         for l in &self.listeners {
             log::info!("listening on {}", l.describe());
         }
+        self.ask_preconnects();
         loop {
             let timeout = if !self.next_pass.is_empty() {
                 Some(Duration::ZERO)
@@ -140,6 +144,7 @@ impl Reactor {
             self.run_queue_until_empty(now);
             self.fire_timers(now);
             self.forward_cancels(now);
+            self.open_preconnects(now);
             self.free_closed();
             if self.log.pressing() {
                 self.log.drain();
@@ -195,6 +200,10 @@ impl Reactor {
                 c.set_ready(readable, writable);
                 Event::ClientIo
             }
+            Conn::Preconnect(p) => {
+                p.set_ready(readable, writable, read_closed);
+                Event::ClientIo
+            }
         };
         self.enqueue(key, event);
     }
@@ -245,6 +254,7 @@ impl Reactor {
                 None => false,
             },
             Conn::Cancel(c) => c.drive(&mut cx),
+            Conn::Preconnect(p) => p.drive(&mut cx),
         };
         let again = cx.again;
         if closed {
@@ -315,16 +325,16 @@ impl Reactor {
         let mut fired = Vec::new();
         self.timers.expire(now, &mut fired);
         for t in fired {
-            let is_cancel = matches!(
+            let helper = matches!(
                 self.live_entry(t.key),
                 Some(Entry {
-                    conn: Conn::Cancel(_),
+                    conn: Conn::Cancel(_) | Conn::Preconnect(_),
                     ..
                 })
             );
-            if is_cancel {
-                // A cancel that could not reach its node in time.
-                self.close_entry(t.key, now, "cancel request timed out");
+            if helper {
+                // A cancel or a pooled connection that could not reach its node in time.
+                self.close_entry(t.key, now, "timed out");
                 continue;
             }
             self.dispatch(t.key, Event::Timer(t.kind), now);
@@ -374,6 +384,52 @@ impl Reactor {
                     }
                     Err(e) => log::warn!("cancel request to {addr}: {e}"),
                 }
+            }
+        }
+    }
+
+    /// At start-up: `min_pool_size` connections per live node for every `preconnect` pair.
+    fn ask_preconnects(&mut self) {
+        let shared = &mut self.shared;
+        if shared.config.max_pool_size == 0 {
+            return;
+        }
+        for (database, user) in &shared.config.preconnect {
+            for node in shared.cluster.live() {
+                let key = PoolKey {
+                    node,
+                    database: database.clone(),
+                    user: user.clone(),
+                };
+                for _ in 0..shared.config.min_pool_size {
+                    shared.preconnect_asks.push(key.clone());
+                }
+            }
+        }
+    }
+
+    /// Open the pooled connections sessions or start-up asked for.
+    fn open_preconnects(&mut self, now: Instant) {
+        for key in std::mem::take(&mut self.shared.preconnect_asks) {
+            let ckey = self.new_key();
+            let mut cx = Context {
+                now,
+                key: ckey,
+                registry: self.poll.registry(),
+                timers: &mut self.timers,
+                shared: &mut self.shared,
+                again: false,
+            };
+            match Preconnect::start(key.clone(), &mut cx) {
+                Ok(p) => {
+                    self.entries.insert(Entry {
+                        generation: ckey.generation,
+                        conn: Conn::Preconnect(Box::new(p)),
+                        queued: false,
+                        closed: false,
+                    });
+                }
+                Err(e) => log::warn!("pool {}/{}@node{}: {e}", key.database, key.user, key.node),
             }
         }
     }
@@ -458,6 +514,7 @@ impl Reactor {
         match &mut entry.conn {
             Conn::Session(s) => s.close(reason, &mut cx),
             Conn::Cancel(c) => c.close(cx.registry),
+            Conn::Preconnect(p) => p.close(&mut cx),
         }
         entry.closed = true;
         self.to_free.push(key.index as usize);
@@ -514,6 +571,7 @@ impl Shared {
             scratch: String::with_capacity(4096),
             ddl_epoch: 0,
             pool: Default::default(),
+            preconnect_asks: Vec::new(),
             out: Vec::with_capacity(4096),
         }
     }

@@ -3,6 +3,7 @@
 //! a plaintext password, an MD5 hash, or the SCRAM ClientKey recovered from the client's
 //! proof (which opens a node whose verifier is the same as the auth_file one).
 
+use super::node::Credentials;
 use super::{Session, State, Transition};
 use crate::auth::md5;
 use crate::auth::scram::ScramServer;
@@ -13,14 +14,6 @@ use crate::protocol::backend;
 use crate::protocol::framing::message_header;
 use crate::protocol::frontend::{parse_password_message, parse_sasl_initial_response};
 use crate::reactor::context::Context;
-
-/// What pgmulti can present to a node for this user.
-#[derive(Default)]
-pub struct Credentials {
-    pub password: Option<String>,
-    pub md5: Option<String>,
-    pub scram_keys: Option<([u8; 32], [u8; 32])>,
-}
 
 pub enum ClientAuth {
     Cleartext,
@@ -43,11 +36,7 @@ impl Session {
 
     pub(super) fn begin_authentication(&mut self, cx: &mut Context) -> Transition {
         let secret = self.secret(cx);
-        match &secret {
-            Some(Secret::Plain(p)) => self.credentials.password = Some(p.clone()),
-            Some(Secret::Md5(h)) => self.credentials.md5 = Some(h.clone()),
-            _ => {}
-        }
+        self.credentials = Credentials::from_secret(secret.as_ref());
         let out = &mut cx.shared.out;
         out.clear();
         let auth = match cx.shared.config.client_auth {

@@ -23,11 +23,17 @@ impl Session {
         }
         for id in targets {
             let node_token = token(cx.key, Side::Node(id));
-            if let Some(mut conn) = self
-                .pool_key(id)
-                .and_then(|k| cx.shared.pool.take(&k, cx.registry, node_token))
+            let key = self.pool_key(id);
+            if let Some(mut conn) = key
+                .as_ref()
+                .and_then(|k| cx.shared.pool.take(k, cx.registry, node_token))
             {
                 log::debug!("{} node {id}: connection from the pool", self.prefix);
+                if let Some(k) = key.filter(|k| preconnected(cx, k)) {
+                    if cx.shared.pool.wants(&k, cx.shared.config.min_pool_size) {
+                        cx.shared.preconnect_asks.push(k);
+                    }
+                }
                 conn.configure(&self.settings);
                 self.nodes.push(conn);
                 continue;
@@ -151,4 +157,13 @@ impl Session {
             Err(Broken::Error(e)) => Transition::Close(format!("client read error: {e}")),
         }
     }
+}
+
+/// Whether `key` is a `preconnect` pair (kept at `min_pool_size` idle connections).
+fn preconnected(cx: &Context, key: &crate::cluster::pool::PoolKey) -> bool {
+    cx.shared
+        .config
+        .preconnect
+        .iter()
+        .any(|(d, u)| *d == key.database && *u == key.user)
 }

@@ -25,7 +25,8 @@ use crate::reactor::token::{token, Side};
 use crate::trace;
 
 use crate::cluster::pool::PoolKey;
-use client_auth::{ClientAuth, Credentials};
+use client_auth::ClientAuth;
+use node::Credentials;
 use node::NodeConn;
 
 /// After this long without traffic a session frees its buffers.

@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 
-use super::client_auth::Credentials;
 use crate::auth::md5;
 use crate::auth::scram::{ScramClient, ScramCredentials};
 use crate::net::buffer::Buf;
@@ -18,6 +17,33 @@ use crate::protocol::framing::message_header;
 use crate::protocol::{frontend, MAX_MESSAGE_LEN};
 use crate::reactor::context::Context;
 use crate::trace::{self, Peer};
+
+/// What pgmulti can present to a node for a user: from auth_file, or left by the client's
+/// own authentication (see `client_auth`).
+#[derive(Default)]
+pub struct Credentials {
+    pub password: Option<String>,
+    pub md5: Option<String>,
+    pub scram_keys: Option<([u8; 32], [u8; 32])>,
+}
+
+impl Credentials {
+    /// From an auth_file secret alone (no client: a SCRAM verifier gives nothing).
+    pub fn from_secret(secret: Option<&crate::auth::userlist::Secret>) -> Credentials {
+        use crate::auth::userlist::Secret;
+        match secret {
+            Some(Secret::Plain(p)) => Credentials {
+                password: Some(p.clone()),
+                ..Default::default()
+            },
+            Some(Secret::Md5(h)) => Credentials {
+                md5: Some(h.clone()),
+                ..Default::default()
+            },
+            _ => Credentials::default(),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoginState {
