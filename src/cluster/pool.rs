@@ -79,29 +79,15 @@ impl Pool {
             conn.terminate(registry);
             return;
         }
-        let entry = self.slots.vacant_entry();
-        let slot = entry.key();
-        if conn
-            .ep
-            .transport
-            .reregister(registry, Token(POOL_TOKEN_BASE + slot))
-            .is_err()
-        {
-            conn.terminate(registry);
-            return;
-        }
         // Sync ends any unfinished extended-protocol batch; ROLLBACK any transaction.
         let mut reset = Vec::with_capacity(48);
         frontend::sync(&mut reset);
         frontend::query(&mut reset, "ROLLBACK");
         frontend::query(&mut reset, "DISCARD ALL");
         conn.send(&reset);
-        entry.insert(Pooled {
-            key,
-            conn,
-            state: State::Resetting(3),
-        });
-        self.drive(slot, registry);
+        if let Some(slot) = self.insert(key, conn, State::Resetting(3), registry) {
+            self.drive(slot, registry);
+        }
     }
 
     /// A freshly logged-in connection (preconnect): idle at once, if there is room.
@@ -110,6 +96,20 @@ impl Pool {
             conn.terminate(registry);
             return;
         }
+        conn.ep.release_buffers();
+        if let Some(slot) = self.insert(key.clone(), conn, State::Idle, registry) {
+            self.idle.entry(key).or_default().push(slot);
+        }
+    }
+
+    /// Give `conn` a slot and its token; None (and the connection closed) if that fails.
+    fn insert(
+        &mut self,
+        key: PoolKey,
+        mut conn: NodeConn,
+        state: State,
+        registry: &Registry,
+    ) -> Option<usize> {
         let entry = self.slots.vacant_entry();
         let slot = entry.key();
         if conn
@@ -119,15 +119,10 @@ impl Pool {
             .is_err()
         {
             conn.terminate(registry);
-            return;
+            return None;
         }
-        conn.ep.release_buffers();
-        entry.insert(Pooled {
-            key: key.clone(),
-            conn,
-            state: State::Idle,
-        });
-        self.idle.entry(key).or_default().push(slot);
+        entry.insert(Pooled { key, conn, state });
+        Some(slot)
     }
 
     /// Count connections being opened for `key` (+1 started, -1 finished).

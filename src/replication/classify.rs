@@ -120,7 +120,8 @@ impl Nondeterminism {
         self.now || self.clock || self.random || self.uuid || self.sequence || self.maybe_now
     }
 
-    fn merge(&mut self, o: Nondeterminism) {
+    /// Add the constructs `o` found.
+    pub fn merge(&mut self, o: Nondeterminism) {
         self.now |= o.now;
         self.clock |= o.clock;
         self.random |= o.random;

@@ -31,7 +31,7 @@ pub fn analyse(sql: &str) -> Analysed {
         if c.kind == Kind::Empty {
             continue;
         }
-        merge(&mut nondeterminism, c.nondeterministic);
+        nondeterminism.merge(c.nondeterministic);
         ddl |= matches!(
             c.kind,
             Kind::Ddl | Kind::SessionState | Kind::NoTransactionBlock
@@ -118,15 +118,6 @@ pub fn ordering_lock(analysed: &Analysed) -> Option<String> {
         })
         .collect();
     Some(format!("SELECT {}", calls.join(", ")))
-}
-
-fn merge(into: &mut Nondeterminism, o: Nondeterminism) {
-    into.now |= o.now;
-    into.clock |= o.clock;
-    into.random |= o.random;
-    into.uuid |= o.uuid;
-    into.sequence |= o.sequence;
-    into.maybe_now |= o.maybe_now;
 }
 
 /// `INSERT INTO … VALUES (…)` with no SELECT feeding it.
