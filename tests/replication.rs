@@ -387,20 +387,89 @@ fn reads_skip_weight_zero_and_writes_reach_every_node() {
 }
 
 #[test]
-fn extended_protocol_is_refused_clearly_and_the_session_goes_on() {
-    fresh_db("extended");
+fn pgbench_extended_and_prepared_keep_every_table_identical() {
+    fresh_db("tpcb_ext");
     let pm = Pgmulti::start(&replication_conf());
-    let mut client = connect(&pm.conn_str("postgres", "extended"));
-    let err = client.query("SELECT $1::int", &[&1i32]).unwrap_err();
-    let db = err.as_db_error().expect("an ErrorResponse");
-    assert_eq!(db.code().code(), "0A000", "{db:?}");
-    assert!(db.message().contains("extended query protocol"), "{db:?}");
-    let rows = client.simple_query("SELECT 41 + 1").unwrap();
-    let value = rows.iter().find_map(|m| match m {
-        postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-        _ => None,
-    });
-    assert_eq!(value.as_deref(), Some("42"));
+    let port = pm.port().to_string();
+    let base = ["-h", "127.0.0.1", "-p", &port, "-U", "postgres"];
+    let (ok, out, err) = pgbench(&[&base[..], &["-i", "-s", "1", "tpcb_ext"]].concat(), &[]);
+    assert!(ok, "pgbench -i:\n{out}\n{err}");
+    for mode in ["extended", "prepared"] {
+        let (ok, out, err) = pgbench(
+            &[
+                &base[..],
+                &["-M", mode, "-c", "4", "-j", "2", "-T", "5", "tpcb_ext"],
+            ]
+            .concat(),
+            &[],
+        );
+        assert!(ok, "pgbench -M {mode}:\n{out}\n{err}");
+        let summary = parse_pgbench_summary(&out).expect("pgbench summary");
+        assert_eq!(summary.failed, 0, "-M {mode}: {out}");
+        assert!(summary.processed > 0);
+    }
+    assert_identical("tpcb_ext", &[0, 1, 2]);
+}
+
+#[test]
+fn prepared_statements_get_fresh_identical_values_each_execution() {
+    fresh_db("prepared");
+    let pm = Pgmulti::start(&replication_conf());
+    let mut client = connect(&pm.conn_str("postgres", "prepared"));
+    client
+        .batch_execute("CREATE TABLE ev (id bigserial PRIMARY KEY, n int, at timestamptz, r float8, u uuid, made timestamptz DEFAULT clock_timestamp())")
+        .unwrap();
+    let insert = client
+        .prepare("INSERT INTO ev (n, at, r, u) VALUES ($1, now(), random(), gen_random_uuid())")
+        .unwrap();
+    assert_eq!(
+        insert.params().len(),
+        1,
+        "pgmulti's own parameters must not show in the statement's description"
+    );
+    for n in 0..20i32 {
+        client.execute(&insert, &[&n]).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Binary parameters and results through a read.
+    let row = client
+        .query_one("SELECT count(*), max(n) FROM ev WHERE n >= $1", &[&0i32])
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, Option<i32>>(1)),
+        (20, Some(19))
+    );
+    assert_identical("prepared", &[0, 1, 2]);
+    let n0 = &nodes()[0];
+    assert_eq!(
+        n0.psql("postgres", "prepared", "SELECT count(DISTINCT at) > 1 AND count(DISTINCT u) = 20 AND count(DISTINCT made) > 1 FROM ev"),
+        "t",
+        "values were frozen at Parse time"
+    );
+}
+
+#[test]
+fn an_error_in_a_prepared_transaction_rolls_back_everywhere() {
+    fresh_db("preperr");
+    let pm = Pgmulti::start(&replication_conf());
+    let mut client = connect(&pm.conn_str("postgres", "preperr"));
+    client
+        .batch_execute("CREATE TABLE p (id int PRIMARY KEY)")
+        .unwrap();
+    let insert = client.prepare("INSERT INTO p VALUES ($1)").unwrap();
+    let mut tx = client.transaction().unwrap();
+    for i in 0..100 {
+        tx.execute(&insert, &[&i]).unwrap();
+    }
+    let dup = tx.execute(&insert, &[&5]).unwrap_err();
+    assert_eq!(dup.code().map(|c| c.code()), Some("23505"), "{dup}");
+    drop(tx); // rolled back
+    client.execute(&insert, &[&1000]).unwrap();
+    assert_identical("preperr", &[0, 1, 2]);
+    assert_eq!(
+        nodes()[2].psql("postgres", "preperr", "SELECT count(*) FROM p"),
+        "1"
+    );
 }
 
 /// A TCP relay that delays every chunk by `delay`: a slow network path to one node.

@@ -7,11 +7,13 @@
 //! Query and rewrites non-deterministic values into literals; `defaults` finds and writes in
 //! non-deterministic column defaults; `plan` turns a request and the
 //! transaction state into phases (lead first, replicas after, commit order); `compare` votes
-//! over the nodes' answers.
+//! over the nodes' answers; `extended` prepares extended-protocol batches (Parse/Bind up to
+//! Sync) the same way.
 
 pub mod classify;
 pub mod compare;
 pub mod defaults;
+pub mod extended;
 pub mod lexer;
 pub mod plan;
 pub mod request;

@@ -4,8 +4,6 @@
 //! computes the same thing, or a refusal with a hint when that cannot be done safely.
 //! Pure logic over the tokenizer; no I/O.
 
-use std::fmt::Write as _;
-
 use super::classify::{classify, Kind, Nondeterminism, Tx};
 use super::defaults::{insert_shape, InsertShape};
 use super::lexer::{split_statements, Lexer, Token, TokenKind};
@@ -55,33 +53,7 @@ pub fn analyse(sql: &str) -> Analysed {
             Kind::Empty => continue,
         });
     }
-    let class = match classes.as_slice() {
-        [] => Class::Read,
-        [one] => *one,
-        many => {
-            let any = |c: Class| many.contains(&c);
-            let control = [
-                Class::Begin,
-                Class::Commit,
-                Class::Rollback,
-                Class::RollbackTo,
-                Class::Savepoint,
-            ];
-            if control.iter().any(|&c| any(c)) || any(Class::CopyIn) {
-                Class::Mixed
-            } else if any(Class::NoTransactionBlock) {
-                Class::NoTransactionBlock
-            } else if many.iter().all(|&c| c == Class::Read) {
-                Class::Read
-            } else if any(Class::Write) {
-                Class::Write
-            } else if any(Class::SessionState) {
-                Class::SessionState
-            } else {
-                Class::LeadOnly
-            }
-        }
-    };
+    let class = fold(&classes);
     Analysed {
         class,
         nondeterminism,
@@ -145,6 +117,36 @@ pub fn timestamp_now() -> String {
     format!("{}+00", crate::timestamp::format_utc(secs, micros))
 }
 
+/// A value pgmulti chooses once for every node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Value {
+    /// now(), CURRENT_TIMESTAMP & co: the transaction's timestamp.
+    TransactionTs,
+    /// statement_timestamp(), clock_timestamp().
+    StatementTs,
+    /// random(): a float8 in [0, 1).
+    Random,
+    /// gen_random_uuid().
+    Uuid,
+}
+
+impl Value {
+    pub fn type_name(self) -> &'static str {
+        match self {
+            Value::TransactionTs | Value::StatementTs => "timestamptz",
+            Value::Random => "float8",
+            Value::Uuid => "uuid",
+        }
+    }
+}
+
+/// How a rewrite writes a chosen value into SQL: as a typed expression without outer
+/// parentheses (`'…'::timestamptz` for the simple protocol, `$5::timestamptz` for a
+/// prepared statement whose values are bound at each execution).
+pub trait Substitute {
+    fn expr(&mut self, v: Value) -> String;
+}
+
 /// Values a rewrite draws on: the transaction's timestamp (now() & co), this statement's
 /// (statement_timestamp(), clock_timestamp()), and a source of random bytes.
 pub struct Values<'a> {
@@ -153,11 +155,50 @@ pub struct Values<'a> {
     pub random: &'a mut dyn FnMut() -> u64,
 }
 
+impl Values<'_> {
+    /// The text of a value (as a Bind parameter or inside a literal).
+    pub fn text(&mut self, v: Value) -> String {
+        match v {
+            Value::TransactionTs => self.transaction_ts.to_string(),
+            Value::StatementTs => self.statement_ts.to_string(),
+            Value::Random => {
+                let r = (self.random)() >> 11; // 53 random bits
+                format!("{:.17}", r as f64 / (1u64 << 53) as f64)
+            }
+            Value::Uuid => uuid_v4(self.random),
+        }
+    }
+}
+
+/// Literals, for the simple protocol.
+impl Substitute for Values<'_> {
+    fn expr(&mut self, v: Value) -> String {
+        let text = self.text(v);
+        match v {
+            Value::Random => format!("{text}::float8"),
+            _ => format!("'{text}'::{}", v.type_name()),
+        }
+    }
+}
+
+/// Parameters after the client's own, for a prepared statement: `$first`, `$first + 1`, …
+pub struct Parameters {
+    pub first: usize,
+    pub values: Vec<Value>,
+}
+
+impl Substitute for Parameters {
+    fn expr(&mut self, v: Value) -> String {
+        self.values.push(v);
+        format!("${}::{}", self.first + self.values.len() - 1, v.type_name())
+    }
+}
+
 /// The text every node runs, or `None` when the client's text is already deterministic.
 pub fn rewrite(
     sql: &str,
     analysed: &Analysed,
-    values: &mut Values,
+    values: &mut dyn Substitute,
 ) -> Result<Option<String>, Refusal> {
     if !analysed.nondeterminism.any() {
         return Ok(None);
@@ -210,6 +251,37 @@ pub fn rewrite(
     Ok(Some(out))
 }
 
+/// The class of a request made of statements of these classes. Unsure means write.
+pub fn fold(classes: &[Class]) -> Class {
+    match classes {
+        [] => Class::Read,
+        [one] => *one,
+        many => {
+            let any = |c: Class| many.contains(&c);
+            let control = [
+                Class::Begin,
+                Class::Commit,
+                Class::Rollback,
+                Class::RollbackTo,
+                Class::Savepoint,
+            ];
+            if control.iter().any(|&c| any(c)) || any(Class::CopyIn) {
+                Class::Mixed
+            } else if any(Class::NoTransactionBlock) {
+                Class::NoTransactionBlock
+            } else if many.iter().all(|&c| c == Class::Read) {
+                Class::Read
+            } else if any(Class::Write) {
+                Class::Write
+            } else if any(Class::SessionState) {
+                Class::SessionState
+            } else {
+                Class::LeadOnly
+            }
+        }
+    }
+}
+
 /// An ALTER that computes values for existing rows (ADD COLUMN … DEFAULT, TYPE … USING).
 fn fills_rows(statement: &str) -> bool {
     Lexer::new(statement).any(|t| t.is_kw("ADD") || t.is_kw("USING"))
@@ -244,7 +316,7 @@ fn creates_from_query(statement: &str) -> bool {
 fn rewrite_statement(
     sql: &str,
     n: &Nondeterminism,
-    values: &mut Values,
+    values: &mut dyn Substitute,
 ) -> Result<Option<String>, Refusal> {
     let tokens: Vec<Token> = Lexer::new(sql).collect();
     let mut out = String::with_capacity(sql.len() + 64);
@@ -283,16 +355,14 @@ fn rewrite_statement(
         let mut replacement = None;
         let mut end_token = i + name_at;
         if is_call(name_at + 1) {
-            let ts = |v: &str| format!("('{v}'::timestamptz)");
-            replacement = if name.is_kw("now") || name.is_kw("transaction_timestamp") {
-                Some(ts(values.transaction_ts))
+            let value = if name.is_kw("now") || name.is_kw("transaction_timestamp") {
+                Some(Value::TransactionTs)
             } else if name.is_kw("statement_timestamp") || name.is_kw("clock_timestamp") {
-                Some(ts(values.statement_ts))
+                Some(Value::StatementTs)
             } else if name.is_kw("random") {
-                let r = (values.random)() >> 11; // 53 random bits
-                Some(format!("({:.17}::float8)", r as f64 / (1u64 << 53) as f64))
+                Some(Value::Random)
             } else if name.is_kw("gen_random_uuid") || name.is_kw("uuid_generate_v4") {
-                Some(format!("('{}'::uuid)", uuid_v4(values.random)))
+                Some(Value::Uuid)
             } else if name.is_kw("timeofday") {
                 return Err(Refusal {
                     message: "timeofday() cannot be replicated: each node would read its own clock"
@@ -302,7 +372,8 @@ fn rewrite_statement(
             } else {
                 None
             };
-            if replacement.is_some() {
+            if let Some(v) = value {
+                replacement = Some(format!("({})", values.expr(v)));
                 end_token = i + name_at + 2;
             }
         } else if !qualified {
@@ -330,13 +401,8 @@ fn rewrite_statement(
                     precision = format!("({})", tokens[i + 2].text);
                     end_token = i + 3;
                 }
-                let mut r = format!("('{}'::timestamptz", values.transaction_ts);
-                if cast.is_empty() {
-                    let _ = write!(r, "{precision})");
-                } else {
-                    let _ = write!(r, "{cast}{precision})");
-                }
-                replacement = Some(r);
+                let ts = values.expr(Value::TransactionTs);
+                replacement = Some(format!("({ts}{cast}{precision})"));
             }
         }
         match replacement {

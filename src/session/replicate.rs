@@ -19,6 +19,7 @@ use crate::protocol::frontend;
 use crate::reactor::context::Context;
 use crate::replication::compare::{self, Outcome};
 use crate::replication::defaults::{self, VolatileDefault};
+use crate::replication::extended::{self, Statements};
 use crate::replication::plan::{self, Plan, Planned, Segment, Targets, TxView};
 use crate::replication::request;
 use crate::trace::{trace_message, Peer};
@@ -35,8 +36,6 @@ pub const MAX_REPLICATED_MESSAGE: usize = 64 * 1024 * 1024;
 pub struct Replication {
     request: Option<Request>,
     tx: Tx,
-    /// After refusing an extended-protocol message, skip the client's messages until Sync.
-    skipping_to_sync: bool,
     /// A client message larger than the receive buffer, being collected.
     large: Vec<u8>,
     /// Non-deterministic column defaults of tables this session inserted into, by folded
@@ -45,6 +44,10 @@ pub struct Replication {
     defaults_epoch: u64,
     /// `write_ack = async`: replicas still running statements whose answer the client has.
     behind: Vec<Running>,
+    /// Extended-protocol messages received since the last Sync.
+    batch: Vec<u8>,
+    /// The session's prepared statements and portals.
+    statements: Statements,
     /// A COMMIT waiting for `behind` to finish.
     parked: Option<Vec<u8>>,
 }
@@ -130,6 +133,11 @@ struct Request {
     ran_behind: bool,
     /// The ReadyForQuery status to report, when pgmulti decides it.
     final_status: Option<u8>,
+    /// Extended protocol: for each statement Describe, the client's parameter count when
+    /// pgmulti added parameters (its ParameterDescription is trimmed to that).
+    describes: VecDeque<Option<usize>>,
+    /// The batch ran an unnamed statement as a read: it now lives on the voice only.
+    unnamed_read: bool,
 }
 
 /// Looking up column defaults on the lead before an INSERT (see `replication::defaults`).
@@ -166,6 +174,8 @@ impl Request {
             complete_tag: None,
             ran_behind: false,
             final_status: None,
+            describes: VecDeque::new(),
+            unnamed_read: false,
         }
     }
 }
@@ -514,6 +524,14 @@ impl Session {
         }
         if voice && (main || matches!(tag, b'E' | b'A' | b'N' | b'S')) {
             // Room was checked before the message was taken.
+            if tag == b't' {
+                if let Some(Some(n)) = r.describes.pop_front() {
+                    self.client
+                        .tx
+                        .extend(&extended::trim_parameter_description(msg, n));
+                    return Ok(());
+                }
+            }
             self.client.tx.extend(msg);
         }
         Ok(())
@@ -671,6 +689,13 @@ impl Session {
             // An error pgmulti reports aborts an open transaction; an autocommit one is over.
             status = if tx.view.open { b'E' } else { b'I' };
         }
+        if r.unnamed_read {
+            extended::ran_on(&mut self.repl.statements, &r.main, true, r.voice);
+        }
+        if status == b'I' {
+            self.repl.statements.end_transaction();
+        }
+        let tx = &mut self.repl.tx;
         match status {
             b'I' => *tx = Tx::default(),
             b'T' => {
@@ -725,29 +750,40 @@ impl Session {
                 msg.len(),
                 &mut cx.shared.scratch,
             );
-            if self.repl.skipping_to_sync {
-                if tag == b'S' {
-                    self.repl.skipping_to_sync = false;
-                    self.ready_for_query(self.repl.tx.status(), cx);
-                }
-                continue;
-            }
             match tag {
-                b'Q' => self.start_request(msg, cx)?,
+                b'Q' if self.repl.batch.is_empty() => self.start_request(msg, cx)?,
+                b'Q' => {
+                    return Err(self.protocol_violation(
+                        cx,
+                        "Query inside an unfinished extended-protocol batch (no Sync)",
+                    ));
+                }
                 b'X' => return Err(Transition::Close("client sent Terminate".into())),
-                b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'S' | b'F' => {
+                // Extended protocol: collect up to Sync, then run the batch as one request.
+                b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => {
+                    if self.repl.batch.len() + msg.len() > MAX_REPLICATED_MESSAGE {
+                        return Err(self.protocol_violation(
+                            cx,
+                            "extended-protocol batch without Sync exceeds 64 MB",
+                        ));
+                    }
+                    self.repl.batch.extend_from_slice(&msg);
+                }
+                b'S' => {
+                    let mut batch = std::mem::take(&mut self.repl.batch);
+                    batch.extend_from_slice(&msg);
+                    self.start_request(batch, cx)?;
+                }
+                b'F' => {
                     self.repl.tx.fail();
-                    self.repl.skipping_to_sync = tag != b'S';
                     self.send_error(
                         cx,
                         "ERROR",
                         "0A000",
-                        "the extended query protocol is not supported in replication mode yet",
-                        Some("use the simple query protocol (psql, pgbench -M simple)"),
+                        "the function call protocol is not supported in replication mode",
+                        Some("call the function with SELECT"),
                     );
-                    if tag == b'S' {
-                        self.ready_for_query(self.repl.tx.status(), cx);
-                    }
+                    self.ready_for_query(self.repl.tx.status(), cx);
                 }
                 // Copy messages outside COPY are ignored, as PostgreSQL does after an error.
                 b'd' | b'c' | b'f' => {}
@@ -893,45 +929,28 @@ impl Session {
             self.fatal(cx, "08006", "no node is left");
             return Err(Transition::Close("no node is left".into()));
         };
+        if msg.first() != Some(&b'Q') {
+            return self.start_batch(msg, lead, cx);
+        }
         let sql = match frontend::parse_query(&msg[5..]) {
             Ok(s) => s,
             Err(e) => return Err(self.protocol_violation(cx, &e.to_string())),
         };
         let text = short(sql);
         let analysed = request::analyse(sql);
-        if analysed.class == plan::Class::Commit && !self.repl.behind.is_empty() {
-            // write_ack = async: the replicas first finish what they run behind.
-            self.repl.parked = Some(msg);
-            return Ok(());
+        if analysed.class == plan::Class::Commit {
+            if let Some(done) = self.before_commit(&msg, &text, lead, cx) {
+                return done;
+            }
         }
-        let mut async_mismatch = None;
-        if analysed.class == plan::Class::Commit && !self.repl.tx.async_answers.is_empty() {
-            async_mismatch = self.check_async_answers(lead, cx);
-        }
-        if async_mismatch.is_some() && self.nodes.is_empty() {
-            self.fatal(cx, "08006", "no node is left");
-            return Err(Transition::Close("no node is left".into()));
-        }
-        if let Some(error) = async_mismatch {
-            // Roll the whole transaction back everywhere: COMMIT fails.
-            let plan = Plan {
-                phases: vec![plan::phase(Targets::All, &[Segment::MainAs("ROLLBACK")])],
-                voice: Targets::Lead,
-                writes: false,
-            };
-            let mut r = Request::new(
-                msg,
-                text,
-                plan,
-                self.nodes[0].index,
-                self.nodes[0].index,
-                cx.now,
-            );
-            r.error = Some(("40003", error));
-            r.final_status = Some(b'I');
-            r.probe = None;
-            self.repl.request = Some(r);
-            return self.advance(cx);
+        let says = |word: &[u8]| {
+            sql.as_bytes()
+                .windows(word.len())
+                .any(|w| w.eq_ignore_ascii_case(word))
+        };
+        if analysed.class == plan::Class::SessionState && (says(b"DISCARD") || says(b"DEALLOCATE"))
+        {
+            self.repl.statements.forget_all();
         }
         let plan = match plan::plan(analysed.class, self.repl.tx.view) {
             Planned::Run(p) => p,
@@ -981,22 +1000,7 @@ impl Session {
             msg
         };
         let voice = match plan.voice {
-            Targets::ReadNode => {
-                let pick = |c: &crate::cluster::Cluster, nodes: &[NodeConn]| {
-                    c.read_node()
-                        .filter(|id| nodes.iter().any(|n| n.index == *id))
-                        .unwrap_or(lead)
-                };
-                if self.repl.tx.view.open {
-                    *self
-                        .repl
-                        .tx
-                        .read_node
-                        .get_or_insert_with(|| pick(&cx.shared.cluster, &self.nodes))
-                } else {
-                    pick(&cx.shared.cluster, &self.nodes)
-                }
-            }
+            Targets::ReadNode => self.read_node(lead, cx),
             _ => lead,
         };
         let ordering_lock = if plan.writes {
@@ -1011,6 +1015,141 @@ impl Session {
             r.class = analysed.class;
         }
         self.advance(cx)
+    }
+
+    /// COMMIT with `write_ack = async`: wait for the replicas to catch up (the request is
+    /// parked), then compare; on disagreement run ROLLBACK everywhere instead. None: go on.
+    fn before_commit(
+        &mut self,
+        msg: &[u8],
+        text: &str,
+        lead: u8,
+        cx: &mut Context,
+    ) -> Option<Result<(), Transition>> {
+        if !self.repl.behind.is_empty() {
+            self.repl.parked = Some(msg.to_vec());
+            return Some(Ok(()));
+        }
+        if self.repl.tx.async_answers.is_empty() {
+            return None;
+        }
+        let error = self.check_async_answers(lead, cx)?;
+        let Some(lead) = self.nodes.first().map(|n| n.index) else {
+            self.fatal(cx, "08006", "no node is left");
+            return Some(Err(Transition::Close("no node is left".into())));
+        };
+        // Roll the whole transaction back everywhere: COMMIT fails.
+        let plan = Plan {
+            phases: vec![plan::phase(Targets::All, &[Segment::MainAs("ROLLBACK")])],
+            voice: Targets::Lead,
+            writes: false,
+        };
+        let mut r = Request::new(Vec::new(), text.to_string(), plan, lead, lead, cx.now);
+        r.error = Some(("40003", error));
+        r.final_status = Some(b'I');
+        self.repl.request = Some(r);
+        Some(self.advance(cx))
+    }
+
+    /// An extended-protocol batch (messages up to Sync): prepared, then planned like a Query.
+    fn start_batch(&mut self, msg: Vec<u8>, lead: u8, cx: &mut Context) -> Result<(), Transition> {
+        let cache = &self.repl.defaults;
+        let transaction_ts = self
+            .repl
+            .tx
+            .timestamp
+            .get_or_insert_with(request::timestamp_now)
+            .clone();
+        let statement_ts = request::timestamp_now();
+        let mut random = || {
+            let mut b = [0u8; 8];
+            let _ = openssl::rand::rand_bytes(&mut b);
+            u64::from_be_bytes(b)
+        };
+        let mut values = request::Values {
+            transaction_ts: &transaction_ts,
+            statement_ts: &statement_ts,
+            random: &mut random,
+        };
+        let prepared = extended::prepare(
+            &msg,
+            &mut self.repl.statements,
+            &|key| cache.get(key).cloned(),
+            &mut values,
+        );
+        let batch = match prepared {
+            extended::Prepared::Ready(b) => b,
+            extended::Prepared::NeedDefaults(inserts) => {
+                if self.repl.defaults_epoch != cx.shared.ddl_epoch {
+                    self.repl.defaults.clear();
+                    self.repl.defaults_epoch = cx.shared.ddl_epoch;
+                }
+                let mut tables: Vec<(String, String)> =
+                    inserts.into_iter().map(|i| (i.table, i.key)).collect();
+                tables.dedup();
+                return self.start_probe(msg, tables, lead, cx);
+            }
+            extended::Prepared::Refused(refusal) => {
+                self.send_error(cx, "ERROR", "0A000", &refusal.message, Some(&refusal.hint));
+                self.repl.tx.fail();
+                self.ready_for_query(self.repl.tx.status(), cx);
+                return Ok(());
+            }
+        };
+        if batch.class == plan::Class::Commit {
+            if let Some(done) = self.before_commit(&msg, "COMMIT", lead, cx) {
+                return done;
+            }
+        }
+        let plan = match plan::plan(batch.class, self.repl.tx.view) {
+            Planned::Run(p) => p,
+            Planned::RefuseInFailedTransaction => {
+                self.send_error(cx, "ERROR", "25P02", "current transaction is aborted, commands ignored until end of transaction block", None);
+                self.ready_for_query(b'E', cx);
+                return Ok(());
+            }
+        };
+        let voice = match plan.voice {
+            Targets::ReadNode => batch
+                .pinned
+                .filter(|n| self.nodes.iter().any(|c| c.index == *n))
+                .unwrap_or_else(|| self.read_node(lead, cx)),
+            _ => lead,
+        };
+        let writes = plan.writes;
+        let mut r = Request::new(
+            batch.bytes,
+            "(extended protocol batch)".into(),
+            plan,
+            lead,
+            voice,
+            cx.now,
+        );
+        r.ordering_lock = batch.ordering_lock.filter(|_| writes);
+        r.ddl = batch.ddl;
+        r.class = batch.class;
+        r.describes = batch.describes.into();
+        r.unnamed_read = batch.unnamed_read;
+        self.repl.request = Some(r);
+        self.advance(cx)
+    }
+
+    /// The node for a read: the transaction's read node, or the fastest live one.
+    fn read_node(&mut self, lead: u8, cx: &mut Context) -> u8 {
+        let pick = |c: &crate::cluster::Cluster, nodes: &[NodeConn]| {
+            c.read_node()
+                .filter(|id| nodes.iter().any(|n| n.index == *id))
+                .unwrap_or(lead)
+        };
+        if self.repl.tx.view.open {
+            *self
+                .repl
+                .tx
+                .read_node
+                .get_or_insert_with(|| pick(&cx.shared.cluster, &self.nodes))
+        } else {
+            pick(&cx.shared.cluster, &self.nodes)
+        }
     }
 
     /// At COMMIT with `write_ack = async`: compare what every node answered to the statements

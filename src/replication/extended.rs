@@ -1,0 +1,548 @@
+//! The extended query protocol in replication mode. A client's messages up to Sync form one
+//! *batch*, planned like a simple Query (`plan.rs`) and sent whole to each node in a phase:
+//! the batch's Sync ends it with one ReadyForQuery per node.
+//!
+//! - A statement is classified at Parse; what it is stays known by name (`Statements`).
+//!   Parse and Close reach every node (any node may later execute the statement), except
+//!   the unnamed statement parsed and executed as a read in one batch, which stays on the
+//!   read node.
+//! - Bind and Execute follow the executed statement's class: writes lead first then
+//!   replicas, reads one node (the node a portal or unnamed statement lives on, if any).
+//! - Non-deterministic calls in a prepared statement become parameters after the client's
+//!   own (`$n::timestamptz`, …); every Bind gets fresh values appended, the same for every
+//!   node, so each execution sees new, identical values. A statement describe
+//!   (ParameterDescription) is trimmed back to the client's parameters.
+//!
+//! Pure logic over message bytes; the session carries batches out.
+
+use std::collections::HashMap;
+
+use super::defaults::{self, InsertShape, VolatileDefault};
+use super::plan::Class;
+use super::request::{self, analyse, fold, Parameters, Refusal, Value, Values};
+use crate::protocol::framing::{
+    begin_message, finish_message, message_header, put_cstr, put_i16, put_i32,
+};
+use crate::protocol::frontend::{parse_bind, parse_describe_or_close, parse_execute, parse_parse};
+use crate::protocol::MAX_MESSAGE_LEN;
+
+/// What pgmulti knows of one prepared statement of a session.
+#[derive(Debug, Clone)]
+pub struct Statement {
+    pub class: Class,
+    /// Parameters the client binds.
+    pub client_params: usize,
+    /// Values pgmulti appends to every Bind, in order.
+    pub extras: Vec<Value>,
+    pub ordering_lock: Option<String>,
+    pub ddl: bool,
+    /// The node the statement exists on, if only one (an unnamed read).
+    pub only_on: Option<u8>,
+}
+
+/// The session's prepared statements and portals.
+#[derive(Default)]
+pub struct Statements {
+    statements: HashMap<String, Statement>,
+    /// Portal name → statement name.
+    portals: HashMap<String, String>,
+    /// Portals bound by a read on one node.
+    portal_node: HashMap<String, u8>,
+}
+
+impl Statements {
+    /// The transaction ended: portals are gone.
+    pub fn end_transaction(&mut self) {
+        self.portals.clear();
+        self.portal_node.clear();
+    }
+
+    /// DISCARD ALL / DEALLOCATE ALL through a simple Query.
+    pub fn forget_all(&mut self) {
+        self.statements.clear();
+        self.end_transaction();
+    }
+}
+
+/// A batch ready to send.
+pub struct Batch {
+    /// The messages to send to the nodes (Parse and Bind rewritten where needed).
+    pub bytes: Vec<u8>,
+    pub class: Class,
+    pub ordering_lock: Option<String>,
+    pub ddl: bool,
+    /// For each statement Describe in the batch, in order: how many parameters the client
+    /// knows of, when pgmulti added some (the ParameterDescription is trimmed to that).
+    pub describes: Vec<Option<usize>>,
+    /// The node the batch must run on (it uses a statement or portal that lives only there).
+    pub pinned: Option<u8>,
+    /// Unnamed statement parsed and executed here as a read: it will live on the read node.
+    pub unnamed_read: bool,
+    /// INSERTs whose column defaults must be known first (folded table names).
+    pub inserts: Vec<InsertShape>,
+}
+
+/// What a batch needs before it can be prepared.
+pub enum Prepared {
+    Ready(Batch),
+    /// Column defaults of these INSERTs must be looked up first (see `defaults.rs`).
+    NeedDefaults(Vec<InsertShape>),
+    Refused(Refusal),
+}
+
+/// Prepare a batch (`messages`: whole frontend messages ending with Sync).
+/// `defaults_of` gives a table's cached non-deterministic defaults (None: not known yet);
+/// they are written into INSERTs as for the simple protocol.
+pub fn prepare(
+    messages: &[u8],
+    statements: &mut Statements,
+    defaults_of: &dyn Fn(&str) -> Option<Vec<VolatileDefault>>,
+    values: &mut Values,
+) -> Prepared {
+    // First pass: any INSERT whose table's defaults are unknown?
+    let mut unknown = Vec::new();
+    for (tag, body) in Messages(messages) {
+        if tag == b'P' {
+            if let Ok(p) = parse_parse(body) {
+                let a = analyse(p.query);
+                unknown.extend(
+                    a.inserts
+                        .into_iter()
+                        .filter(|i| defaults_of(&i.key).is_none()),
+                );
+            }
+        }
+    }
+    if !unknown.is_empty() {
+        return Prepared::NeedDefaults(unknown);
+    }
+    let mut out = Vec::with_capacity(messages.len() + 64);
+    let mut classes = Vec::new();
+    let mut batch = Batch {
+        bytes: Vec::new(),
+        class: Class::Read,
+        ordering_lock: None,
+        ddl: false,
+        describes: Vec::new(),
+        pinned: None,
+        unnamed_read: false,
+        inserts: Vec::new(),
+    };
+    let mut parsed_here: Vec<String> = Vec::new();
+    let mut locks: Vec<String> = Vec::new();
+    for (tag, body) in Messages(messages) {
+        let start = out.len();
+        match tag {
+            b'P' => {
+                let Ok(p) = parse_parse(body) else {
+                    copy(&mut out, tag, body);
+                    continue;
+                };
+                let inserts = analyse(p.query).inserts;
+                let filled = defaults::fill(p.query, &inserts, &|key| {
+                    defaults_of(key).unwrap_or_default()
+                });
+                let (text, analysed) = match filled {
+                    Ok(Some(filled)) => {
+                        let a = analyse(&filled);
+                        (filled, a)
+                    }
+                    Ok(None) => (p.query.to_string(), analyse(p.query)),
+                    Err((message, hint)) => return Prepared::Refused(Refusal { message, hint }),
+                };
+                let client_params = max_param(&text);
+                let mut params = Parameters {
+                    first: client_params + 1,
+                    values: Vec::new(),
+                };
+                let rewritten = if analysed.class == Class::Read {
+                    None
+                } else {
+                    match request::rewrite(&text, &analysed, &mut params) {
+                        Ok(r) => r,
+                        Err(refusal) => return Prepared::Refused(refusal),
+                    }
+                };
+                if rewritten.is_none() && text == p.query {
+                    copy(&mut out, tag, body);
+                } else {
+                    let at = begin_message(&mut out, b'P');
+                    put_cstr(&mut out, p.statement.as_bytes());
+                    put_cstr(&mut out, rewritten.as_deref().unwrap_or(&text).as_bytes());
+                    put_i16(&mut out, p.param_types.len() as i16);
+                    for oid in p.param_types.iter() {
+                        put_i32(&mut out, oid as i32);
+                    }
+                    finish_message(&mut out, at);
+                }
+                if let Some(lock) = request::ordering_lock(&analysed) {
+                    locks.push(lock);
+                }
+                batch.ddl |= analysed.ddl;
+                parsed_here.push(p.statement.to_string());
+                statements.statements.insert(
+                    p.statement.to_string(),
+                    Statement {
+                        class: analysed.class,
+                        client_params,
+                        extras: params.values,
+                        ordering_lock: request::ordering_lock(&analysed),
+                        ddl: analysed.ddl,
+                        only_on: None,
+                    },
+                );
+            }
+            b'B' => {
+                let Ok(b) = parse_bind(body) else {
+                    copy(&mut out, tag, body);
+                    continue;
+                };
+                statements
+                    .portals
+                    .insert(b.portal.to_string(), b.statement.to_string());
+                statements.portal_node.remove(b.portal);
+                let Some(st) = statements.statements.get(b.statement) else {
+                    copy(&mut out, tag, body);
+                    continue;
+                };
+                if !parsed_here.iter().any(|s| s == b.statement) {
+                    if let Some(n) = st.only_on {
+                        batch.pinned = Some(n);
+                    }
+                }
+                if st.extras.is_empty() {
+                    copy(&mut out, tag, body);
+                    continue;
+                }
+                let extras = st.extras.clone();
+                let at = begin_message(&mut out, b'B');
+                put_cstr(&mut out, b.portal.as_bytes());
+                put_cstr(&mut out, b.statement.as_bytes());
+                let given = b.params.len();
+                // Format codes: none or one shared code cannot cover text extras if the
+                // client's are binary: write one code per parameter.
+                let formats: Vec<i16> = match b.param_formats.len() {
+                    0 => Vec::new(),
+                    1 => {
+                        let f = b.param_formats.iter().next().unwrap_or(0);
+                        let mut v = vec![f; given];
+                        v.extend(std::iter::repeat_n(0, extras.len()));
+                        v
+                    }
+                    _ => {
+                        let mut v: Vec<i16> = b.param_formats.iter().collect();
+                        v.extend(std::iter::repeat_n(0, extras.len()));
+                        v
+                    }
+                };
+                put_i16(&mut out, formats.len() as i16);
+                for f in &formats {
+                    put_i16(&mut out, *f);
+                }
+                put_i16(&mut out, (given + extras.len()) as i16);
+                for v in b.params.iter() {
+                    match v {
+                        Some(bytes) => {
+                            put_i32(&mut out, bytes.len() as i32);
+                            out.extend_from_slice(bytes);
+                        }
+                        None => put_i32(&mut out, -1),
+                    }
+                }
+                for e in extras {
+                    let text = values.text(e);
+                    put_i32(&mut out, text.len() as i32);
+                    out.extend_from_slice(text.as_bytes());
+                }
+                put_i16(&mut out, b.result_formats.len() as i16);
+                for f in b.result_formats.iter() {
+                    put_i16(&mut out, f);
+                }
+                finish_message(&mut out, at);
+            }
+            b'E' => {
+                copy(&mut out, tag, body);
+                let Ok((portal, _)) = parse_execute(body) else {
+                    continue;
+                };
+                if let Some(&n) = statements.portal_node.get(portal) {
+                    batch.pinned = Some(n);
+                }
+                let statement = statements.portals.get(portal);
+                let st = statement.and_then(|s| statements.statements.get(s));
+                classes.push(st.map_or(Class::Write, |s| s.class));
+                if let Some(lock) = st.and_then(|s| s.ordering_lock.clone()) {
+                    locks.push(lock);
+                }
+                batch.ddl |= st.is_some_and(|s| s.ddl);
+            }
+            b'D' => {
+                copy(&mut out, tag, body);
+                if let Ok((b'S', name)) = parse_describe_or_close(body) {
+                    let st = statements.statements.get(name);
+                    batch
+                        .describes
+                        .push(st.filter(|s| !s.extras.is_empty()).map(|s| s.client_params));
+                }
+            }
+            b'C' => {
+                copy(&mut out, tag, body);
+                match parse_describe_or_close(body) {
+                    Ok((b'S', name)) => {
+                        statements.statements.remove(name);
+                    }
+                    Ok((_, name)) => {
+                        statements.portals.remove(name);
+                        statements.portal_node.remove(name);
+                    }
+                    Err(_) => {}
+                }
+                classes.push(Class::SessionState);
+            }
+            _ => copy(&mut out, tag, body),
+        }
+        debug_assert!(out.len() >= start);
+    }
+    // A named statement (or an unnamed one not run here as a read) must exist on every node.
+    let reads_only = classes.iter().all(|c| *c == Class::Read);
+    for name in &parsed_here {
+        if name.is_empty() && reads_only && !classes.is_empty() {
+            batch.unnamed_read = true;
+        } else {
+            classes.push(Class::SessionState);
+        }
+    }
+    batch.class = fold(&classes);
+    locks.sort();
+    locks.dedup();
+    batch.ordering_lock = (!locks.is_empty()).then(|| locks.join("; "));
+    batch.bytes = out;
+    Prepared::Ready(batch)
+}
+
+/// After a batch ran: statements and portals that now live on one node only.
+pub fn ran_on(statements: &mut Statements, batch_bytes: &[u8], unnamed_read: bool, node: u8) {
+    for (tag, body) in Messages(batch_bytes) {
+        match tag {
+            b'P' if unnamed_read => {
+                if let Some(s) = parse_parse(body).ok().filter(|p| p.statement.is_empty()) {
+                    if let Some(st) = statements.statements.get_mut(s.statement) {
+                        st.only_on = Some(node);
+                    }
+                }
+            }
+            b'B' if unnamed_read => {
+                if let Ok(b) = parse_bind(body) {
+                    statements.portal_node.insert(b.portal.to_string(), node);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Trim a ParameterDescription to the client's `n` parameters.
+pub fn trim_parameter_description(msg: &[u8], n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(7 + 4 * n);
+    let at = begin_message(&mut out, b't');
+    put_i16(&mut out, n as i16);
+    let oids = msg.get(7..).unwrap_or_default();
+    out.extend_from_slice(oids.get(..4 * n).unwrap_or(oids));
+    finish_message(&mut out, at);
+    out
+}
+
+/// The highest `$n` in a statement.
+fn max_param(sql: &str) -> usize {
+    super::lexer::Lexer::new(sql)
+        .filter(|t| t.kind == super::lexer::TokenKind::Param)
+        .filter_map(|t| t.text.get(1..)?.parse::<usize>().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+fn copy(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
+    out.push(tag);
+    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    out.extend_from_slice(body);
+}
+
+/// Iterate the (tag, body) of whole messages in a buffer.
+struct Messages<'a>(&'a [u8]);
+
+impl<'a> Iterator for Messages<'a> {
+    type Item = (u8, &'a [u8]);
+    fn next(&mut self) -> Option<Self::Item> {
+        let (tag, len) = message_header(self.0, MAX_MESSAGE_LEN).ok()??;
+        let msg = self.0.get(..len)?;
+        self.0 = &self.0[len..];
+        Some((tag, &msg[5..]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frontend;
+
+    fn parse(out: &mut Vec<u8>, name: &str, sql: &str) {
+        let at = begin_message(out, b'P');
+        put_cstr(out, name.as_bytes());
+        put_cstr(out, sql.as_bytes());
+        put_i16(out, 0);
+        finish_message(out, at);
+    }
+
+    fn bind(out: &mut Vec<u8>, portal: &str, name: &str, params: &[&str], formats: &[i16]) {
+        let at = begin_message(out, b'B');
+        put_cstr(out, portal.as_bytes());
+        put_cstr(out, name.as_bytes());
+        put_i16(out, formats.len() as i16);
+        for f in formats {
+            put_i16(out, *f);
+        }
+        put_i16(out, params.len() as i16);
+        for p in params {
+            put_i32(out, p.len() as i32);
+            out.extend_from_slice(p.as_bytes());
+        }
+        put_i16(out, 0);
+        finish_message(out, at);
+    }
+
+    fn execute(out: &mut Vec<u8>, portal: &str) {
+        let at = begin_message(out, b'E');
+        put_cstr(out, portal.as_bytes());
+        put_i32(out, 0);
+        finish_message(out, at);
+    }
+
+    fn run(messages: &[u8], st: &mut Statements) -> Batch {
+        let mut n = 0u64;
+        let mut random = move || {
+            n += 1;
+            n << 40
+        };
+        let mut values = Values {
+            transaction_ts: "2026-11-21 06:00:00.000001+00",
+            statement_ts: "2026-11-21 06:00:05+00",
+            random: &mut random,
+        };
+        match prepare(messages, st, &|_| Some(Vec::new()), &mut values) {
+            Prepared::Ready(b) => b,
+            Prepared::NeedDefaults(_) => panic!("defaults"),
+            Prepared::Refused(r) => panic!("refused: {r:?}"),
+        }
+    }
+
+    #[test]
+    fn a_prepared_insert_gets_fresh_values_as_parameters() {
+        let mut st = Statements::default();
+        let mut m = Vec::new();
+        parse(
+            &mut m,
+            "ins",
+            "INSERT INTO h (a, at) VALUES ($1, CURRENT_TIMESTAMP)",
+        );
+        frontend::sync(&mut m);
+        let b = run(&m, &mut st);
+        assert_eq!(
+            b.class,
+            Class::SessionState,
+            "a named Parse reaches every node"
+        );
+        let (tag, body) = Messages(&b.bytes).next().unwrap();
+        assert_eq!(tag, b'P');
+        assert_eq!(
+            parse_parse(body).unwrap().query,
+            "INSERT INTO h (a, at) VALUES ($1, ($2::timestamptz))"
+        );
+
+        let mut m = Vec::new();
+        bind(&mut m, "", "ins", &["7"], &[1]);
+        execute(&mut m, "");
+        frontend::sync(&mut m);
+        let b = run(&m, &mut st);
+        assert_eq!(b.class, Class::Write);
+        let (_, body) = Messages(&b.bytes).next().unwrap();
+        let bound = parse_bind(body).unwrap();
+        let values: Vec<_> = bound
+            .params
+            .iter()
+            .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
+            .collect();
+        assert_eq!(
+            values,
+            vec![
+                Some("7".into()),
+                Some("2026-11-21 06:00:00.000001+00".into())
+            ]
+        );
+        assert_eq!(
+            bound.param_formats.iter().collect::<Vec<_>>(),
+            vec![1, 0],
+            "the client's binary code stays its own"
+        );
+    }
+
+    #[test]
+    fn unnamed_reads_stay_on_one_node() {
+        let mut st = Statements::default();
+        let mut m = Vec::new();
+        parse(&mut m, "", "SELECT abalance FROM a WHERE aid = $1");
+        bind(&mut m, "", "", &["1"], &[]);
+        execute(&mut m, "");
+        frontend::sync(&mut m);
+        let b = run(&m, &mut st);
+        assert_eq!(b.class, Class::Read);
+        assert!(b.unnamed_read);
+        let mut m = Vec::new();
+        parse(&mut m, "s1", "SELECT 1");
+        bind(&mut m, "", "s1", &[], &[]);
+        execute(&mut m, "");
+        frontend::sync(&mut m);
+        assert_eq!(
+            run(&m, &mut st).class,
+            Class::SessionState,
+            "named: parsed everywhere"
+        );
+        let mut m = Vec::new();
+        bind(&mut m, "", "s1", &[], &[]);
+        execute(&mut m, "");
+        frontend::sync(&mut m);
+        assert_eq!(run(&m, &mut st).class, Class::Read);
+    }
+
+    #[test]
+    fn describe_is_trimmed_to_the_clients_parameters() {
+        let msg = {
+            let mut out = Vec::new();
+            let at = begin_message(&mut out, b't');
+            put_i16(&mut out, 2);
+            put_i32(&mut out, 23);
+            put_i32(&mut out, 1184);
+            finish_message(&mut out, at);
+            out
+        };
+        let t = trim_parameter_description(&msg, 1);
+        assert_eq!(t, vec![b't', 0, 0, 0, 10, 0, 1, 0, 0, 0, 23]);
+    }
+
+    #[test]
+    fn refusals_come_back() {
+        let mut st = Statements::default();
+        let mut m = Vec::new();
+        parse(&mut m, "", "UPDATE t SET r = random()");
+        frontend::sync(&mut m);
+        let mut r = || 1u64;
+        let mut values = Values {
+            transaction_ts: "x",
+            statement_ts: "y",
+            random: &mut r,
+        };
+        assert!(matches!(
+            prepare(&m, &mut st, &|_| Some(Vec::new()), &mut values),
+            Prepared::Refused(_)
+        ));
+    }
+}
