@@ -1,9 +1,13 @@
 //! `Buf`: a bounded byte buffer for one direction of one connection (PgBouncer's sbuf idea).
 //!
 //! Bytes are appended at the end (socket reads, relayed messages) and consumed from the front.
-//! The capacity is fixed when the buffer is made; memory is allocated on first use and can be
-//! released while the buffer is empty, so an idle connection costs only the struct. This file
-//! knows nothing about sockets or the protocol.
+//! The capacity is fixed when the buffer is made. Memory is allocated on first use, small,
+//! and grows (doubling) up to the capacity only when the traffic needs it; it can be released
+//! while the buffer is empty, so an idle connection costs only the struct. This file knows
+//! nothing about sockets or the protocol.
+
+/// Memory a buffer starts with: enough for a login and short queries.
+const INITIAL: usize = 1024;
 
 pub struct Buf {
     data: Vec<u8>,
@@ -58,15 +62,30 @@ impl Buf {
         }
     }
 
-    /// Writable space at the end, compacting first when that makes room. Empty when full.
+    /// Writable space at the end, compacting or growing first when that makes room. Empty
+    /// when full.
     pub fn space(&mut self) -> &mut [u8] {
-        if self.data.len() < self.cap {
-            self.data.resize(self.cap, 0);
-        }
-        if self.end == self.cap && self.start > 0 {
-            self.compact();
+        if self.end == self.data.len() {
+            if self.start > 0 {
+                self.compact();
+            } else {
+                self.grow(self.end + 1);
+            }
         }
         &mut self.data[self.end..]
+    }
+
+    /// Make the allocation at least `needed` bytes (doubling, never beyond the capacity).
+    fn grow(&mut self, needed: usize) {
+        let size = self.data.len().max(INITIAL / 2);
+        let mut new = size;
+        while new < needed {
+            new *= 2;
+        }
+        let new = new.max(INITIAL).min(self.cap);
+        if new > self.data.len() {
+            self.data.resize(new, 0);
+        }
     }
 
     /// Mark `n` bytes of `space()` as filled.
@@ -80,11 +99,9 @@ impl Buf {
         if bytes.len() > self.free() {
             return false;
         }
-        if self.data.len() < self.cap {
-            self.data.resize(self.cap, 0);
-        }
-        if self.end + bytes.len() > self.cap {
+        if self.end + bytes.len() > self.data.len() {
             self.compact();
+            self.grow(self.end + bytes.len());
         }
         self.data[self.end..self.end + bytes.len()].copy_from_slice(bytes);
         self.end += bytes.len();
@@ -99,12 +116,6 @@ impl Buf {
             self.end -= self.start;
             self.start = 0;
         }
-    }
-
-    /// True when the bytes present end at the buffer's end, so nothing more can be read
-    /// without compacting.
-    pub fn needs_compaction(&self) -> bool {
-        self.end == self.cap && self.start > 0
     }
 
     /// Free the memory of an empty buffer (an idle connection keeps only the struct).
@@ -139,6 +150,24 @@ mod tests {
         assert!(b.is_empty());
         b.release();
         assert_eq!(b.allocated(), 0);
+    }
+
+    #[test]
+    fn memory_grows_with_traffic_only() {
+        let mut b = Buf::new(64 * 1024);
+        assert!(b.extend(b"hello"));
+        assert_eq!(
+            b.allocated(),
+            INITIAL,
+            "a small message needs only the initial block"
+        );
+        assert!(b.extend(&[0u8; 10_000]));
+        assert_eq!(b.allocated(), 16 * 1024);
+        assert_eq!(b.data().len(), 10_005);
+        assert!(b.extend(&[1u8; 64 * 1024 - 10_005]));
+        assert!(b.is_full());
+        assert_eq!(b.allocated(), 64 * 1024);
+        assert!(!b.extend(b"x"));
     }
 
     #[test]
