@@ -176,6 +176,13 @@ pub struct Config {
     /// Zero: no limit.
     pub health_check_timeout: Duration,
     pub status_file: Option<PathBuf>,
+    /// Where two-phase commit decisions are written before COMMIT PREPARED.
+    pub two_phase_log: PathBuf,
+    /// The role pgmulti uses on its own (checks at start-up, resolving prepared transactions).
+    pub health_check_user: String,
+    /// Its password; empty: the auth_file entry, or none (trust).
+    pub health_check_password: String,
+    pub health_check_database: String,
     pub admin_users: Vec<String>,
     /// Zero: no limit.
     pub authentication_timeout: Duration,
@@ -225,6 +232,10 @@ const PARAMETERS: &[&str] = &[
     "health_check_period",
     "health_check_timeout",
     "status_file",
+    "two_phase_log",
+    "health_check_user",
+    "health_check_password",
+    "health_check_database",
     "admin_users",
     "authentication_timeout",
     "connect_timeout",
@@ -339,6 +350,7 @@ impl Parser<'_> {
         ordered.sort_by_key(|(_, s)| s.line);
 
         let mut config = Config::defaults(PathBuf::from(self.file_name));
+        config.two_phase_log = resolve(self.base_dir, "pgmulti.2pc");
         let mut client_auth_line = None;
         let mut ssl_line = 0;
         let mut sslmode_line = 0;
@@ -419,6 +431,14 @@ impl Parser<'_> {
                     config.health_check_timeout = parse_duration(value).map_err(bad)?
                 }
                 "status_file" => config.status_file = self.optional_path(value),
+                "two_phase_log" => {
+                    config.two_phase_log = self
+                        .optional_path(value)
+                        .ok_or_else(|| bad("expected a file name"))?
+                }
+                "health_check_user" => config.health_check_user = value.trim().to_string(),
+                "health_check_password" => config.health_check_password = value.to_string(),
+                "health_check_database" => config.health_check_database = value.trim().to_string(),
                 "admin_users" => config.admin_users = split_list(value),
                 "authentication_timeout" => {
                     config.authentication_timeout = parse_duration(value).map_err(bad)?
@@ -616,6 +636,10 @@ impl Config {
             health_check_period: Duration::from_secs(10),
             health_check_timeout: Duration::from_secs(5),
             status_file: None,
+            two_phase_log: PathBuf::from("pgmulti.2pc"),
+            health_check_user: "postgres".into(),
+            health_check_password: String::new(),
+            health_check_database: "postgres".into(),
             admin_users: Vec::new(),
             authentication_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
@@ -727,6 +751,10 @@ impl Config {
                 format_duration(self.health_check_timeout),
             ),
             ("status_file", path(&self.status_file)),
+            ("two_phase_log", self.two_phase_log.display().to_string()),
+            ("health_check_user", self.health_check_user.clone()),
+            ("health_check_password", self.health_check_password.clone()),
+            ("health_check_database", self.health_check_database.clone()),
             ("admin_users", self.admin_users.join(",")),
             (
                 "authentication_timeout",

@@ -4,14 +4,16 @@ use std::net::ToSocketAddrs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use pgmulti::auth::userlist::Secret;
 use pgmulti::auth::userlist::UserList;
 use pgmulti::cluster::{self, Cluster, NodeStatus};
-use pgmulti::config::{self, Config};
+use pgmulti::config::{self, CommitProtocol, Config, Mode};
 use pgmulti::net::listener;
 use pgmulti::net::tls::{ClientTls, NodeTls};
 use pgmulti::reactor::context::Shared;
 use pgmulti::reactor::log_queue::{self, LogDrain};
 use pgmulti::reactor::Reactor;
+use pgmulti::replication::two_phase;
 
 const USAGE: &str = "\
 pgmulti — PostgreSQL middleware: relay with protocol trace, multi-main replication
@@ -140,7 +142,7 @@ fn resolve_nodes(config: &Config) -> Result<Vec<cluster::Node>, String> {
 }
 
 fn run(config: Config, parts: Parts) -> Result<(), String> {
-    let log = log_queue::init(
+    let mut log = log_queue::init(
         config.log_queue_size,
         config.log_level,
         config.log_file.as_deref(),
@@ -157,13 +159,46 @@ fn run(config: Config, parts: Parts) -> Result<(), String> {
         config.backends.len(),
         config.file.display()
     );
-    let shared = Shared::new(
+    let mut two_phase = None;
+    if config.mode == Mode::Replication && config.commit_protocol == CommitProtocol::TwoPhase {
+        // Before any client: nodes must allow PREPARE TRANSACTION, and what a previous run
+        // left prepared is finished.
+        let password = match (
+            config.health_check_password.as_str(),
+            parts.users.get(&config.health_check_user),
+        ) {
+            ("", Some(Secret::Plain(p))) => Some(p.clone()),
+            ("", _) => None,
+            (p, _) => Some(p.to_string()),
+        };
+        // Microseconds: two runs started within one second must not share identifiers.
+        let (secs, micros) = pgmulti::timestamp::now();
+        let epoch = secs * 1_000_000 + u64::from(micros);
+        let checked = two_phase::check_and_recover(
+            &config,
+            &parts.cluster,
+            &parts.node_tls,
+            password.as_deref(),
+            epoch,
+        )
+        .and_then(|prefix| two_phase::DecisionLog::open(&config.two_phase_log, &prefix, epoch));
+        match checked {
+            Ok(l) => two_phase = Some(l),
+            Err(e) => {
+                log::error!("{e}");
+                log.drain();
+                return Err(e);
+            }
+        }
+    }
+    let mut shared = Shared::new(
         config,
         parts.users,
         parts.client_tls,
         parts.node_tls,
         parts.cluster,
     );
+    shared.two_phase = two_phase;
     let mut reactor = Reactor::new(listeners, shared, log, reload).map_err(|e| e.to_string())?;
     reactor.run().map_err(|e| e.to_string())
 }

@@ -3,6 +3,7 @@
 //! live node with the lowest id). Detaching is persisted to `status_file` at once so a
 //! detached node stays detached across a restart. No I/O besides that file.
 
+pub mod direct;
 pub mod pool;
 pub mod preconnect;
 

@@ -42,6 +42,7 @@ impl ClientTls {
     }
 }
 
+#[derive(Clone)]
 pub struct NodeTls {
     connector: SslConnector,
     mode: SslMode,

@@ -64,6 +64,8 @@ pub struct Shared {
     pub ddl_epoch: u64,
     /// Idle node connections for reuse.
     pub pool: crate::cluster::pool::Pool,
+    /// `commit_protocol = two_phase`: where commit decisions are written.
+    pub two_phase: Option<crate::replication::two_phase::DecisionLog>,
     /// Pool keys that need a connection opened ahead of clients (`preconnect`).
     pub preconnect_asks: Vec<crate::cluster::pool::PoolKey>,
     /// Reused for building messages pgmulti sends itself.

@@ -572,6 +572,7 @@ impl Shared {
             ddl_epoch: 0,
             pool: Default::default(),
             preconnect_asks: Vec::new(),
+            two_phase: None,
             out: Vec::with_capacity(4096),
         }
     }

@@ -17,3 +17,4 @@ pub mod extended;
 pub mod lexer;
 pub mod plan;
 pub mod request;
+pub mod two_phase;

@@ -48,6 +48,11 @@ pub enum Segment {
     /// Like `Main`, but with this text instead of the client's (COMMIT of a failed
     /// transaction becomes ROLLBACK).
     MainAs(&'static str),
+    /// Two-phase commit: PREPARE TRANSACTION with the request's identifier.
+    Prepare,
+    /// COMMIT PREPARED — or, when a node could not prepare, ROLLBACK PREPARED on those that
+    /// did. The session decides (and writes the decision down) before sending it.
+    CommitPrepared,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +61,8 @@ pub struct Phase {
     pub segments: Vec<Segment>,
     /// Not run when the lead's Main failed (the replicas must not run what failed there).
     pub skip_if_lead_failed: bool,
+    /// Run only when the lead's Main failed (to end pgmulti's own transaction there).
+    pub only_if_lead_failed: bool,
     /// With `write_ack = async` the request does not wait for this phase: the client gets
     /// the lead's answer and these nodes run behind; their answers are checked at COMMIT.
     pub behind_in_async: bool,
@@ -92,6 +99,7 @@ pub fn phase(targets: Targets, segments: &[Segment]) -> Phase {
         targets,
         segments: segments.to_vec(),
         skip_if_lead_failed: false,
+        only_if_lead_failed: false,
         behind_in_async: false,
     }
 }
@@ -102,7 +110,18 @@ fn lead_then_replicas(lead: &[Segment], replicas: &[Segment]) -> Vec<Phase> {
     vec![phase(Targets::Lead, lead), replicas]
 }
 
-pub fn plan(class: Class, tx: TxView) -> Planned {
+/// The phases of a two-phase commit, after the statements ran: prepare everywhere, then
+/// commit (or roll back) the prepared transaction everywhere.
+fn two_phase_commit(phases: &mut Vec<Phase>, after_lead: bool) {
+    for seg in [Segment::Prepare, Segment::CommitPrepared] {
+        let mut p = phase(Targets::All, &[seg]);
+        p.skip_if_lead_failed = after_lead;
+        phases.push(p);
+    }
+}
+
+/// `two_phase`: `commit_protocol = two_phase`.
+pub fn plan(class: Class, tx: TxView, two_phase: bool) -> Planned {
     use Segment::*;
     if tx.failed {
         return match class {
@@ -130,6 +149,16 @@ pub fn plan(class: Class, tx: TxView) -> Planned {
             phases[1].behind_in_async = true;
             run(phases, true)
         }
+        Class::Write if two_phase => {
+            let mut phases =
+                lead_then_replicas(&[Wrapper("BEGIN"), Main], &[Wrapper("BEGIN"), Main]);
+            two_phase_commit(&mut phases, true);
+            // The lead's statement failed: end pgmulti's transaction there.
+            let mut end = phase(Targets::Lead, &[Wrapper("ROLLBACK")]);
+            end.only_if_lead_failed = true;
+            phases.push(end);
+            run(phases, true)
+        }
         // Autocommit: wrapped so the lead commits only after every replica has executed it.
         Class::Write => {
             let mut phases = lead_then_replicas(
@@ -140,6 +169,11 @@ pub fn plan(class: Class, tx: TxView) -> Planned {
             run(phases, true)
         }
         Class::CopyIn if tx.open => run(vec![phase(Targets::All, &[Main])], true),
+        Class::CopyIn if two_phase => {
+            let mut phases = vec![phase(Targets::All, &[Wrapper("BEGIN"), Main])];
+            two_phase_commit(&mut phases, false);
+            run(phases, true)
+        }
         Class::CopyIn => run(
             vec![
                 phase(Targets::All, &[Wrapper("BEGIN"), Main]),
@@ -150,6 +184,11 @@ pub fn plan(class: Class, tx: TxView) -> Planned {
         ),
         Class::Begin | Class::Rollback | Class::Savepoint | Class::RollbackTo => {
             Planned::Run(everywhere(&[Main], false))
+        }
+        Class::Commit if two_phase => {
+            let mut phases = Vec::new();
+            two_phase_commit(&mut phases, false);
+            run(phases, false)
         }
         Class::Commit => run(
             vec![
@@ -202,7 +241,7 @@ mod tests {
 
     #[test]
     fn autocommit_write_commits_on_the_lead_last() {
-        let p = phases(plan(Class::Write, IDLE));
+        let p = phases(plan(Class::Write, IDLE, false));
         assert_eq!(
             p,
             vec![
@@ -218,7 +257,7 @@ mod tests {
 
     #[test]
     fn commit_goes_to_replicas_first() {
-        let p = phases(plan(Class::Commit, OPEN));
+        let p = phases(plan(Class::Commit, OPEN, false));
         assert_eq!(
             p,
             vec![(Targets::Replicas, vec![Main]), (Targets::Lead, vec![Main])]
@@ -228,11 +267,11 @@ mod tests {
     #[test]
     fn reads_follow_the_transaction() {
         assert_eq!(
-            phases(plan(Class::Read, IDLE)),
+            phases(plan(Class::Read, IDLE, false)),
             vec![(Targets::ReadNode, vec![Main])]
         );
         assert_eq!(
-            phases(plan(Class::Read, OPEN)),
+            phases(plan(Class::Read, OPEN, false)),
             vec![(Targets::ReadNode, vec![Main])]
         );
         let wrote = TxView {
@@ -240,7 +279,7 @@ mod tests {
             ..OPEN
         };
         assert_eq!(
-            phases(plan(Class::Read, wrote)),
+            phases(plan(Class::Read, wrote, false)),
             vec![(Targets::Lead, vec![Main])]
         );
     }
@@ -252,36 +291,70 @@ mod tests {
             ..OPEN
         };
         assert_eq!(
-            plan(Class::Write, failed),
+            plan(Class::Write, failed, false),
             Planned::RefuseInFailedTransaction
         );
         assert_eq!(
-            plan(Class::Read, failed),
+            plan(Class::Read, failed, false),
             Planned::RefuseInFailedTransaction
         );
         assert_eq!(
-            phases(plan(Class::Commit, failed)),
+            phases(plan(Class::Commit, failed, false)),
             vec![(Targets::All, vec![MainAs("ROLLBACK")])]
         );
         assert_eq!(
-            phases(plan(Class::RollbackTo, failed)),
+            phases(plan(Class::RollbackTo, failed, false)),
             vec![(Targets::All, vec![Main])]
         );
         assert_eq!(
-            plan(Class::Savepoint, failed),
+            plan(Class::Savepoint, failed, false),
             Planned::RefuseInFailedTransaction
         );
     }
 
     #[test]
     fn replicas_skip_what_failed_on_the_lead() {
-        let Planned::Run(p) = plan(Class::Write, OPEN) else {
+        let Planned::Run(p) = plan(Class::Write, OPEN, false) else {
             panic!()
         };
         assert!(p.phases[1].skip_if_lead_failed);
-        let Planned::Run(p) = plan(Class::SessionState, IDLE) else {
+        let Planned::Run(p) = plan(Class::SessionState, IDLE, false) else {
             panic!()
         };
         assert_eq!(p.phases.len(), 2, "session state is never wrapped");
+    }
+}
+
+#[cfg(test)]
+mod two_phase_tests {
+    use super::*;
+    use Segment::*;
+
+    #[test]
+    fn two_phase_commit_prepares_everywhere_then_commits() {
+        let open = TxView {
+            open: true,
+            ..Default::default()
+        };
+        let Planned::Run(p) = plan(Class::Commit, open, true) else {
+            panic!()
+        };
+        let segs: Vec<_> = p
+            .phases
+            .iter()
+            .map(|p| (p.targets, p.segments.clone()))
+            .collect();
+        assert_eq!(
+            segs,
+            vec![
+                (Targets::All, vec![Prepare]),
+                (Targets::All, vec![CommitPrepared])
+            ]
+        );
+        let Planned::Run(p) = plan(Class::Write, TxView::default(), true) else {
+            panic!()
+        };
+        assert_eq!(p.phases.len(), 5);
+        assert!(p.phases[4].only_if_lead_failed && p.phases[2].skip_if_lead_failed);
     }
 }

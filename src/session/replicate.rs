@@ -138,6 +138,14 @@ struct Request {
     describes: VecDeque<Option<usize>>,
     /// The batch ran an unnamed statement as a read: it now lives on the voice only.
     unnamed_read: bool,
+    /// Two-phase commit: the transaction identifier, the nodes that prepared it, the first
+    /// PREPARE error, whether the commit was decided, or the rollback chosen instead.
+    gid: Option<String>,
+    prepared: Vec<u8>,
+    prepare_error: Option<String>,
+    committed: bool,
+    rolling_back: bool,
+    voice_prepare_failed: bool,
 }
 
 /// Looking up column defaults on the lead before an INSERT (see `replication::defaults`).
@@ -176,6 +184,12 @@ impl Request {
             final_status: None,
             describes: VecDeque::new(),
             unnamed_read: false,
+            gid: None,
+            prepared: Vec::new(),
+            prepare_error: None,
+            committed: false,
+            rolling_back: false,
+            voice_prepare_failed: false,
         }
     }
 }
@@ -475,8 +489,20 @@ impl Session {
         let Some(&segment) = run.pending.front() else {
             return Ok(());
         };
-        let main = !matches!(segment, Segment::Wrapper(_));
+        let main = matches!(segment, Segment::Main | Segment::MainAs(_));
+        let two_phase_step = matches!(segment, Segment::Prepare | Segment::CommitPrepared);
         let voice = r.voice == id;
+        if segment == Segment::Prepare {
+            match tag {
+                b'C' => r.prepared.push(id),
+                b'E' => {
+                    r.prepare_error = Some(format!("node {id}: {}", error_message(msg)));
+                    // The client sees the voice's own error; pgmulti adds none then.
+                    r.voice_prepare_failed |= id == r.voice;
+                }
+                _ => {}
+            }
+        }
         if let Some(probe) = r.probe.as_mut() {
             // pgmulti's own query: its answer is kept, never shown to the client.
             match tag {
@@ -512,7 +538,7 @@ impl Session {
                     b'I' => Outcome::Complete(None),
                     _ => Outcome::Error(error_code(msg)),
                 };
-                if main || tag == b'E' {
+                if main || (tag == b'E' && !two_phase_step) {
                     if main && id == r.lead && tag == b'E' {
                         r.lead_failed = true;
                     }
@@ -522,7 +548,8 @@ impl Session {
             b'G' if main && voice => r.copy_in = true,
             _ => {}
         }
-        if voice && (main || matches!(tag, b'E' | b'A' | b'N' | b'S')) {
+        let silent = segment == Segment::CommitPrepared && r.rolling_back;
+        if voice && !silent && (main || matches!(tag, b'E' | b'A' | b'N' | b'S')) {
             // Room was checked before the message was taken.
             if tag == b't' {
                 if let Some(Some(n)) = r.describes.pop_front() {
@@ -553,8 +580,14 @@ impl Session {
             }
             let phase = r.plan.phases[r.next_phase].clone();
             r.next_phase += 1;
-            if phase.skip_if_lead_failed && r.lead_failed {
+            if (phase.skip_if_lead_failed && r.lead_failed)
+                || (phase.only_if_lead_failed && !r.lead_failed)
+            {
                 continue;
+            }
+            let mut only = None;
+            if phase.segments.contains(&Segment::CommitPrepared) {
+                only = Some(Self::decide_two_phase(r, cx));
             }
             let targets: Vec<u8> = match phase.targets {
                 Targets::Lead => vec![r.lead],
@@ -569,6 +602,9 @@ impl Session {
             };
             r.phase_started = cx.now;
             for id in targets {
+                if only.as_ref().is_some_and(|o: &Vec<u8>| !o.contains(&id)) {
+                    continue;
+                }
                 let Some(node) = self.nodes.iter_mut().find(|n| n.index == id) else {
                     continue;
                 };
@@ -586,6 +622,20 @@ impl Session {
                         }
                         Segment::Wrapper(text) | Segment::MainAs(text) => {
                             frontend::query(&mut out, text)
+                        }
+                        Segment::Prepare => {
+                            let gid = r.gid.get_or_insert_with(|| {
+                                cx.shared
+                                    .two_phase
+                                    .as_mut()
+                                    .map_or_else(String::new, |l| l.new_gid())
+                            });
+                            frontend::query(&mut out, &format!("PREPARE TRANSACTION '{gid}'"));
+                        }
+                        Segment::CommitPrepared => {
+                            let verb = if r.rolling_back { "ROLLBACK" } else { "COMMIT" };
+                            let gid = r.gid.as_deref().unwrap_or_default();
+                            frontend::query(&mut out, &format!("{verb} PREPARED '{gid}'"));
                         }
                     }
                     pending.push_back(seg);
@@ -615,6 +665,41 @@ impl Session {
                 return Ok(());
             }
         }
+    }
+
+    /// Before COMMIT PREPARED: if every node prepared, write the decision down (durably) and
+    /// commit everywhere; otherwise roll back what was prepared and fail the request. Returns
+    /// the nodes the last phase goes to.
+    fn decide_two_phase(r: &mut Request, cx: &mut Context) -> Vec<u8> {
+        let gid = r.gid.clone().unwrap_or_default();
+        let everyone = r.prepare_error.is_none() && !r.prepared.is_empty();
+        let decided = match (everyone, cx.shared.two_phase.as_mut()) {
+            (true, Some(log)) => log.decide_commit(&gid).map_err(|e| {
+                log::error!("{e}");
+                format!("the commit decision could not be written: {e}")
+            }),
+            (true, None) => Err("two-phase commit is not configured".into()),
+            (false, _) => Err(r
+                .prepare_error
+                .clone()
+                .unwrap_or_else(|| "no node prepared the transaction".into())),
+        };
+        match decided {
+            Ok(()) => r.committed = true,
+            Err(why) => {
+                r.rolling_back = true;
+                if !r.voice_prepare_failed {
+                    r.error.get_or_insert((
+                        "40001",
+                        format!(
+                            "COMMIT failed, the transaction was rolled back on every node: {why}"
+                        ),
+                    ));
+                }
+                r.final_status = Some(b'I');
+            }
+        }
+        r.prepared.clone()
     }
 
     /// Every phase ran: vote, detach who differs, update the transaction, answer the client.
@@ -707,6 +792,14 @@ impl Session {
             _ => {
                 tx.view.open = true;
                 tx.view.failed = true;
+            }
+        }
+        if r.committed {
+            if let (Some(log), Some(gid)) = (cx.shared.two_phase.as_mut(), r.gid.as_deref()) {
+                log.done(gid);
+            }
+            if r.class == plan::Class::Commit && r.error.is_none() {
+                r.complete_tag = Some("COMMIT");
             }
         }
         if let Some((code, msg)) = &r.error {
@@ -952,7 +1045,11 @@ impl Session {
         {
             self.repl.statements.forget_all();
         }
-        let plan = match plan::plan(analysed.class, self.repl.tx.view) {
+        let plan = match plan::plan(
+            analysed.class,
+            self.repl.tx.view,
+            cx.shared.two_phase.is_some(),
+        ) {
             Planned::Run(p) => p,
             Planned::RefuseInFailedTransaction => {
                 self.send_error(cx, "ERROR", "25P02", "current transaction is aborted, commands ignored until end of transaction block", None);
@@ -1101,7 +1198,11 @@ impl Session {
                 return done;
             }
         }
-        let plan = match plan::plan(batch.class, self.repl.tx.view) {
+        let plan = match plan::plan(
+            batch.class,
+            self.repl.tx.view,
+            cx.shared.two_phase.is_some(),
+        ) {
             Planned::Run(p) => p,
             Planned::RefuseInFailedTransaction => {
                 self.send_error(cx, "ERROR", "25P02", "current transaction is aborted, commands ignored until end of transaction block", None);
