@@ -680,3 +680,136 @@ fn async_disagreement_fails_the_commit_everywhere() {
         pm.log()
     );
 }
+
+/// Raw protocol: 100 INSERTs and a failing statement pipelined before one Sync, then a
+/// second batch; PostgreSQL's answer stream, and no node diverges.
+#[test]
+fn a_pipelined_batch_with_an_error_recovers() {
+    use std::io::{Read, Write};
+    fresh_db("pipe");
+    let pm = Pgmulti::start(&replication_conf());
+    sql(&pm, "pipe", "CREATE TABLE p (id int PRIMARY KEY)");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", pm.port())).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let msg = |tag: u8, body: &[u8]| {
+        let mut m = vec![tag];
+        m.extend(((body.len() + 4) as u32).to_be_bytes());
+        m.extend(body);
+        m
+    };
+    let startup = {
+        let mut body = 196608u32.to_be_bytes().to_vec();
+        body.extend(b"user\0postgres\0database\0pipe\0\0");
+        let mut m = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        m.extend(body);
+        m
+    };
+    s.write_all(&startup).unwrap();
+    let mut read_until_ready = |s: &mut std::net::TcpStream| {
+        let mut tags = Vec::new();
+        loop {
+            let mut h = [0u8; 5];
+            s.read_exact(&mut h).unwrap();
+            let len = u32::from_be_bytes(h[1..5].try_into().unwrap()) as usize;
+            let mut body = vec![0; len - 4];
+            s.read_exact(&mut body).unwrap();
+            tags.push(h[0]);
+            if h[0] == b'Z' {
+                return (tags, body[0]);
+            }
+        }
+    };
+    read_until_ready(&mut s);
+    let mut batch = msg(b'P', b"ins\0INSERT INTO p VALUES ($1)\0\0\0");
+    for i in 0..100 {
+        let v = i.to_string();
+        let mut b = b"\0ins\0\0\0\0\x01".to_vec();
+        b.extend((v.len() as u32).to_be_bytes());
+        b.extend(v.as_bytes());
+        b.extend([0, 0]);
+        batch.extend(msg(b'B', &b));
+        batch.extend(msg(b'E', b"\0\0\0\0\0"));
+    }
+    batch.extend(msg(b'P', b"\0SELECT 1/0\0\0\0"));
+    batch.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
+    batch.extend(msg(b'E', b"\0\0\0\0\0"));
+    batch.extend(msg(b'S', b""));
+    s.write_all(&batch).unwrap();
+    let (tags, status) = read_until_ready(&mut s);
+    assert_eq!(
+        tags.iter().filter(|&&t| t == b'C').count(),
+        100,
+        "100 INSERTs complete"
+    );
+    assert_eq!(tags.iter().filter(|&&t| t == b'E').count(), 1, "one error");
+    assert_eq!(status, b'I');
+    // The implicit transaction of the batch failed: nothing of it stays.
+    for n in nodes() {
+        assert_eq!(n.psql("postgres", "pipe", "SELECT count(*) FROM p"), "0");
+    }
+    // The session recovers: a new batch commits.
+    let mut again = msg(b'B', b"\0ins\0\0\0\0\x01\0\0\0\x04{}");
+    again.truncate(0);
+    let mut b = b"\0ins\0\0\0\0\x01".to_vec();
+    b.extend(4u32.to_be_bytes());
+    b.extend(b"1000");
+    b.extend([0, 0]);
+    again.extend(msg(b'B', &b));
+    again.extend(msg(b'E', b"\0\0\0\0\0"));
+    again.extend(msg(b'S', b""));
+    s.write_all(&again).unwrap();
+    let (tags, _) = read_until_ready(&mut s);
+    assert!(tags.contains(&b'C') && !tags.contains(&b'E'), "{tags:?}");
+    assert_identical("pipe", &[0, 1, 2]);
+    assert_eq!(
+        nodes()[2].psql("postgres", "pipe", "SELECT count(*) FROM p"),
+        "1"
+    );
+}
+
+#[test]
+fn a_portal_is_fetched_ten_rows_at_a_time() {
+    fresh_db("portal");
+    let pm = Pgmulti::start(&replication_conf());
+    let mut client = connect(&pm.conn_str("postgres", "portal"));
+    client
+        .batch_execute("CREATE TABLE r AS SELECT g AS v FROM generate_series(1, 35) g")
+        .unwrap();
+    let mut tx = client.transaction().unwrap();
+    let portal = tx.bind("SELECT v FROM r ORDER BY v", &[]).unwrap();
+    let mut got = Vec::new();
+    loop {
+        let rows = tx.query_portal(&portal, 10).unwrap();
+        if rows.is_empty() {
+            break;
+        }
+        assert!(rows.len() <= 10);
+        got.extend(rows.iter().map(|r| r.get::<_, i32>(0)));
+    }
+    tx.commit().unwrap();
+    assert_eq!(got, (1..=35).collect::<Vec<_>>());
+}
+
+#[test]
+fn copy_through_the_extended_protocol() {
+    use std::io::{Read, Write};
+    fresh_db("copyext");
+    let pm = Pgmulti::start(&replication_conf());
+    let mut client = connect(&pm.conn_str("postgres", "copyext"));
+    client
+        .batch_execute("CREATE TABLE c (id int, v text)")
+        .unwrap();
+    let mut w = client.copy_in("COPY c FROM STDIN").unwrap();
+    for i in 0..5000 {
+        writeln!(w, "{i}\tv{i}").unwrap();
+    }
+    assert_eq!(w.finish().unwrap(), 5000);
+    let mut out = String::new();
+    client
+        .copy_out("COPY (SELECT count(*), sum(id) FROM c) TO STDOUT")
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(out.trim(), "5000\t12497500");
+    assert_identical("copyext", &[0, 1, 2]);
+}

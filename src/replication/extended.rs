@@ -80,6 +80,9 @@ pub struct Batch {
     pub unnamed_read: bool,
     /// INSERTs whose column defaults must be known first (folded table names).
     pub inserts: Vec<InsertShape>,
+    /// The batch's named Parse messages and a Sync: what the replicas still need when the
+    /// lead failed the batch (a Parse before the error survives it on the lead).
+    pub parses_only: Option<Vec<u8>>,
 }
 
 /// What a batch needs before it can be prepared.
@@ -127,7 +130,9 @@ pub fn prepare(
         pinned: None,
         unnamed_read: false,
         inserts: Vec::new(),
+        parses_only: None,
     };
+    let mut parses = Vec::new();
     let mut parsed_here: Vec<String> = Vec::new();
     let mut locks: Vec<String> = Vec::new();
     for (tag, body) in Messages(messages) {
@@ -177,6 +182,9 @@ pub fn prepare(
                 }
                 if let Some(lock) = request::ordering_lock(&analysed) {
                     locks.push(lock);
+                }
+                if !p.statement.is_empty() {
+                    parses.extend_from_slice(&out[start..]);
                 }
                 batch.ddl |= analysed.ddl;
                 parsed_here.push(p.statement.to_string());
@@ -317,6 +325,10 @@ pub fn prepare(
     locks.dedup();
     batch.ordering_lock = (!locks.is_empty()).then(|| locks.join("; "));
     batch.bytes = out;
+    if !parses.is_empty() {
+        crate::protocol::frontend::sync(&mut parses);
+        batch.parses_only = Some(parses);
+    }
     Prepared::Ready(batch)
 }
 

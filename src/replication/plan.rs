@@ -50,6 +50,9 @@ pub enum Segment {
     MainAs(&'static str),
     /// Two-phase commit: PREPARE TRANSACTION with the request's identifier.
     Prepare,
+    /// Extended protocol, the lead failed the batch: only its named Parses (and a Sync), so
+    /// the replicas know the statements the lead kept. Answers swallowed.
+    ParsesOnly,
     /// COMMIT PREPARED — or, when a node could not prepare, ROLLBACK PREPARED on those that
     /// did. The session decides (and writes the decision down) before sending it.
     CommitPrepared,

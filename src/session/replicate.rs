@@ -138,6 +138,8 @@ struct Request {
     describes: VecDeque<Option<usize>>,
     /// The batch ran an unnamed statement as a read: it now lives on the voice only.
     unnamed_read: bool,
+    /// See `extended::Batch::parses_only`.
+    parses_only: Option<Vec<u8>>,
     /// Two-phase commit: the transaction identifier, the nodes that prepared it, the first
     /// PREPARE error, whether the commit was decided, or the rollback chosen instead.
     gid: Option<String>,
@@ -184,6 +186,7 @@ impl Request {
             final_status: None,
             describes: VecDeque::new(),
             unnamed_read: false,
+            parses_only: None,
             gid: None,
             prepared: Vec::new(),
             prepare_error: None,
@@ -490,7 +493,10 @@ impl Session {
             return Ok(());
         };
         let main = matches!(segment, Segment::Main | Segment::MainAs(_));
-        let two_phase_step = matches!(segment, Segment::Prepare | Segment::CommitPrepared);
+        let two_phase_step = matches!(
+            segment,
+            Segment::Prepare | Segment::CommitPrepared | Segment::ParsesOnly
+        );
         let voice = r.voice == id;
         if segment == Segment::Prepare {
             match tag {
@@ -580,9 +586,18 @@ impl Session {
             }
             let phase = r.plan.phases[r.next_phase].clone();
             r.next_phase += 1;
-            if (phase.skip_if_lead_failed && r.lead_failed)
-                || (phase.only_if_lead_failed && !r.lead_failed)
-            {
+            let mut phase = phase;
+            if phase.skip_if_lead_failed && r.lead_failed {
+                // The replicas must still learn the statements a failed batch prepared.
+                let keeps_parses = phase.targets == Targets::Replicas
+                    && phase.segments.contains(&Segment::Main)
+                    && r.parses_only.is_some();
+                if !keeps_parses {
+                    continue;
+                }
+                phase.segments = vec![Segment::ParsesOnly];
+            }
+            if phase.only_if_lead_failed && !r.lead_failed {
                 continue;
             }
             let mut only = None;
@@ -622,6 +637,9 @@ impl Session {
                         }
                         Segment::Wrapper(text) | Segment::MainAs(text) => {
                             frontend::query(&mut out, text)
+                        }
+                        Segment::ParsesOnly => {
+                            out.extend_from_slice(r.parses_only.as_deref().unwrap_or_default())
                         }
                         Segment::Prepare => {
                             let gid = r.gid.get_or_insert_with(|| {
@@ -977,8 +995,11 @@ impl Session {
             return false;
         };
         let targets: Vec<u8> = r.running.iter().map(|run| run.node).collect();
-        if !matches!(tag, b'd' | b'c' | b'f') {
-            // Flush/Sync during COPY are ignored, as PostgreSQL does.
+        // A COPY started by an extended-protocol batch: the nodes ignore the batch's Sync
+        // while copying and wait for the one the client sends after CopyDone, which ends it.
+        let extended = r.main.first() != Some(&b'Q');
+        if !matches!(tag, b'd' | b'c' | b'f' | b'S') || (tag == b'S' && !extended) {
+            // Flush (and a Sync in a simple-protocol COPY) are ignored, as PostgreSQL does.
             let _ = self.take_client_message(len);
             return true;
         }
@@ -987,9 +1008,14 @@ impl Session {
             return false;
         }
         let msg = self.take_client_message(len);
+        let ends = match tag {
+            b'd' => false,
+            b'S' => true,
+            _ => !extended,
+        };
         if tag != b'd' {
             if let Some(r) = self.repl.request.as_mut() {
-                r.copy_in = false;
+                r.copy_in = !ends;
             }
             trace_message(
                 &self.prefix,
@@ -1231,6 +1257,7 @@ impl Session {
         r.class = batch.class;
         r.describes = batch.describes.into();
         r.unnamed_read = batch.unnamed_read;
+        r.parses_only = batch.parses_only;
         self.repl.request = Some(r);
         self.advance(cx)
     }
