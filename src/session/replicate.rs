@@ -1174,21 +1174,22 @@ impl Session {
         Some(self.advance(cx))
     }
 
-    /// An extended-protocol batch (messages up to Sync): prepared, then planned like a Query.
-    fn start_batch(&mut self, msg: Vec<u8>, lead: u8, cx: &mut Context) -> Result<(), Transition> {
-        let cache = &self.repl.defaults;
-        let transaction_ts = self
+    /// The transaction's timestamp (taken at its first write, kept until it ends) and this
+    /// statement's, for rewritten now() & co.
+    fn timestamps(&mut self) -> (String, String) {
+        let transaction = self
             .repl
             .tx
             .timestamp
-            .get_or_insert_with(request::timestamp_now)
-            .clone();
-        let statement_ts = request::timestamp_now();
-        let mut random = || {
-            let mut b = [0u8; 8];
-            let _ = openssl::rand::rand_bytes(&mut b);
-            u64::from_be_bytes(b)
-        };
+            .get_or_insert_with(request::timestamp_now);
+        (transaction.clone(), request::timestamp_now())
+    }
+
+    /// An extended-protocol batch (messages up to Sync): prepared, then planned like a Query.
+    fn start_batch(&mut self, msg: Vec<u8>, lead: u8, cx: &mut Context) -> Result<(), Transition> {
+        let cache = &self.repl.defaults;
+        let (transaction_ts, statement_ts) = self.timestamps();
+        let mut random = random_u64;
         let mut values = request::Values {
             transaction_ts: &transaction_ts,
             statement_ts: &statement_ts,
@@ -1370,18 +1371,8 @@ impl Session {
                 },
             ),
         };
-        let transaction_ts = self
-            .repl
-            .tx
-            .timestamp
-            .get_or_insert_with(request::timestamp_now)
-            .clone();
-        let statement_ts = request::timestamp_now();
-        let mut random = || {
-            let mut b = [0u8; 8];
-            let _ = openssl::rand::rand_bytes(&mut b);
-            u64::from_be_bytes(b)
-        };
+        let (transaction_ts, statement_ts) = self.timestamps();
+        let mut random = random_u64;
         let mut values = request::Values {
             transaction_ts: &transaction_ts,
             statement_ts: &statement_ts,
@@ -1453,4 +1444,11 @@ fn error_message(msg: &[u8]) -> String {
     backend::parse_error_fields(msg.get(5..).unwrap_or_default())
         .map(|f| format!("{} {}", f.code, f.message))
         .unwrap_or_else(|_| "unreadable error".into())
+}
+
+/// Random bits for random() and UUIDs pgmulti chooses.
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = openssl::rand::rand_bytes(&mut b);
+    u64::from_be_bytes(b)
 }
