@@ -1187,8 +1187,8 @@ impl Session {
 
     /// An extended-protocol batch (messages up to Sync): prepared, then planned like a Query.
     fn start_batch(&mut self, msg: Vec<u8>, lead: u8, cx: &mut Context) -> Result<(), Transition> {
-        let cache = &self.repl.defaults;
         let (transaction_ts, statement_ts) = self.timestamps();
+        let cache = &self.repl.defaults;
         let mut random = random_u64;
         let mut values = request::Values {
             transaction_ts: &transaction_ts,
