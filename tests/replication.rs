@@ -812,3 +812,70 @@ fn copy_through_the_extended_protocol() {
     assert_eq!(out.trim(), "5000\t12497500");
     assert_identical("copyext", &[0, 1, 2]);
 }
+
+/// Raw protocol: Parse + Describe + Flush (as JDBC does to learn parameter types) is
+/// answered without ReadyForQuery; the Bind/Execute/Sync that follows runs everywhere.
+#[test]
+fn a_flush_gets_answers_before_sync() {
+    use std::io::{Read, Write};
+    fresh_db("flush");
+    let pm = Pgmulti::start(&replication_conf());
+    sql(&pm, "flush", "CREATE TABLE f (id int, at timestamptz)");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", pm.port())).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let msg = |tag: u8, body: &[u8]| {
+        let mut m = vec![tag];
+        m.extend(((body.len() + 4) as u32).to_be_bytes());
+        m.extend(body);
+        m
+    };
+    let mut body = 196608u32.to_be_bytes().to_vec();
+    body.extend(b"user\0postgres\0database\0flush\0\0");
+    let mut startup = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    startup.extend(body);
+    s.write_all(&startup).unwrap();
+    let read = |s: &mut std::net::TcpStream| {
+        let mut h = [0u8; 5];
+        s.read_exact(&mut h).unwrap();
+        let len = u32::from_be_bytes(h[1..5].try_into().unwrap()) as usize;
+        let mut body = vec![0; len - 4];
+        s.read_exact(&mut body).unwrap();
+        (h[0], body)
+    };
+    while read(&mut s).0 != b'Z' {}
+    let mut first = msg(b'P', b"ins\0INSERT INTO f VALUES ($1, now())\0\0\0");
+    first.extend(msg(b'D', b"Sins\0"));
+    first.extend(msg(b'H', b""));
+    s.write_all(&first).unwrap();
+    let mut tags = Vec::new();
+    for _ in 0..3 {
+        let (tag, body) = read(&mut s);
+        if tag == b't' {
+            assert_eq!(
+                &body[..2],
+                &[0, 1],
+                "the client sees its one parameter, not pgmulti's"
+            );
+        }
+        tags.push(tag);
+    }
+    assert_eq!(tags, vec![b'1', b't', b'n']);
+    let mut second = msg(b'B', b"\0ins\0\0\0\0\x01\0\0\0\x017\0\0");
+    second.extend(msg(b'E', b"\0\0\0\0\0"));
+    second.extend(msg(b'S', b""));
+    s.write_all(&second).unwrap();
+    let mut tags = Vec::new();
+    loop {
+        let (tag, _) = read(&mut s);
+        tags.push(tag);
+        if tag == b'Z' {
+            break;
+        }
+    }
+    assert_eq!(tags, vec![b'2', b'C', b'Z']);
+    assert_identical("flush", &[0, 1, 2]);
+    assert_eq!(
+        nodes()[1].psql("postgres", "flush", "SELECT id FROM f"),
+        "7"
+    );
+}

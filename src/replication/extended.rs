@@ -83,6 +83,10 @@ pub struct Batch {
     /// The batch's named Parse messages and a Sync: what the replicas still need when the
     /// lead failed the batch (a Parse before the error survives it on the lead).
     pub parses_only: Option<Vec<u8>>,
+    /// The batch ends with Flush, not Sync: the nodes answer without ReadyForQuery, and
+    /// this many messages end their answers (ParseComplete, BindComplete, CloseComplete,
+    /// ParameterDescription + RowDescription/NoData, CommandComplete…; or an error).
+    pub flush_replies: Option<usize>,
 }
 
 /// What a batch needs before it can be prepared.
@@ -131,12 +135,22 @@ pub fn prepare(
         unnamed_read: false,
         inserts: Vec::new(),
         parses_only: None,
+        flush_replies: None,
     };
+    let mut replies = 0;
+    let mut ends_with_flush = false;
     let mut parses = Vec::new();
     let mut parsed_here: Vec<String> = Vec::new();
     let mut locks: Vec<String> = Vec::new();
     for (tag, body) in Messages(messages) {
         let start = out.len();
+        replies += match tag {
+            b'P' | b'B' | b'C' | b'E' => 1,
+            b'D' if body.first() == Some(&b'S') => 2,
+            b'D' => 1,
+            _ => 0,
+        };
+        ends_with_flush = tag == b'H';
         match tag {
             b'P' => {
                 let Ok(p) = parse_parse(body) else {
@@ -325,6 +339,7 @@ pub fn prepare(
     locks.dedup();
     batch.ordering_lock = (!locks.is_empty()).then(|| locks.join("; "));
     batch.bytes = out;
+    batch.flush_replies = ends_with_flush.then_some(replies);
     if !parses.is_empty() {
         crate::protocol::frontend::sync(&mut parses);
         batch.parses_only = Some(parses);

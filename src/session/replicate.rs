@@ -140,6 +140,8 @@ struct Request {
     unnamed_read: bool,
     /// See `extended::Batch::parses_only`.
     parses_only: Option<Vec<u8>>,
+    /// See `extended::Batch::flush_replies`: no ReadyForQuery ends this request.
+    flush_replies: Option<usize>,
     /// Two-phase commit: the transaction identifier, the nodes that prepared it, the first
     /// PREPARE error, whether the commit was decided, or the rollback chosen instead.
     gid: Option<String>,
@@ -187,6 +189,7 @@ impl Request {
             describes: VecDeque::new(),
             unnamed_read: false,
             parses_only: None,
+            flush_replies: None,
             gid: None,
             prepared: Vec::new(),
             prepare_error: None,
@@ -200,6 +203,8 @@ impl Request {
 struct Running {
     node: u8,
     pending: VecDeque<Segment>,
+    /// Flush batches: messages that ended an answer so far.
+    replies: usize,
 }
 
 impl Session {
@@ -522,6 +527,20 @@ impl Session {
             }
             return Ok(());
         }
+        // A batch ending with Flush gets no ReadyForQuery: count the answers instead.
+        let mut flush_done = false;
+        if let (Some(n), Segment::Main) = (r.flush_replies, segment) {
+            if matches!(
+                tag,
+                b'1' | b'2' | b'3' | b't' | b'T' | b'n' | b'C' | b'I' | b's' | b'E'
+            ) {
+                run.replies += 1;
+            }
+            flush_done = tag == b'E' || run.replies >= n;
+        }
+        if flush_done {
+            run.pending.pop_front();
+        }
         match tag {
             b'Z' => {
                 run.pending.pop_front();
@@ -668,9 +687,17 @@ impl Session {
                 node.send(&out);
                 if phase.behind_in_async && async_ack {
                     r.ran_behind = true;
-                    self.repl.behind.push(Running { node: id, pending });
+                    self.repl.behind.push(Running {
+                        node: id,
+                        pending,
+                        replies: 0,
+                    });
                 } else {
-                    r.running.push(Running { node: id, pending });
+                    r.running.push(Running {
+                        node: id,
+                        pending,
+                        replies: 0,
+                    });
                 }
                 let stats = &mut cx.shared.cluster.nodes[id as usize];
                 if r.plan.writes {
@@ -795,6 +822,10 @@ impl Session {
         if r.unnamed_read {
             extended::ran_on(&mut self.repl.statements, &r.main, true, r.voice);
         }
+        if r.flush_replies.is_some() {
+            // Answers to a Flush end without ReadyForQuery; the client's Sync comes later.
+            return Ok(());
+        }
         if status == b'I' {
             self.repl.statements.end_transaction();
         }
@@ -879,6 +910,11 @@ impl Session {
                         ));
                     }
                     self.repl.batch.extend_from_slice(&msg);
+                    // Flush: the client waits for the answers so far (JDBC's describe).
+                    if tag == b'H' {
+                        let batch = std::mem::take(&mut self.repl.batch);
+                        self.start_request(batch, cx)?;
+                    }
                 }
                 b'S' => {
                     let mut batch = std::mem::take(&mut self.repl.batch);
@@ -1259,6 +1295,7 @@ impl Session {
         r.describes = batch.describes.into();
         r.unnamed_read = batch.unnamed_read;
         r.parses_only = batch.parses_only;
+        r.flush_replies = batch.flush_replies;
         self.repl.request = Some(r);
         self.advance(cx)
     }
