@@ -141,31 +141,37 @@ fn nondeterministic_values_are_identical_on_every_node() {
     )
     .unwrap();
     let port = pm.port().to_string();
-    let (ok, out, err) = pgbench(
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-U",
-            "postgres",
-            "-n",
-            "-c",
-            "8",
-            "-j",
-            "2",
-            "-T",
-            "5",
-            "-f",
-            script.to_str().unwrap(),
-            "nondet",
-        ],
-        &[],
-    );
-    assert!(ok, "pgbench failed:\n{out}\n{err}");
-    let summary = parse_pgbench_summary(&out).expect("pgbench summary");
-    assert_eq!(summary.failed, 0, "{out}");
-    assert!(summary.processed > 0);
+    // The same workload through the simple and the extended protocol (prepared statements
+    // get fresh values at each execution).
+    for mode in ["simple", "prepared"] {
+        let (ok, out, err) = pgbench(
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-n",
+                "-M",
+                mode,
+                "-c",
+                "8",
+                "-j",
+                "2",
+                "-T",
+                "5",
+                "-f",
+                script.to_str().unwrap(),
+                "nondet",
+            ],
+            &[],
+        );
+        assert!(ok, "pgbench -M {mode} failed:\n{out}\n{err}");
+        let summary = parse_pgbench_summary(&out).expect("pgbench summary");
+        assert_eq!(summary.failed, 0, "-M {mode}: {out}");
+        assert!(summary.processed > 0);
+    }
     assert_identical("nondet", &[0, 1, 2]);
     // Values really vary between executions (not one frozen literal).
     let n0 = &nodes()[0];
@@ -627,14 +633,20 @@ fn async_acks_keep_every_table_identical() {
     let base = ["-h", "127.0.0.1", "-p", &port, "-U", "postgres"];
     let (ok, out, err) = pgbench(&[&base[..], &["-i", "-s", "1", "tpcb_async"]].concat(), &[]);
     assert!(ok, "pgbench -i:\n{out}\n{err}");
-    let (ok, out, err) = pgbench(
-        &[&base[..], &["-c", "8", "-j", "2", "-T", "8", "tpcb_async"]].concat(),
-        &[],
-    );
-    assert!(ok, "pgbench:\n{out}\n{err}");
-    let summary = parse_pgbench_summary(&out).expect("pgbench summary");
-    assert_eq!(summary.failed, 0, "{out}");
-    assert!(summary.processed > 0);
+    for mode in ["simple", "prepared"] {
+        let (ok, out, err) = pgbench(
+            &[
+                &base[..],
+                &["-M", mode, "-c", "8", "-j", "2", "-T", "5", "tpcb_async"],
+            ]
+            .concat(),
+            &[],
+        );
+        assert!(ok, "pgbench -M {mode}:\n{out}\n{err}");
+        let summary = parse_pgbench_summary(&out).expect("pgbench summary");
+        assert_eq!(summary.failed, 0, "-M {mode}: {out}");
+        assert!(summary.processed > 0);
+    }
     assert_identical("tpcb_async", &[0, 1, 2]);
 }
 
@@ -878,4 +890,29 @@ fn a_flush_gets_answers_before_sync() {
         nodes()[1].psql("postgres", "flush", "SELECT id FROM f"),
         "7"
     );
+}
+
+#[test]
+fn the_trace_shows_which_nodes_each_extended_message_went_to() {
+    fresh_db("tracex");
+    let pm = Pgmulti::start(&replication_conf().log_level("trace"));
+    let mut client = connect(&pm.conn_str("postgres", "tracex"));
+    client.batch_execute("CREATE TABLE t (v int)").unwrap();
+    client
+        .execute("INSERT INTO t VALUES ($1)", &[&1i32])
+        .unwrap();
+    let log = pm.log();
+    for node in ["node0", "node1", "node2"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&format!("pgmulti > {node} Bind")) && l.contains(" C-")),
+            "no Bind traced to {node}:\n{log}"
+        );
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&format!("{node} > pgmulti BindComplete"))),
+            "{node}"
+        );
+    }
+    assert!(log.lines().any(|l| l.contains("client > pgmulti Bind")));
 }

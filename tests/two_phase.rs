@@ -221,3 +221,40 @@ fn sigkill_at_random_moments_loses_no_acknowledged_commit() {
         );
     }
 }
+
+#[test]
+fn a_failing_prepare_rolls_back_everywhere_and_the_client_gets_the_error() {
+    for n in nodes() {
+        n.fresh_db("prepfail", "postgres");
+    }
+    let pm = Pgmulti::start(&conf(&temp_dir("2pc-prepfail")));
+    let mut client = connect(&pm.conn_str("postgres", "prepfail"));
+    client
+        .batch_execute(
+            "CREATE TABLE u (v int UNIQUE DEFERRABLE INITIALLY DEFERRED); INSERT INTO u VALUES (1)",
+        )
+        .unwrap();
+    // The duplicate is only detected when the transaction prepares.
+    client
+        .batch_execute("BEGIN; INSERT INTO u VALUES (1); INSERT INTO u VALUES (2)")
+        .unwrap();
+    let err = client.batch_execute("COMMIT").unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("23505"), "{err}");
+    assert_eq!(prepared_left("prepfail"), ["0", "0", "0"]);
+    for n in nodes() {
+        assert_eq!(
+            n.psql(
+                "postgres",
+                "prepfail",
+                "SELECT string_agg(v::text, ',' ORDER BY v) FROM u"
+            ),
+            "1"
+        );
+    }
+    // The session goes on.
+    client.batch_execute("INSERT INTO u VALUES (3)").unwrap();
+    assert_eq!(
+        nodes()[2].psql("postgres", "prepfail", "SELECT count(*) FROM u"),
+        "2"
+    );
+}
