@@ -916,3 +916,87 @@ fn the_trace_shows_which_nodes_each_extended_message_went_to() {
     }
     assert!(log.lines().any(|l| l.contains("client > pgmulti Bind")));
 }
+
+/// Server-side cursors answer as PostgreSQL does, and two Sync cycles pipelined in one
+/// write are answered in order.
+#[test]
+fn cursors_and_pipelined_syncs() {
+    use std::io::{Read, Write};
+    fresh_db("cursor");
+    nodes()[0].fresh_db("cursor_direct", "postgres");
+    let pm = Pgmulti::start(&replication_conf());
+    let script = "\
+CREATE TABLE r AS SELECT g AS v FROM generate_series(1, 25) g;
+BEGIN;
+DECLARE c CURSOR FOR SELECT v FROM r ORDER BY v;
+FETCH 10 FROM c;
+MOVE 5 IN c;
+FETCH 3 FROM c;
+CLOSE c;
+COMMIT;
+";
+    let run = |conn: String| {
+        let mut cmd = std::process::Command::new("psql");
+        cmd.args(["-X", "-A", "-t", "-q", &conn, "-f", "-"]);
+        run_with_timeout(
+            cmd,
+            Some(script.as_bytes().to_vec()),
+            Duration::from_secs(30),
+        )
+    };
+    let through = run(pm.conn_str("postgres", "cursor"));
+    let direct = run(format!(
+        "host=127.0.0.1 port={} user=postgres dbname=cursor_direct",
+        nodes()[0].port()
+    ));
+    assert!(through.success(), "{}", through.stderr);
+    assert_eq!(through.stdout, direct.stdout);
+    assert!(
+        through.stdout.starts_with("1\n2\n") && through.stdout.ends_with("16\n17\n18\n"),
+        "{}",
+        through.stdout
+    );
+
+    // Two Execute/Sync cycles in one write.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", pm.port())).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let msg = |tag: u8, body: &[u8]| {
+        let mut m = vec![tag];
+        m.extend(((body.len() + 4) as u32).to_be_bytes());
+        m.extend(body);
+        m
+    };
+    let mut body = 196608u32.to_be_bytes().to_vec();
+    body.extend(b"user\0postgres\0database\0cursor\0\0");
+    let mut startup = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    startup.extend(body);
+    s.write_all(&startup).unwrap();
+    let mut readies = 0;
+    let mut both = Vec::new();
+    for v in ["SELECT count(*) FROM r", "SELECT max(v) FROM r"] {
+        both.extend(msg(b'P', format!("\0{v}\0\0\0").as_bytes()));
+        both.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
+        both.extend(msg(b'E', b"\0\0\0\0\0"));
+        both.extend(msg(b'S', b""));
+    }
+    let mut sent = false;
+    let mut rows = Vec::new();
+    while readies < 3 {
+        let mut h = [0u8; 5];
+        s.read_exact(&mut h).unwrap();
+        let len = u32::from_be_bytes(h[1..5].try_into().unwrap()) as usize;
+        let mut b = vec![0; len - 4];
+        s.read_exact(&mut b).unwrap();
+        if h[0] == b'Z' {
+            readies += 1;
+            if !sent {
+                s.write_all(&both).unwrap();
+                sent = true;
+            }
+        }
+        if h[0] == b'D' {
+            rows.push(String::from_utf8_lossy(&b[6..]).into_owned());
+        }
+    }
+    assert_eq!(rows, vec!["25", "25"]);
+}
