@@ -404,7 +404,7 @@ fn pgbench_extended_and_prepared_keep_every_table_identical() {
         let (ok, out, err) = pgbench(
             &[
                 &base[..],
-                &["-M", mode, "-c", "4", "-j", "2", "-T", "5", "tpcb_ext"],
+                &["-M", mode, "-c", "8", "-j", "2", "-T", "5", "tpcb_ext"],
             ]
             .concat(),
             &[],

@@ -194,9 +194,8 @@ pub fn prepare(
                     }
                     finish_message(&mut out, at);
                 }
-                if let Some(lock) = request::ordering_lock(&analysed) {
-                    locks.push(lock);
-                }
+                // No ordering lock for a Parse: it must never wait (clients such as pgbench
+                // prepare synchronously); the Execute takes it.
                 if !p.statement.is_empty() {
                     parses.extend_from_slice(&out[start..]);
                 }
@@ -510,6 +509,23 @@ mod tests {
             vec![1, 0],
             "the client's binary code stays its own"
         );
+    }
+
+    #[test]
+    fn a_parse_alone_takes_no_ordering_lock() {
+        let mut st = Statements::default();
+        let mut m = Vec::new();
+        parse(&mut m, "ins", "INSERT INTO h VALUES ($1)");
+        frontend::sync(&mut m);
+        assert_eq!(run(&m, &mut st).ordering_lock, None);
+        let mut m = Vec::new();
+        bind(&mut m, "", "ins", &["1"], &[]);
+        execute(&mut m, "");
+        frontend::sync(&mut m);
+        assert!(run(&m, &mut st)
+            .ordering_lock
+            .unwrap()
+            .contains("hashtext('h')"));
     }
 
     #[test]
