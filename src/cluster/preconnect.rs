@@ -73,13 +73,14 @@ impl Preconnect {
         match conn.login(&mut lc, cx) {
             LoginStep::Pending => false,
             LoginStep::Ready => {
-                let conn = self.conn.take().expect("checked above");
                 log::debug!("{} opened", self.prefix);
                 cx.shared.pool.opening(&self.key, -1);
-                let max = cx.shared.config.max_pool_size.max(1);
-                cx.shared
-                    .pool
-                    .adopt(self.key.clone(), conn, max, cx.registry);
+                if let Some(conn) = self.conn.take() {
+                    let max = cx.shared.config.max_pool_size.max(1);
+                    cx.shared
+                        .pool
+                        .adopt(self.key.clone(), conn, max, cx.registry);
+                }
                 true
             }
             LoginStep::Failed { reason, .. } => {
