@@ -324,16 +324,23 @@ pub fn prepare(
         }
         debug_assert!(out.len() >= start);
     }
-    // A named statement (or an unnamed one not run here as a read) must exist on every node.
-    let reads_only = classes.iter().all(|c| *c == Class::Read);
-    for name in &parsed_here {
-        if name.is_empty() && reads_only && !classes.is_empty() {
+    // A statement parsed here must exist wherever it may run later. A batch that executes
+    // a write, transaction control & co already reaches every node in its own order (a
+    // COMMIT must stay replicas-first): only a batch that would run on one node (reads,
+    // LISTEN) or nothing is widened to every node. The unnamed statement executed here as
+    // a read may stay on the read node.
+    let executed = fold(&classes);
+    let one_node = classes.is_empty() || matches!(executed, Class::Read | Class::LeadOnly);
+    batch.class = executed;
+    if one_node {
+        let named = parsed_here.iter().any(|n| !n.is_empty());
+        let unnamed = parsed_here.iter().any(|n| n.is_empty());
+        if named || (unnamed && (classes.is_empty() || executed != Class::Read)) {
+            batch.class = fold(&[classes.as_slice(), &[Class::SessionState]].concat());
+        } else if unnamed {
             batch.unnamed_read = true;
-        } else {
-            classes.push(Class::SessionState);
         }
     }
-    batch.class = fold(&classes);
     locks.sort();
     locks.dedup();
     batch.ordering_lock = (!locks.is_empty()).then(|| locks.join("; "));
@@ -526,6 +533,23 @@ mod tests {
             .ordering_lock
             .unwrap()
             .contains("hashtext('h')"));
+    }
+
+    #[test]
+    fn a_first_commit_keeps_its_order() {
+        let mut st = Statements::default();
+        for name in ["", "end"] {
+            let mut m = Vec::new();
+            parse(&mut m, name, "END");
+            bind(&mut m, "", name, &[], &[]);
+            execute(&mut m, "");
+            frontend::sync(&mut m);
+            assert_eq!(
+                run(&m, &mut st).class,
+                Class::Commit,
+                "Parse {name:?} + Execute END"
+            );
+        }
     }
 
     #[test]
