@@ -1107,17 +1107,8 @@ impl Session {
         {
             self.repl.statements.forget_all();
         }
-        let plan = match plan::plan(
-            analysed.class,
-            self.repl.tx.view,
-            cx.shared.two_phase.is_some(),
-        ) {
-            Planned::Run(p) => p,
-            Planned::RefuseInFailedTransaction => {
-                self.send_error(cx, "ERROR", "25P02", "current transaction is aborted, commands ignored until end of transaction block", None);
-                self.ready_for_query(b'E', cx);
-                return Ok(());
-            }
+        let Some(plan) = self.plan_or_refuse(analysed.class, cx) else {
+            return Ok(());
         };
         if plan.writes && !analysed.inserts.is_empty() {
             if self.repl.defaults_epoch != cx.shared.ddl_epoch {
@@ -1210,6 +1201,19 @@ impl Session {
         Some(self.advance(cx))
     }
 
+    /// The phases for a request of `class`; None when it was answered already (inside a
+    /// failed transaction, with 25P02 as PostgreSQL would).
+    fn plan_or_refuse(&mut self, class: plan::Class, cx: &mut Context) -> Option<Plan> {
+        match plan::plan(class, self.repl.tx.view, cx.shared.two_phase.is_some()) {
+            Planned::Run(p) => Some(p),
+            Planned::RefuseInFailedTransaction => {
+                self.send_error(cx, "ERROR", "25P02", "current transaction is aborted, commands ignored until end of transaction block", None);
+                self.ready_for_query(b'E', cx);
+                None
+            }
+        }
+    }
+
     /// The transaction's timestamp (taken at its first write, kept until it ends) and this
     /// statement's, for rewritten now() & co.
     fn timestamps(&mut self) -> (String, String) {
@@ -1261,17 +1265,8 @@ impl Session {
                 return done;
             }
         }
-        let plan = match plan::plan(
-            batch.class,
-            self.repl.tx.view,
-            cx.shared.two_phase.is_some(),
-        ) {
-            Planned::Run(p) => p,
-            Planned::RefuseInFailedTransaction => {
-                self.send_error(cx, "ERROR", "25P02", "current transaction is aborted, commands ignored until end of transaction block", None);
-                self.ready_for_query(b'E', cx);
-                return Ok(());
-            }
+        let Some(plan) = self.plan_or_refuse(batch.class, cx) else {
+            return Ok(());
         };
         let voice = match plan.voice {
             Targets::ReadNode => batch
