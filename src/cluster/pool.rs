@@ -173,6 +173,19 @@ impl Pool {
         }
     }
 
+    /// Idle connections per key, for SHOW POOLS.
+    pub fn idle_counts(&self) -> Vec<(PoolKey, usize)> {
+        let mut v: Vec<_> = self
+            .idle
+            .iter()
+            .map(|(k, s)| (k.clone(), s.len()))
+            .collect();
+        v.sort_by(|a, b| {
+            (a.0.node, &a.0.database, &a.0.user).cmp(&(b.0.node, &b.0.database, &b.0.user))
+        });
+        v
+    }
+
     pub fn len(&self) -> usize {
         self.slots.len()
     }

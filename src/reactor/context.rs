@@ -38,6 +38,13 @@ pub struct CancelAsk {
     pub secret_key: u32,
 }
 
+/// Requests from the admin console that the loop carries out (it owns reload and exit).
+#[derive(Default, Debug)]
+pub struct AdminAsks {
+    pub reload: bool,
+    pub shutdown: bool,
+}
+
 #[derive(Default, Debug)]
 pub struct Stats {
     pub sessions_accepted: u64,
@@ -64,6 +71,8 @@ pub struct Shared {
     pub ddl_epoch: u64,
     /// Idle node connections for reuse.
     pub pool: crate::cluster::pool::Pool,
+    /// What the admin console asked the loop to do.
+    pub admin_asks: AdminAsks,
     /// `commit_protocol = two_phase`: where commit decisions are written.
     pub two_phase: Option<crate::replication::two_phase::DecisionLog>,
     /// Pool keys that need a connection opened ahead of clients (`preconnect`).

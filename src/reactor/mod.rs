@@ -145,6 +145,7 @@ impl Reactor {
             self.fire_timers(now);
             self.forward_cancels(now);
             self.open_preconnects(now);
+            self.carry_out_admin_asks(now);
             self.free_closed();
             if self.log.pressing() {
                 self.log.drain();
@@ -388,6 +389,17 @@ impl Reactor {
         }
     }
 
+    /// RELOAD and SHUTDOWN from the admin console, as SIGHUP and SIGTERM.
+    fn carry_out_admin_asks(&mut self, now: Instant) {
+        let asks = std::mem::take(&mut self.shared.admin_asks);
+        if asks.reload {
+            self.on_signal(Signal::Reload, now);
+        }
+        if asks.shutdown {
+            self.on_signal(Signal::Terminate, now);
+        }
+    }
+
     /// At start-up: `min_pool_size` connections per live node for every `preconnect` pair.
     fn ask_preconnects(&mut self) {
         let shared = &mut self.shared;
@@ -573,6 +585,7 @@ impl Shared {
             pool: Default::default(),
             preconnect_asks: Vec::new(),
             two_phase: None,
+            admin_asks: Default::default(),
             out: Vec::with_capacity(4096),
         }
     }

@@ -7,6 +7,7 @@
 //! `client_auth` (pgmulti authenticating the client), `node` (the node connection and its
 //! login), `relay` (moving messages and tracing them).
 
+mod admin;
 mod client_auth;
 mod login;
 pub mod node;
@@ -46,6 +47,8 @@ pub enum State {
     Relaying,
     /// Requests are replicated over every live node (replication mode).
     Replicating,
+    /// The admin console (database `pgmulti`): commands answered by pgmulti itself.
+    Admin,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +86,8 @@ pub struct Session {
     settings: Vec<(String, String)>,
     /// Its node connections can come from and go back to the pool.
     poolable: bool,
+    /// The client asked for the admin console.
+    admin: bool,
     user: String,
     auth: Option<ClientAuth>,
     credentials: Credentials,
@@ -123,6 +128,7 @@ impl Session {
             node_params: Vec::new(),
             settings: Vec::new(),
             poolable: false,
+            admin: false,
             user: String::new(),
             auth: None,
             credentials: Credentials::default(),
@@ -202,6 +208,7 @@ impl Session {
             (NodeLogin, NodeIo(id)) => self.on_node_login(id, cx),
             (Relaying, ClientIo | NodeIo(_)) => self.on_relay(cx),
             (Replicating, ClientIo | NodeIo(_)) => self.on_replicate(cx),
+            (Admin, ClientIo) => self.on_admin(cx),
             (
                 Startup | ClientTls | Authenticating | NodeLogin,
                 Timer(TimerKind::Authentication),
@@ -233,7 +240,9 @@ impl Session {
                 Transition::Close("server shutting down".into())
             }
             // No node socket yet, or a timer that no longer applies to this state.
-            (Startup | ClientTls | Authenticating, NodeIo(_)) | (_, Timer(_)) => Transition::Stay,
+            (Startup | ClientTls | Authenticating | Admin, NodeIo(_)) | (_, Timer(_)) => {
+                Transition::Stay
+            }
         }
     }
 
@@ -264,7 +273,9 @@ impl Session {
                 Transition::Stay
             }
             State::ClientTls => self.on_client_tls(cx),
+            State::NodeLogin if self.admin => Transition::Goto(State::Admin),
             State::NodeLogin => self.start_node_login(cx),
+            State::Admin => self.open_admin(cx),
             State::Relaying | State::Replicating => {
                 cx.cancel(&mut self.auth_timer);
                 cx.cancel(&mut self.connect_timer);

@@ -150,6 +150,17 @@ impl Session {
             self.params.push(("database".into(), user.clone()));
         }
         self.split_startup_params();
+        if self.param("database") == Some(crate::admin::DATABASE) {
+            if !cx.shared.config.admin_users.contains(&user) {
+                self.fatal(
+                    cx,
+                    "42501",
+                    &format!("permission denied: \"{user}\" is not in admin_users"),
+                );
+                return Transition::Close("admin console refused: not in admin_users".into());
+            }
+            self.admin = true;
+        }
         let database = self.param("database").unwrap_or_default();
         self.prefix = format!("C-{} {}/{}@{}", self.id, database, user, self.peer);
         self.user = user;
