@@ -179,6 +179,9 @@ chmod 600 "$QS/userlist.txt"
     echo "log_file = '$QS/pgmulti.log'"
     echo "log_level = 'info'"
     echo "preconnect = '$DEMO_USER:$DEMO_USER'"
+    echo "health_check_user = '$DEMO_USER'"
+    echo "health_check_database = '$DEMO_USER'"
+    echo "admin_users = '$DEMO_USER'"
 } >"$QS/pgmulti.conf"
 
 # --- build and (re)start pgmulti ------------------------------------------------------------

@@ -176,6 +176,9 @@ pub struct Config {
     /// Zero: no limit.
     pub health_check_timeout: Duration,
     pub status_file: Option<PathBuf>,
+    /// Run (by `sh -c`, not waited for) whenever a node is detached; placeholders
+    /// `%d %h %p %D` (failed node), `%m %H %r` (new lead), `%M` (old lead), `%%`.
+    pub failover_command: String,
     /// Where two-phase commit decisions are written before COMMIT PREPARED.
     pub two_phase_log: PathBuf,
     /// The role pgmulti uses on its own (checks at start-up, resolving prepared transactions).
@@ -233,6 +236,7 @@ const PARAMETERS: &[&str] = &[
     "health_check_timeout",
     "status_file",
     "two_phase_log",
+    "failover_command",
     "health_check_user",
     "health_check_password",
     "health_check_database",
@@ -437,6 +441,7 @@ impl Parser<'_> {
                         .ok_or_else(|| bad("expected a file name"))?
                 }
                 "health_check_user" => config.health_check_user = value.trim().to_string(),
+                "failover_command" => config.failover_command = value.to_string(),
                 "health_check_password" => config.health_check_password = value.to_string(),
                 "health_check_database" => config.health_check_database = value.trim().to_string(),
                 "admin_users" => config.admin_users = split_list(value),
@@ -638,6 +643,7 @@ impl Config {
             status_file: None,
             two_phase_log: PathBuf::from("pgmulti.2pc"),
             health_check_user: "postgres".into(),
+            failover_command: String::new(),
             health_check_password: String::new(),
             health_check_database: "postgres".into(),
             admin_users: Vec::new(),
@@ -753,6 +759,7 @@ impl Config {
             ("status_file", path(&self.status_file)),
             ("two_phase_log", self.two_phase_log.display().to_string()),
             ("health_check_user", self.health_check_user.clone()),
+            ("failover_command", self.failover_command.clone()),
             ("health_check_password", self.health_check_password.clone()),
             ("health_check_database", self.health_check_database.clone()),
             ("admin_users", self.admin_users.join(",")),

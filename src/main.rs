@@ -106,7 +106,8 @@ fn build_parts(config: &Config) -> Result<Parts, String> {
         config.backend_sslmode,
         config.backend_ssl_ca_file.as_deref(),
     )?;
-    let cluster = Cluster::new(resolve_nodes(config)?, config.status_file.clone())?;
+    let mut cluster = Cluster::new(resolve_nodes(config)?, config.status_file.clone())?;
+    cluster.failover_command = config.failover_command.clone();
     Ok(Parts {
         users,
         client_tls,
@@ -130,6 +131,11 @@ fn resolve_nodes(config: &Config) -> Result<Vec<cluster::Node>, String> {
             Ok(cluster::Node {
                 id: i as u8,
                 host: b.hostname.clone(),
+                data_directory: b
+                    .data_directory
+                    .as_ref()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default(),
                 addr,
                 weight: b.weight,
                 status: NodeStatus::Up,
@@ -251,6 +257,7 @@ fn reload(shared: &mut Shared, log: &mut LogDrain) {
     applied.log_file = shared.config.log_file.clone();
     applied.log_queue_size = shared.config.log_queue_size;
     applied.preconnect = shared.config.preconnect.clone();
+    shared.cluster.failover_command = new.failover_command.clone();
     // Read weights change live; the node list itself needs a restart.
     for (i, b) in applied.backends.iter_mut().enumerate() {
         if let Some(w) = new.backends.get(i).map(|n| n.weight) {

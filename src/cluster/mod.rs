@@ -4,6 +4,7 @@
 //! detached node stays detached across a restart. No I/O besides that file.
 
 pub mod direct;
+pub mod health;
 pub mod pool;
 pub mod preconnect;
 
@@ -28,6 +29,8 @@ impl NodeStatus {
 pub struct Node {
     pub id: u8,
     pub host: String,
+    /// `backend_data_directoryN` (for `%D` in `failover_command`).
+    pub data_directory: String,
     pub addr: SocketAddr,
     pub weight: f64,
     pub status: NodeStatus,
@@ -40,6 +43,10 @@ pub struct Node {
 pub struct Cluster {
     pub nodes: Vec<Node>,
     status_file: Option<PathBuf>,
+    /// `failover_command`, run on every detach.
+    pub failover_command: String,
+    /// Commands started and not yet reaped.
+    children: Vec<std::process::Child>,
 }
 
 /// Weight of a new latency sample in the moving average.
@@ -48,7 +55,12 @@ const LATENCY_ALPHA: f64 = 0.2;
 impl Cluster {
     /// Build the table; node status comes from `status_file` when it exists.
     pub fn new(nodes: Vec<Node>, status_file: Option<PathBuf>) -> Result<Cluster, String> {
-        let mut c = Cluster { nodes, status_file };
+        let mut c = Cluster {
+            nodes,
+            status_file,
+            failover_command: String::new(),
+            children: Vec::new(),
+        };
         if let Some(path) = c.status_file.clone() {
             if path.exists() {
                 c.read_status(&path)?;
@@ -140,6 +152,8 @@ impl Cluster {
         if n.status == NodeStatus::Down {
             return false;
         }
+        let old_lead = self.lead();
+        let n = &mut self.nodes[id as usize];
         n.status = NodeStatus::Down;
         log::warn!("node {id} ({}) detached: {reason}", n.addr);
         self.write_status();
@@ -147,7 +161,30 @@ impl Cluster {
             Some(lead) => log::info!("lead node is now node {lead}"),
             None => log::error!("no node is left up"),
         }
+        self.run_failover_command(id, old_lead);
         true
+    }
+
+    /// Start `failover_command` for a detached node, without waiting for it.
+    fn run_failover_command(&mut self, failed: u8, old_lead: Option<u8>) {
+        self.children
+            .retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+        if self.failover_command.trim().is_empty() {
+            return;
+        }
+        let cmd = failover_placeholders(&self.failover_command, self, failed, old_lead);
+        match std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+        {
+            Ok(child) => {
+                log::info!("failover_command started: {cmd}");
+                self.children.push(child);
+            }
+            Err(e) => log::error!("failover_command could not start: {e}"),
+        }
     }
 
     /// Put a node back (admin ATTACH; never automatic).
@@ -189,6 +226,38 @@ impl Cluster {
     }
 }
 
+/// `%d %h %p %D` failed node, `%m %H %r` new lead, `%M` old lead, `%%` a percent sign.
+fn failover_placeholders(template: &str, c: &Cluster, failed: u8, old_lead: Option<u8>) -> String {
+    let node = |id: Option<u8>| id.and_then(|i| c.nodes.get(i as usize));
+    let lead = node(c.lead());
+    let f = node(Some(failed));
+    let mut out = String::new();
+    let mut chars = template.chars();
+    while let Some(ch) = chars.next() {
+        if ch != '%' {
+            out.push(ch);
+            continue;
+        }
+        match chars.next() {
+            Some('d') => out.push_str(&failed.to_string()),
+            Some('h') => out.push_str(f.map_or("", |n| n.host.as_str())),
+            Some('p') => out.push_str(&f.map_or(String::new(), |n| n.addr.port().to_string())),
+            Some('D') => out.push_str(f.map_or("", |n| n.data_directory.as_str())),
+            Some('m') => out.push_str(&c.lead().map_or("-1".into(), |l| l.to_string())),
+            Some('H') => out.push_str(lead.map_or("", |n| n.host.as_str())),
+            Some('r') => out.push_str(&lead.map_or(String::new(), |n| n.addr.port().to_string())),
+            Some('M') => out.push_str(&old_lead.map_or("-1".into(), |l| l.to_string())),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +269,7 @@ mod tests {
             .map(|(i, &w)| Node {
                 id: i as u8,
                 host: "127.0.0.1".into(),
+                data_directory: format!("/data/{i}"),
                 addr: SocketAddr::from(([127, 0, 0, 1], 5432 + i as u16)),
                 weight: w,
                 status: NodeStatus::Up,
@@ -233,6 +303,17 @@ mod tests {
         let mut c = cluster(&[0.0, 0.0]);
         c.detach(0, "test");
         assert_eq!(c.read_node(), Some(1), "no weighted node: the lead");
+    }
+
+    #[test]
+    fn failover_placeholders_name_the_nodes() {
+        let mut c = cluster(&[1.0, 1.0, 1.0]);
+        c.nodes[0].status = NodeStatus::Down;
+        let s = failover_placeholders("%d %h %p %D -> %m %H %r (was %M) 100%% %x", &c, 0, Some(0));
+        assert_eq!(
+            s,
+            "0 127.0.0.1 5432 /data/0 -> 1 127.0.0.1 5433 (was 0) 100% %x"
+        );
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub enum TimerKind {
     Connect,
     /// Idle housekeeping: release buffers, enforce `client_idle_timeout`.
     Idle,
+    /// Time for the next round of health checks (on the loop's own key).
+    Health,
 }
 
 #[derive(Debug, Clone, Copy)]

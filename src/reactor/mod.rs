@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use mio::{Events, Poll, Token};
 use slab::Slab;
 
+use crate::cluster::health::HealthCheck;
 use crate::cluster::pool::PoolKey;
 use crate::cluster::preconnect::Preconnect;
 use crate::config::Config;
@@ -31,6 +32,12 @@ use signals::{Signal, SignalPipe};
 use timer::TimerWheel;
 use token::{decode, ConnKey, Side, LISTENER_TOKEN_BASE, POOL_TOKEN_BASE, SIGNAL_TOKEN};
 
+/// The key of the loop's own timer (health check rounds); no connection has generation 0.
+const HEALTH_KEY: ConnKey = ConnKey {
+    index: u32::MAX,
+    generation: 0,
+};
+
 /// Called on SIGHUP: re-reads the configuration and applies what can change live.
 pub type ReloadFn = fn(&mut Shared, &mut LogDrain);
 
@@ -38,6 +45,7 @@ enum Conn {
     Session(Box<Session>),
     Cancel(CancelConn),
     Preconnect(Box<Preconnect>),
+    Health(Box<HealthCheck>),
 }
 
 struct Entry {
@@ -118,6 +126,7 @@ impl Reactor {
             log::info!("listening on {}", l.describe());
         }
         self.ask_preconnects();
+        self.schedule_health_checks(Instant::now());
         loop {
             let timeout = if !self.next_pass.is_empty() {
                 Some(Duration::ZERO)
@@ -205,6 +214,10 @@ impl Reactor {
                 p.set_ready(readable, writable, read_closed);
                 Event::ClientIo
             }
+            Conn::Health(h) => {
+                h.set_ready(readable, writable, read_closed);
+                Event::ClientIo
+            }
         };
         self.enqueue(key, event);
     }
@@ -256,6 +269,7 @@ impl Reactor {
             },
             Conn::Cancel(c) => c.drive(&mut cx),
             Conn::Preconnect(p) => p.drive(&mut cx),
+            Conn::Health(h) => h.drive(&mut cx),
         };
         let again = cx.again;
         if closed {
@@ -326,16 +340,20 @@ impl Reactor {
         let mut fired = Vec::new();
         self.timers.expire(now, &mut fired);
         for t in fired {
+            if t.key == HEALTH_KEY {
+                self.start_health_checks(now);
+                continue;
+            }
             let helper = matches!(
                 self.live_entry(t.key),
                 Some(Entry {
-                    conn: Conn::Cancel(_) | Conn::Preconnect(_),
+                    conn: Conn::Cancel(_) | Conn::Preconnect(_) | Conn::Health(_),
                     ..
                 })
             );
             if helper {
-                // A cancel or a pooled connection that could not reach its node in time.
-                self.close_entry(t.key, now, "timed out");
+                // A cancel, pooled connection or health check that did not finish in time.
+                self.time_out_helper(t.key, now);
                 continue;
             }
             self.dispatch(t.key, Event::Timer(t.kind), now);
@@ -398,6 +416,85 @@ impl Reactor {
         if asks.shutdown {
             self.on_signal(Signal::Terminate, now);
         }
+    }
+
+    fn time_out_helper(&mut self, key: ConnKey, now: Instant) {
+        let entry = self
+            .entries
+            .get_mut(key.index as usize)
+            .filter(|e| e.generation == key.generation && !e.closed);
+        if let Some(entry) = entry {
+            if let Conn::Health(h) = &mut entry.conn {
+                let mut cx = Context {
+                    now,
+                    key,
+                    registry: self.poll.registry(),
+                    timers: &mut self.timers,
+                    shared: &mut self.shared,
+                    again: false,
+                };
+                h.timed_out(&mut cx);
+            }
+        }
+        self.close_entry(key, now, "timed out");
+    }
+
+    fn schedule_health_checks(&mut self, now: Instant) {
+        let period = self.shared.config.health_check_period;
+        if self.shared.config.mode == crate::config::Mode::Replication && !period.is_zero() {
+            self.timers.schedule(
+                now + period,
+                TimerEvent {
+                    key: HEALTH_KEY,
+                    kind: context::TimerKind::Health,
+                },
+            );
+        }
+    }
+
+    /// A round of health checks: one per live node that has none running.
+    fn start_health_checks(&mut self, now: Instant) {
+        let running: Vec<u8> = self
+            .entries
+            .iter()
+            .filter_map(|(_, e)| match &e.conn {
+                Conn::Health(h) if !e.closed => Some(h.node()),
+                _ => None,
+            })
+            .collect();
+        let due: Vec<u8> = self
+            .shared
+            .cluster
+            .live()
+            .filter(|n| !running.contains(n))
+            .collect();
+        for node in due {
+            let key = self.new_key();
+            let mut cx = Context {
+                now,
+                key,
+                registry: self.poll.registry(),
+                timers: &mut self.timers,
+                shared: &mut self.shared,
+                again: false,
+            };
+            match HealthCheck::start(node, &mut cx) {
+                Ok(h) => {
+                    self.entries.insert(Entry {
+                        generation: key.generation,
+                        conn: Conn::Health(Box::new(h)),
+                        queued: false,
+                        closed: false,
+                    });
+                }
+                Err(e) => {
+                    cx.shared
+                        .cluster
+                        .detach(node, &format!("health check could not connect: {e}"));
+                }
+            }
+        }
+        self.schedule_health_checks(now);
     }
 
     /// At start-up: `min_pool_size` connections per live node for every `preconnect` pair.
@@ -527,6 +624,7 @@ impl Reactor {
             Conn::Session(s) => s.close(reason, &mut cx),
             Conn::Cancel(c) => c.close(cx.registry),
             Conn::Preconnect(p) => p.close(&mut cx),
+            Conn::Health(h) => h.close(&mut cx),
         }
         entry.closed = true;
         self.to_free.push(key.index as usize);

@@ -120,7 +120,7 @@ impl Session {
             // on with the others. A node that refuses the login (ErrorResponse) is not down.
             LoginStep::Failed {
                 reason,
-                forwarded: false,
+                refused: None,
             } if cx.shared.config.mode == Mode::Replication && self.nodes.len() > 1 => {
                 cx.shared.cluster.detach(id, &reason);
                 if let Some(pos) = self.nodes.iter().position(|n| n.index == id) {
@@ -137,8 +137,8 @@ impl Session {
                 self.login_done(cx)
             }
             LoginStep::Ready => Transition::Stay,
-            LoginStep::Failed { reason, forwarded } => {
-                if !forwarded {
+            LoginStep::Failed { reason, refused } => {
+                if refused.is_none() {
                     self.fatal(cx, "08006", &reason);
                 }
                 Transition::Close(reason)

@@ -61,10 +61,12 @@ pub enum LoginState {
 pub enum LoginStep {
     Pending,
     Ready,
-    /// Login failed; `forwarded` when the node's ErrorResponse already went to the client.
+    /// Login failed. `refused`: the node answered with an ErrorResponse (its SQLSTATE),
+    /// which already went to the client; None: the node could not be reached or spoke
+    /// nonsense.
     Failed {
         reason: String,
-        forwarded: bool,
+        refused: Option<String>,
     },
 }
 
@@ -234,7 +236,7 @@ impl NodeConn {
             if let Err(f) = self.ep.flush() {
                 return LoginStep::Failed {
                     reason: format!("node {}: {f}", self.index),
-                    forwarded: false,
+                    refused: None,
                 };
             }
             match step {
@@ -247,7 +249,7 @@ impl NodeConn {
     fn fail(&self, what: impl std::fmt::Display) -> LoginStep {
         LoginStep::Failed {
             reason: format!("node {} ({}): {what}", self.index, self.addr),
-            forwarded: false,
+            refused: None,
         }
     }
 
@@ -414,17 +416,20 @@ impl NodeConn {
                 // The answers to the SETs of `configure`.
                 b'C' if self.state == LoginState::Configuring => None,
                 b'E' => {
-                    let reason = match backend::parse_error_fields(body) {
-                        Ok(f) => format!(
-                            "node {} refused login: {} {}",
-                            self.index, f.code, f.message
+                    let (reason, code) = match backend::parse_error_fields(body) {
+                        Ok(f) => (
+                            format!(
+                                "node {} refused login: {} {}",
+                                self.index, f.code, f.message
+                            ),
+                            f.code.to_string(),
                         ),
-                        Err(_) => format!("node {} refused login", self.index),
+                        Err(_) => (format!("node {} refused login", self.index), String::new()),
                     };
                     lc.client_tx.extend(&data[..len]);
                     Some(LoginStep::Failed {
                         reason,
-                        forwarded: true,
+                        refused: Some(code),
                     })
                 }
                 b'v' => None, // NegotiateProtocolVersion: the node speaks 3.0 minus some options; fine

@@ -1,0 +1,155 @@
+//! Health checks (`health_check_period`, `health_check_timeout`): every period each live
+//! node gets a short-lived loop entry that connects (nonblocking), logs in as
+//! `health_check_user` and runs `SELECT 1`. A check that fails or times out detaches the
+//! node (which runs `failover_command`). Sessions keep working on the other nodes.
+
+use crate::net::buffer::Buf;
+use crate::protocol::framing::message_header;
+use crate::protocol::frontend;
+use crate::reactor::context::{Context, TimerKind};
+use crate::reactor::token::{token, Side};
+use crate::session::node::{Credentials, LoginContext, LoginStep, NodeConn};
+
+pub struct HealthCheck {
+    node: u8,
+    conn: Option<NodeConn>,
+    params: Vec<(String, String)>,
+    credentials: Credentials,
+    prefix: String,
+    asked: bool,
+}
+
+impl HealthCheck {
+    pub fn start(node: u8, cx: &mut Context) -> Result<HealthCheck, String> {
+        let n = cx
+            .shared
+            .cluster
+            .nodes
+            .get(node as usize)
+            .ok_or("no such node")?;
+        let mut conn = NodeConn::connect(node, &n.host.clone(), n.addr)?;
+        conn.ep
+            .transport
+            .register(cx.registry, token(cx.key, Side::Node(node)))
+            .map_err(|e| e.to_string())?;
+        conn.configured = true;
+        let timeout = cx.shared.config.health_check_timeout;
+        if !timeout.is_zero() {
+            cx.schedule(timeout, TimerKind::Connect);
+        }
+        let c = &cx.shared.config;
+        let credentials = if c.health_check_password.is_empty() {
+            Credentials::from_secret(cx.shared.users.get(&c.health_check_user))
+        } else {
+            Credentials {
+                password: Some(c.health_check_password.clone()),
+                ..Default::default()
+            }
+        };
+        Ok(HealthCheck {
+            node,
+            params: vec![
+                ("user".into(), c.health_check_user.clone()),
+                ("database".into(), c.health_check_database.clone()),
+            ],
+            credentials,
+            prefix: format!("health check node{node}"),
+            conn: Some(conn),
+            asked: false,
+        })
+    }
+
+    pub fn node(&self) -> u8 {
+        self.node
+    }
+
+    pub fn set_ready(&mut self, readable: bool, writable: bool, read_closed: bool) {
+        if let Some(c) = self.conn.as_mut() {
+            c.ep.set_ready(readable, writable, read_closed);
+        }
+    }
+
+    /// Returns true when finished (healthy, or the node was detached).
+    pub fn drive(&mut self, cx: &mut Context) -> bool {
+        let Some(conn) = self.conn.as_mut() else {
+            return true;
+        };
+        if !self.asked {
+            let mut sink = Buf::new(4096);
+            let mut lc = LoginContext {
+                prefix: &self.prefix,
+                user: &self.params[0].1,
+                params: &self.params,
+                credentials: &self.credentials,
+                client_tx: &mut sink,
+                voice: false,
+            };
+            match conn.login(&mut lc, cx) {
+                LoginStep::Pending => return false,
+                // Refused for its credentials or database: pgmulti's configuration is wrong,
+                // not the node; it stays attached and the log says so.
+                LoginStep::Failed {
+                    reason,
+                    refused: Some(code),
+                } if code.starts_with("28") || code == "3D000" => {
+                    log::error!("{}: {reason}; check health_check_user, health_check_password and health_check_database", self.prefix);
+                    self.close(cx);
+                    return true;
+                }
+                LoginStep::Failed { reason, .. } => return self.fail(&reason, cx),
+                LoginStep::Ready => {
+                    let mut q = Vec::new();
+                    frontend::query(&mut q, "SELECT 1");
+                    conn.send(&q);
+                    self.asked = true;
+                }
+            }
+        }
+        if conn.flush().is_err() {
+            return self.fail("connection lost", cx);
+        }
+        let filled = conn.ep.fill();
+        loop {
+            let data = conn.ep.rx.data();
+            match message_header(data, conn.ep.rx.capacity()) {
+                Ok(Some((tag, len))) if data.len() >= len => {
+                    conn.ep.rx.consume(len);
+                    match tag {
+                        b'Z' => {
+                            self.close(cx);
+                            return true;
+                        }
+                        b'E' => return self.fail("SELECT 1 failed", cx),
+                        _ => {}
+                    }
+                }
+                Ok(_) => break,
+                Err(e) => return self.fail(&e.to_string(), cx),
+            }
+        }
+        match filled {
+            Ok(_) => false,
+            Err(e) => self.fail(&e.to_string(), cx),
+        }
+    }
+
+    fn fail(&mut self, why: &str, cx: &mut Context) -> bool {
+        cx.shared
+            .cluster
+            .detach(self.node, &format!("health check failed: {why}"));
+        self.close(cx);
+        true
+    }
+
+    /// The check ran out of time: the node is detached.
+    pub fn timed_out(&mut self, cx: &mut Context) {
+        let t = cx.shared.config.health_check_timeout;
+        self.fail(&format!("no answer within {t:?}"), cx);
+    }
+
+    pub fn close(&mut self, cx: &mut Context) {
+        if let Some(mut c) = self.conn.take() {
+            c.terminate(cx.registry);
+        }
+    }
+}
