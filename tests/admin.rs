@@ -102,6 +102,11 @@ fn show_nodes_detach_and_attach() {
         "0"
     );
 
+    // pgpool-II's SHOW POOL_NODES works on an ordinary connection too.
+    let out = pm.psql("postgres", "postgres", None, "SHOW POOL_NODES");
+    assert!(out.success(), "{}", out.stderr);
+    assert_eq!(out.stdout.lines().count(), 3, "{}", out.stdout);
+
     let out = admin(&pm, "DETACH NODE 9");
     assert!(
         !out.success() && out.stderr.contains("there is no node"),

@@ -1091,6 +1091,21 @@ impl Session {
             Ok(s) => s,
             Err(e) => return Err(self.protocol_violation(cx, &e.to_string())),
         };
+        // pgpool-II's users ask any connection for the node table.
+        if sql
+            .trim()
+            .trim_end_matches(';')
+            .trim()
+            .eq_ignore_ascii_case("SHOW POOL_NODES")
+        {
+            let mut answer = Vec::new();
+            crate::admin::execute("SHOW NODES", cx.shared, &mut answer);
+            cx.shared.out.clear();
+            cx.shared.out.extend_from_slice(&answer);
+            self.send_to_client(cx);
+            self.ready_for_query(self.repl.tx.status(), cx);
+            return Ok(());
+        }
         let text = short(sql);
         let analysed = request::analyse(sql);
         if analysed.class == plan::Class::Commit {
