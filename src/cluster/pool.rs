@@ -185,14 +185,6 @@ impl Pool {
         });
         v
     }
-
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
 }
 
 /// Read what the node sent; false when the connection must be dropped.

@@ -86,11 +86,6 @@ impl Endpoint {
         Ok(total)
     }
 
-    /// True when `fill` would still find bytes (the budget ran out, not the data).
-    pub fn more_to_read(&self) -> bool {
-        (self.readable || self.transport.tls_pending()) && !self.rx.is_full()
-    }
-
     /// Write while writable and there is something to send. Returns bytes written.
     pub fn flush(&mut self) -> Result<usize, Broken> {
         let mut total = 0;
