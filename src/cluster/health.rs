@@ -3,40 +3,20 @@
 //! `health_check_user` and runs `SELECT 1`. A check that fails or times out detaches the
 //! node (which runs `failover_command`). Sessions keep working on the other nodes.
 
-use crate::net::buffer::Buf;
+use super::own_connection::OwnConnection;
 use crate::protocol::framing::message_header;
 use crate::protocol::frontend;
-use crate::reactor::context::{Context, TimerKind};
-use crate::reactor::token::{token, Side};
-use crate::session::node::{Credentials, LoginContext, LoginStep, NodeConn};
+use crate::reactor::context::Context;
+use crate::session::node::{Credentials, LoginStep};
 
 pub struct HealthCheck {
     node: u8,
-    conn: Option<NodeConn>,
-    params: Vec<(String, String)>,
-    credentials: Credentials,
-    prefix: String,
+    own: OwnConnection,
     asked: bool,
 }
 
 impl HealthCheck {
     pub fn start(node: u8, cx: &mut Context) -> Result<HealthCheck, String> {
-        let n = cx
-            .shared
-            .cluster
-            .nodes
-            .get(node as usize)
-            .ok_or("no such node")?;
-        let mut conn = NodeConn::connect(node, &n.host.clone(), n.addr)?;
-        conn.ep
-            .transport
-            .register(cx.registry, token(cx.key, Side::Node(node)))
-            .map_err(|e| e.to_string())?;
-        conn.configured = true;
-        let timeout = cx.shared.config.health_check_timeout;
-        if !timeout.is_zero() {
-            cx.schedule(timeout, TimerKind::Connect);
-        }
         let c = &cx.shared.config;
         let credentials = if c.health_check_password.is_empty() {
             Credentials::from_secret(cx.shared.users.get(&c.health_check_user))
@@ -46,15 +26,16 @@ impl HealthCheck {
                 ..Default::default()
             }
         };
+        let (user, database, timeout) = (
+            c.health_check_user.clone(),
+            c.health_check_database.clone(),
+            c.health_check_timeout,
+        );
+        let prefix = format!("health check node{node}");
+        let own = OwnConnection::start(node, &user, &database, credentials, prefix, timeout, cx)?;
         Ok(HealthCheck {
             node,
-            params: vec![
-                ("user".into(), c.health_check_user.clone()),
-                ("database".into(), c.health_check_database.clone()),
-            ],
-            credentials,
-            prefix: format!("health check node{node}"),
-            conn: Some(conn),
+            own,
             asked: false,
         })
     }
@@ -64,27 +45,16 @@ impl HealthCheck {
     }
 
     pub fn set_ready(&mut self, readable: bool, writable: bool, read_closed: bool) {
-        if let Some(c) = self.conn.as_mut() {
-            c.ep.set_ready(readable, writable, read_closed);
-        }
+        self.own.set_ready(readable, writable, read_closed);
     }
 
     /// Returns true when finished (healthy, or the node was detached).
     pub fn drive(&mut self, cx: &mut Context) -> bool {
-        let Some(conn) = self.conn.as_mut() else {
+        if self.own.conn.is_none() {
             return true;
-        };
+        }
         if !self.asked {
-            let mut sink = Buf::new(4096);
-            let mut lc = LoginContext {
-                prefix: &self.prefix,
-                user: &self.params[0].1,
-                params: &self.params,
-                credentials: &self.credentials,
-                client_tx: &mut sink,
-                voice: false,
-            };
-            match conn.login(&mut lc, cx) {
+            match self.own.login(cx) {
                 LoginStep::Pending => return false,
                 // Refused for its credentials or database: pgmulti's configuration is wrong,
                 // not the node; it stays attached and the log says so.
@@ -92,7 +62,10 @@ impl HealthCheck {
                     reason,
                     refused: Some(code),
                 } if code.starts_with("28") || code == "3D000" => {
-                    log::error!("{}: {reason}; check health_check_user, health_check_password and health_check_database", self.prefix);
+                    log::error!(
+                        "{}: {reason}; check health_check_user, health_check_password and health_check_database",
+                        self.own.prefix()
+                    );
                     self.close(cx);
                     return true;
                 }
@@ -100,11 +73,16 @@ impl HealthCheck {
                 LoginStep::Ready => {
                     let mut q = Vec::new();
                     frontend::query(&mut q, "SELECT 1");
-                    conn.send(&q);
+                    if let Some(conn) = self.own.conn.as_mut() {
+                        conn.send(&q);
+                    }
                     self.asked = true;
                 }
             }
         }
+        let Some(conn) = self.own.conn.as_mut() else {
+            return true;
+        };
         if conn.flush().is_err() {
             return self.fail("connection lost", cx);
         }
@@ -148,8 +126,6 @@ impl HealthCheck {
     }
 
     pub fn close(&mut self, cx: &mut Context) {
-        if let Some(mut c) = self.conn.take() {
-            c.terminate(cx.registry);
-        }
+        self.own.close(cx);
     }
 }

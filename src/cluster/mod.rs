@@ -5,6 +5,7 @@
 
 pub mod direct;
 pub mod health;
+pub mod own_connection;
 pub mod pool;
 pub mod preconnect;
 

@@ -32,6 +32,21 @@ use signals::{Signal, SignalPipe};
 use timer::TimerWheel;
 use token::{decode, ConnKey, Side, LISTENER_TOKEN_BASE, POOL_TOKEN_BASE, SIGNAL_TOKEN};
 
+/// A handler's context from the loop's parts (a macro, so that the fields are borrowed
+/// apart from `entries`).
+macro_rules! context {
+    ($reactor:expr, $key:expr, $now:expr) => {
+        Context {
+            now: $now,
+            key: $key,
+            registry: $reactor.poll.registry(),
+            timers: &mut $reactor.timers,
+            shared: &mut $reactor.shared,
+            again: false,
+        }
+    };
+}
+
 /// The key of the loop's own timer (health check rounds); no connection has generation 0.
 const HEALTH_KEY: ConnKey = ConnKey {
     index: u32::MAX,
@@ -251,14 +266,7 @@ impl Reactor {
             return;
         };
         entry.queued = false;
-        let mut cx = Context {
-            now,
-            key,
-            registry: self.poll.registry(),
-            timers: &mut self.timers,
-            shared: &mut self.shared,
-            again: false,
-        };
+        let mut cx = context!(self, key, now);
         let closed = match &mut entry.conn {
             Conn::Session(s) => match s.handle(event, &mut cx) {
                 Some(reason) => {
@@ -297,14 +305,7 @@ impl Reactor {
             let key = self.new_key();
             let id = self.next_conn_id;
             self.next_conn_id += 1;
-            let mut cx = Context {
-                now,
-                key,
-                registry: self.poll.registry(),
-                timers: &mut self.timers,
-                shared: &mut self.shared,
-                again: false,
-            };
+            let mut cx = context!(self, key, now);
             let mut session = Session::new(id, socket, &mut cx);
             cx.shared.stats.sessions_accepted += 1;
             if let Err(e) = session.register(&mut cx) {
@@ -384,14 +385,7 @@ impl Reactor {
             };
             for (addr, pid, secret) in targets {
                 let key = self.new_key();
-                let mut cx = Context {
-                    now,
-                    key,
-                    registry: self.poll.registry(),
-                    timers: &mut self.timers,
-                    shared: &mut self.shared,
-                    again: false,
-                };
+                let mut cx = context!(self, key, now);
                 match CancelConn::start(addr, pid, secret, &mut cx) {
                     Ok(c) => {
                         self.entries.insert(Entry {
@@ -425,14 +419,7 @@ impl Reactor {
             .filter(|e| e.generation == key.generation && !e.closed);
         if let Some(entry) = entry {
             if let Conn::Health(h) = &mut entry.conn {
-                let mut cx = Context {
-                    now,
-                    key,
-                    registry: self.poll.registry(),
-                    timers: &mut self.timers,
-                    shared: &mut self.shared,
-                    again: false,
-                };
+                let mut cx = context!(self, key, now);
                 h.timed_out(&mut cx);
             }
         }
@@ -470,14 +457,7 @@ impl Reactor {
             .collect();
         for node in due {
             let key = self.new_key();
-            let mut cx = Context {
-                now,
-                key,
-                registry: self.poll.registry(),
-                timers: &mut self.timers,
-                shared: &mut self.shared,
-                again: false,
-            };
+            let mut cx = context!(self, key, now);
             match HealthCheck::start(node, &mut cx) {
                 Ok(h) => {
                     self.entries.insert(Entry {
@@ -521,14 +501,7 @@ impl Reactor {
     fn open_preconnects(&mut self, now: Instant) {
         for key in std::mem::take(&mut self.shared.preconnect_asks) {
             let ckey = self.new_key();
-            let mut cx = Context {
-                now,
-                key: ckey,
-                registry: self.poll.registry(),
-                timers: &mut self.timers,
-                shared: &mut self.shared,
-                again: false,
-            };
+            let mut cx = context!(self, ckey, now);
             match Preconnect::start(key.clone(), &mut cx) {
                 Ok(p) => {
                     self.entries.insert(Entry {
@@ -612,14 +585,7 @@ impl Reactor {
         else {
             return;
         };
-        let mut cx = Context {
-            now,
-            key,
-            registry: self.poll.registry(),
-            timers: &mut self.timers,
-            shared: &mut self.shared,
-            again: false,
-        };
+        let mut cx = context!(self, key, now);
         match &mut entry.conn {
             Conn::Session(s) => s.close(reason, &mut cx),
             Conn::Cancel(c) => c.close(cx.registry),
