@@ -179,6 +179,18 @@ pub struct Config {
     /// Run (by `sh -c`, not waited for) whenever a node is detached; placeholders
     /// `%d %h %p %D` (failed node), `%m %H %r` (new lead), `%M` (old lead), `%%`.
     pub failover_command: String,
+    /// Further attempts after a failed health check before the node is detached.
+    pub health_check_max_retries: usize,
+    pub health_check_retry_delay: Duration,
+    /// `RECOVER NODE`: run while clients keep writing (e.g. a base backup of the lead).
+    pub recovery_1st_stage_command: String,
+    /// `RECOVER NODE`: run while new transactions wait (e.g. final sync and promote).
+    pub recovery_2nd_stage_command: String,
+    /// How long stage 2 (and ATTACH NODE) waits for running transactions, and for the
+    /// recovered node to accept connections.
+    pub recovery_timeout: Duration,
+    /// Port of the Prometheus `/metrics` endpoint (0: none), on `listen_addresses`.
+    pub metrics_port: u16,
     /// Where two-phase commit decisions are written before COMMIT PREPARED.
     pub two_phase_log: PathBuf,
     /// The role pgmulti uses on its own (checks at start-up, resolving prepared transactions).
@@ -237,6 +249,12 @@ const PARAMETERS: &[&str] = &[
     "status_file",
     "two_phase_log",
     "failover_command",
+    "health_check_max_retries",
+    "health_check_retry_delay",
+    "recovery_1st_stage_command",
+    "recovery_2nd_stage_command",
+    "recovery_timeout",
+    "metrics_port",
     "health_check_user",
     "health_check_password",
     "health_check_database",
@@ -442,6 +460,30 @@ impl Parser<'_> {
                 }
                 "health_check_user" => config.health_check_user = value.trim().to_string(),
                 "failover_command" => config.failover_command = value.to_string(),
+                "health_check_max_retries" => {
+                    config.health_check_max_retries = value
+                        .trim()
+                        .parse::<usize>()
+                        .map_err(|_| bad("expected a non-negative integer"))?;
+                }
+                "health_check_retry_delay" => {
+                    config.health_check_retry_delay = parse_duration(value).map_err(bad)?
+                }
+                "recovery_1st_stage_command" => {
+                    config.recovery_1st_stage_command = value.to_string()
+                }
+                "recovery_2nd_stage_command" => {
+                    config.recovery_2nd_stage_command = value.to_string()
+                }
+                "recovery_timeout" => {
+                    config.recovery_timeout = parse_duration(value).map_err(bad)?
+                }
+                "metrics_port" => {
+                    config.metrics_port = match value.trim() {
+                        "0" => 0,
+                        v => parse_port(v).ok_or_else(|| bad("expected 0 (off) or a port"))?,
+                    }
+                }
                 "health_check_password" => config.health_check_password = value.to_string(),
                 "health_check_database" => config.health_check_database = value.trim().to_string(),
                 "admin_users" => config.admin_users = split_list(value),
@@ -644,6 +686,12 @@ impl Config {
             two_phase_log: PathBuf::from("pgmulti.2pc"),
             health_check_user: "postgres".into(),
             failover_command: String::new(),
+            health_check_max_retries: 0,
+            health_check_retry_delay: Duration::from_secs(1),
+            recovery_1st_stage_command: String::new(),
+            recovery_2nd_stage_command: String::new(),
+            recovery_timeout: Duration::from_secs(90),
+            metrics_port: 0,
             health_check_password: String::new(),
             health_check_database: "postgres".into(),
             admin_users: Vec::new(),
@@ -660,8 +708,9 @@ impl Config {
 
     /// Names of the settings that differ between `self` (running) and `new` (just reloaded)
     /// and that a reload cannot apply: they take effect only after a restart. Everything else
-    /// (log_level, auth_file, client_auth, admin_users, the timeouts, backend weights and
-    /// data directories, max_client_conn) is applied by SIGHUP.
+    /// (log_level, auth_file, client_auth, admin_users, the timeouts, health check and
+    /// recovery settings, backend weights and data directories, max_client_conn, nodes added
+    /// at the end) is applied by SIGHUP.
     pub fn reloadable_diff(&self, new: &Config) -> Vec<&'static str> {
         let mut changed = Vec::new();
         let mut check = |name: &'static str, differs: bool| {
@@ -687,8 +736,9 @@ impl Config {
                 .collect::<Vec<_>>()
         };
         let ports = |c: &Config| c.backends.iter().map(|b| b.port).collect::<Vec<_>>();
-        check("backend_hostname", hosts(self) != hosts(new));
-        check("backend_port", ports(self) != ports(new));
+        // Nodes may be added at the end (they join detached); not changed or removed.
+        check("backend_hostname", !new_at_end(&hosts(self), &hosts(new)));
+        check("backend_port", !new_at_end(&ports(self), &ports(new)));
         check("ssl", self.ssl != new.ssl);
         check("ssl_cert_file", self.ssl_cert_file != new.ssl_cert_file);
         check("ssl_key_file", self.ssl_key_file != new.ssl_key_file);
@@ -708,6 +758,7 @@ impl Config {
             self.commit_protocol != new.commit_protocol,
         );
         check("status_file", self.status_file != new.status_file);
+        check("metrics_port", self.metrics_port != new.metrics_port);
         changed
     }
 
@@ -760,6 +811,24 @@ impl Config {
             ("two_phase_log", self.two_phase_log.display().to_string()),
             ("health_check_user", self.health_check_user.clone()),
             ("failover_command", self.failover_command.clone()),
+            (
+                "health_check_max_retries",
+                self.health_check_max_retries.to_string(),
+            ),
+            (
+                "health_check_retry_delay",
+                format_duration(self.health_check_retry_delay),
+            ),
+            (
+                "recovery_1st_stage_command",
+                self.recovery_1st_stage_command.clone(),
+            ),
+            (
+                "recovery_2nd_stage_command",
+                self.recovery_2nd_stage_command.clone(),
+            ),
+            ("recovery_timeout", format_duration(self.recovery_timeout)),
+            ("metrics_port", self.metrics_port.to_string()),
             ("health_check_password", self.health_check_password.clone()),
             ("health_check_database", self.health_check_database.clone()),
             ("admin_users", self.admin_users.join(",")),
@@ -892,6 +961,11 @@ fn split_list(value: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect()
+}
+
+/// `new` is `old` with items added at the end (or unchanged).
+fn new_at_end<T: PartialEq>(old: &[T], new: &[T]) -> bool {
+    new.len() >= old.len() && new[..old.len()] == *old
 }
 
 const PORT_ALLOWED: &str = "expected an integer from 1 to 65535";
@@ -1432,8 +1506,11 @@ mod tests {
              client_auth = md5\nconnect_timeout = 1\nadmin_users = a\nmax_client_conn = 5\n",
         );
         assert!(old.reloadable_diff(&same).is_empty());
+        // A node added at the end joins at reload; a changed one needs a restart.
+        let added = parse_ok("backend_hostname0 = h\nbackend_hostname1 = i\n");
+        assert!(old.reloadable_diff(&added).is_empty());
         let new = parse_ok(
-            "backend_hostname0 = h\nbackend_hostname1 = i\nport = 1\nmode = replication\n\
+            "backend_hostname0 = g\nbackend_port0 = 6543\nport = 1\nmode = replication\n\
              ssl = on\nssl_cert_file = c\nssl_key_file = k\n",
         );
         assert_eq!(

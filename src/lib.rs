@@ -5,6 +5,7 @@ pub mod admin;
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod metrics;
 pub mod net;
 pub mod protocol;
 pub mod reactor;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use pgmulti::auth::userlist::Secret;
 use pgmulti::auth::userlist::UserList;
-use pgmulti::cluster::{self, Cluster, NodeStatus};
+use pgmulti::cluster::{self, Cluster};
 use pgmulti::config::{self, CommitProtocol, Config, Mode};
 use pgmulti::net::listener;
 use pgmulti::net::tls::{ClientTls, NodeTls};
@@ -128,21 +128,16 @@ fn resolve_nodes(config: &Config) -> Result<Vec<cluster::Node>, String> {
                 .map_err(|e| format!("backend_hostname{i} \"{}\": {e}", b.hostname))?
                 .next()
                 .ok_or_else(|| format!("backend_hostname{i} \"{}\": no address", b.hostname))?;
-            Ok(cluster::Node {
-                id: i as u8,
-                host: b.hostname.clone(),
-                data_directory: b
-                    .data_directory
+            Ok(cluster::Node::new(
+                i as u8,
+                b.hostname.clone(),
+                b.data_directory
                     .as_ref()
                     .map(|d| d.display().to_string())
                     .unwrap_or_default(),
                 addr,
-                weight: b.weight,
-                status: NodeStatus::Up,
-                latency_ms: 0.0,
-                reads: 0,
-                writes: 0,
-            })
+                b.weight,
+            ))
         })
         .collect()
 }
@@ -158,6 +153,10 @@ fn run(config: Config, parts: Parts) -> Result<(), String> {
         config.port,
         &config.unix_socket_directories,
     )?;
+    let metrics_listeners = match config.metrics_port {
+        0 => Vec::new(),
+        port => listener::bind_all(&config.listen_addresses, port, &[])?,
+    };
     log::info!(
         "pgmulti {} starting: mode {}, {} node(s), config {}",
         env!("CARGO_PKG_VERSION"),
@@ -205,7 +204,8 @@ fn run(config: Config, parts: Parts) -> Result<(), String> {
         parts.cluster,
     );
     shared.two_phase = two_phase;
-    let mut reactor = Reactor::new(listeners, shared, log, reload).map_err(|e| e.to_string())?;
+    let mut reactor = Reactor::new(listeners, metrics_listeners, shared, log, reload)
+        .map_err(|e| e.to_string())?;
     reactor.run().map_err(|e| e.to_string())
 }
 
@@ -265,6 +265,24 @@ fn reload(shared: &mut Shared, log: &mut LogDrain) {
             if let Some(node) = shared.cluster.nodes.get_mut(i) {
                 node.weight = w;
             }
+        }
+    }
+    // Nodes added at the end of the list join detached (RECOVER NODE or ATTACH NODE).
+    let known = shared.config.backends.len();
+    if new.backends.len() > known
+        && !restart.contains(&"backend_hostname")
+        && !restart.contains(&"backend_port")
+    {
+        match resolve_nodes(&new) {
+            Ok(nodes) => {
+                for node in nodes.into_iter().skip(known) {
+                    applied
+                        .backends
+                        .push(new.backends[node.id as usize].clone());
+                    shared.cluster.add(node);
+                }
+            }
+            Err(e) => log::error!("reload: new nodes not added: {e}"),
         }
     }
     shared.config = applied;

@@ -3,14 +3,16 @@
 //! ErrorResponse). This file turns commands into messages; the session carries them.
 
 use crate::cluster::NodeStatus;
+use crate::config::Mode;
 use crate::protocol::backend;
-use crate::reactor::context::Shared;
+use crate::reactor::context::{LongAsk, Shared};
 
 /// The database name that opens the admin console.
 pub const DATABASE: &str = "pgmulti";
 
-/// Run one admin command; append the answer (without ReadyForQuery) to `out`.
-pub fn execute(sql: &str, shared: &mut Shared, out: &mut Vec<u8>) {
+/// Run one admin command: append the answer (without ReadyForQuery) to `out`, or return
+/// what the loop must carry out first (it answers when done).
+pub fn execute(sql: &str, shared: &mut Shared, out: &mut Vec<u8>) -> Option<LongAsk> {
     let words: Vec<String> = sql
         .trim()
         .trim_end_matches(';')
@@ -18,6 +20,11 @@ pub fn execute(sql: &str, shared: &mut Shared, out: &mut Vec<u8>) {
         .map(|w| w.to_ascii_uppercase())
         .collect();
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let replication = shared.config.mode == Mode::Replication;
+    let refuse = |out: &mut Vec<u8>, code: &str, message: &str| {
+        backend::error_response(out, "ERROR", code, message, None, None);
+        None
+    };
     match words.as_slice() {
         [] => backend::empty_query_response(out),
         ["SHOW", "NODES"] | ["SHOW", "POOL_NODES"] => show_nodes(shared, out),
@@ -25,27 +32,61 @@ pub fn execute(sql: &str, shared: &mut Shared, out: &mut Vec<u8>) {
         ["SHOW", "STATS"] => show_stats(shared, out),
         ["SHOW", "CONFIG"] => show_config(shared, out),
         ["SHOW", "VERSION"] => table(out, &["version"], &[vec![format!("pgmulti {}", env!("CARGO_PKG_VERSION"))]], "SHOW"),
+        ["SHOW", "CLIENTS"] => return Some(LongAsk::ShowClients),
+        ["SHOW", "SERVERS"] => return Some(LongAsk::ShowServers),
         ["DETACH", "NODE", n] => match node_id(n, shared) {
+            Ok(id) if shared.cluster.lead() == Some(id) && shared.cluster.live().count() == 1 => {
+                return refuse(out, "55000", &format!("node {id} is the last node up"));
+            }
             Ok(id) => {
                 if shared.cluster.detach(id, "DETACH NODE from the admin console") {
                     backend::command_complete(out, "DETACH NODE");
                 } else {
-                    backend::error_response(out, "ERROR", "55000", &format!("node {id} is already detached"), None, None);
+                    return refuse(out, "55000", &format!("node {id} is not attached"));
                 }
             }
-            Err(e) => backend::error_response(out, "ERROR", "22023", &e, None, None),
+            Err(e) => return refuse(out, "22023", &e),
         },
         ["ATTACH", "NODE", n] => match node_id(n, shared) {
-            Ok(id) if shared.cluster.is_up(id) => {
-                backend::error_response(out, "ERROR", "55000", &format!("node {id} is already attached"), None, None)
+            Ok(id) if shared.cluster.nodes[id as usize].status != NodeStatus::Down => {
+                let status = shared.cluster.nodes[id as usize].status.as_str();
+                return refuse(out, "55000", &format!("node {id} is {status}, not down"));
             }
-            Ok(id) => {
-                shared.cluster.attach(id);
-                log::warn!("node {id} attached from the admin console: it must hold the same data as the others (use RECOVER NODE when it does not)");
-                backend::command_complete(out, "ATTACH NODE");
-            }
-            Err(e) => backend::error_response(out, "ERROR", "22023", &e, None, None),
+            Ok(id) => return Some(LongAsk::Attach(id)),
+            Err(e) => return refuse(out, "22023", &e),
         },
+        ["RECOVER", "NODE", n] => match node_id(n, shared) {
+            _ if !replication => {
+                return refuse(out, "0A000", "RECOVER NODE needs mode = replication");
+            }
+            Ok(id) if shared.cluster.nodes[id as usize].status != NodeStatus::Down => {
+                let status = shared.cluster.nodes[id as usize].status.as_str();
+                return refuse(out, "55000", &format!("node {id} is {status}, not down"));
+            }
+            Ok(_) if shared.config.recovery_1st_stage_command.trim().is_empty()
+                || shared.config.recovery_2nd_stage_command.trim().is_empty() =>
+            {
+                return refuse(out, "55000", "recovery_1st_stage_command and recovery_2nd_stage_command must be set");
+            }
+            Ok(_) if shared.cluster.lead().is_none() => {
+                return refuse(out, "55000", "no node is up to recover from");
+            }
+            Ok(id) => return Some(LongAsk::Recover(id)),
+            Err(e) => return refuse(out, "22023", &e),
+        },
+        ["CHECK", "CONSISTENCY"] | ["CHECK", "CONSISTENCY", _] if !replication => {
+            return refuse(out, "0A000", "CHECK CONSISTENCY needs mode = replication");
+        }
+        ["CHECK", "CONSISTENCY"] => return Some(LongAsk::CheckConsistency(None)),
+        ["CHECK", "CONSISTENCY", _] => {
+            // The database name as written (case kept, quotes optional).
+            let db = sql.trim().trim_end_matches(';').split_whitespace().nth(2).unwrap_or_default();
+            return Some(LongAsk::CheckConsistency(Some(db.trim_matches('"').to_string())));
+        }
+        ["PAUSE"] if shared.gate.paused => return refuse(out, "55000", "already paused"),
+        ["PAUSE"] => return Some(LongAsk::Pause),
+        ["RESUME"] if !shared.gate.paused => return refuse(out, "55000", "not paused"),
+        ["RESUME"] => return Some(LongAsk::Resume),
         ["RELOAD"] => {
             shared.admin_asks.reload = true;
             backend::command_complete(out, "RELOAD");
@@ -54,18 +95,16 @@ pub fn execute(sql: &str, shared: &mut Shared, out: &mut Vec<u8>) {
             shared.admin_asks.shutdown = true;
             backend::command_complete(out, "SHUTDOWN");
         }
-        ["SHOW", "CLIENTS" | "SERVERS"] | ["PAUSE"] | ["RESUME"] | ["RECOVER", "NODE", _] | ["CHECK", "CONSISTENCY", ..] => {
-            backend::error_response(out, "ERROR", "0A000", &format!("{} is not available in this version of pgmulti yet", words.join(" ")), None, None)
-        }
         _ => backend::error_response(
             out,
             "ERROR",
             "42601",
             &format!("unknown admin command \"{}\"", sql.trim()),
             None,
-            Some("SHOW NODES | POOLS | STATS | CONFIG | VERSION, DETACH NODE n, ATTACH NODE n, RELOAD, SHUTDOWN"),
+            Some("SHOW NODES | POOLS | CLIENTS | SERVERS | STATS | CONFIG | VERSION, DETACH NODE n, ATTACH NODE n, RECOVER NODE n, CHECK CONSISTENCY [db], PAUSE, RESUME, RELOAD, SHUTDOWN"),
         ),
     }
+    None
 }
 
 fn node_id(word: &str, shared: &Shared) -> Result<u8, String> {
@@ -102,6 +141,7 @@ fn show_nodes(shared: &Shared, out: &mut Vec<u8>) {
                 n.reads.to_string(),
                 n.writes.to_string(),
                 format!("{:.3}", n.latency_ms),
+                n.note.clone(),
             ]
         })
         .collect();
@@ -117,6 +157,7 @@ fn show_nodes(shared: &Shared, out: &mut Vec<u8>) {
             "reads",
             "writes",
             "latency_ms",
+            "note",
         ],
         &rows,
         "SHOW",
@@ -133,24 +174,73 @@ fn show_pools(shared: &Shared, out: &mut Vec<u8>) {
     table(out, &["node_id", "database", "user", "idle"], &rows, "SHOW");
 }
 
+/// Per node and in total: requests, reads, writes, bytes each way, errors, and the
+/// average round trip since start. Session counters follow as totals.
 fn show_stats(shared: &Shared, out: &mut Vec<u8>) {
+    let mut rows = Vec::new();
+    let mut total = [0u64; 6];
+    let (mut latency_sum, mut samples) = (0.0, 0u64);
+    for n in &shared.cluster.nodes {
+        let counts = [
+            n.queries,
+            n.reads,
+            n.writes,
+            n.bytes_in,
+            n.bytes_out,
+            n.errors,
+        ];
+        for (t, c) in total.iter_mut().zip(counts) {
+            *t += c;
+        }
+        latency_sum += n.latency.sum_ms();
+        samples += n.latency.count();
+        let mut row = vec![n.id.to_string()];
+        row.extend(counts.iter().map(u64::to_string));
+        let mean = if n.latency.count() == 0 {
+            0.0
+        } else {
+            n.latency.sum_ms() / n.latency.count() as f64
+        };
+        row.push(format!("{mean:.3}"));
+        rows.push(row);
+    }
+    let mut row = vec!["total".to_string()];
+    row.extend(total.iter().map(u64::to_string));
+    row.push(format!(
+        "{:.3}",
+        if samples == 0 {
+            0.0
+        } else {
+            latency_sum / samples as f64
+        }
+    ));
+    rows.push(row);
+    table(
+        out,
+        &[
+            "node",
+            "queries",
+            "reads",
+            "writes",
+            "bytes_received",
+            "bytes_sent",
+            "errors",
+            "avg_latency_ms",
+        ],
+        &rows,
+        "SHOW",
+    );
     let s = &shared.stats;
-    let mut rows = vec![
+    let sessions = vec![
         vec!["sessions_accepted".into(), s.sessions_accepted.to_string()],
         vec!["sessions_closed".into(), s.sessions_closed.to_string()],
         vec!["state_transitions".into(), s.transitions.to_string()],
         vec!["protocol_errors".into(), s.protocol_errors.to_string()],
         vec!["pool_reused".into(), shared.pool.reused.to_string()],
+        vec!["log_lines_dropped".into(), s.log_lines_dropped.to_string()],
     ];
-    for n in &shared.cluster.nodes {
-        rows.push(vec![format!("node{}_reads", n.id), n.reads.to_string()]);
-        rows.push(vec![format!("node{}_writes", n.id), n.writes.to_string()]);
-        rows.push(vec![
-            format!("node{}_latency_ms", n.id),
-            format!("{:.3}", n.latency_ms),
-        ]);
-    }
-    table(out, &["name", "value"], &rows, "SHOW");
+    // A second result set (psql prints both).
+    table(out, &["name", "value"], &sessions, "SHOW");
 }
 
 fn show_config(shared: &Shared, out: &mut Vec<u8>) {
@@ -167,7 +257,7 @@ fn show_config(shared: &Shared, out: &mut Vec<u8>) {
 }
 
 /// A text result set and its CommandComplete.
-fn table(out: &mut Vec<u8>, columns: &[&str], rows: &[Vec<String>], command: &str) {
+pub fn table(out: &mut Vec<u8>, columns: &[&str], rows: &[Vec<String>], command: &str) {
     backend::row_description(out, columns);
     for r in rows {
         let values: Vec<Option<&str>> = r.iter().map(|v| Some(v.as_str())).collect();

@@ -1,7 +1,8 @@
 //! Health checks (`health_check_period`, `health_check_timeout`): every period each live
 //! node gets a short-lived loop entry that connects (nonblocking), logs in as
-//! `health_check_user` and runs `SELECT 1`. A check that fails or times out detaches the
-//! node (which runs `failover_command`). Sessions keep working on the other nodes.
+//! `health_check_user` and runs `SELECT 1`. A check that fails or times out is retried
+//! `health_check_max_retries` times, `health_check_retry_delay` apart; then the node is
+//! detached (which runs `failover_command`). Sessions keep working on the other nodes.
 
 use super::own_connection::OwnConnection;
 use crate::protocol::framing::message_header;
@@ -95,6 +96,9 @@ impl HealthCheck {
                     match tag {
                         b'Z' => {
                             self.close(cx);
+                            if let Some(n) = cx.shared.cluster.nodes.get_mut(self.node as usize) {
+                                n.health_failures = 0;
+                            }
                             return true;
                         }
                         b'E' => return self.fail("SELECT 1 failed", cx),
@@ -111,11 +115,29 @@ impl HealthCheck {
         }
     }
 
+    /// A failed check: retried `health_check_max_retries` times, `health_check_retry_delay`
+    /// apart, before the node is detached.
     fn fail(&mut self, why: &str, cx: &mut Context) -> bool {
+        self.close(cx);
+        let retries = cx.shared.config.health_check_max_retries;
+        let Some(n) = cx.shared.cluster.nodes.get_mut(self.node as usize) else {
+            return true;
+        };
+        n.health_failures += 1;
+        if n.health_failures <= retries {
+            log::warn!(
+                "health check of node {} failed (retry {} of {retries} in {:?}): {why}",
+                self.node,
+                n.health_failures,
+                cx.shared.config.health_check_retry_delay
+            );
+            cx.shared.health_retries.push(self.node);
+            return true;
+        }
+        n.health_failures = 0;
         cx.shared
             .cluster
             .detach(self.node, &format!("health check failed: {why}"));
-        self.close(cx);
         true
     }
 

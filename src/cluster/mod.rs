@@ -3,6 +3,7 @@
 //! live node with the lowest id). Detaching is persisted to `status_file` at once so a
 //! detached node stays detached across a restart. No I/O besides that file.
 
+pub mod consistency;
 pub mod direct;
 pub mod health;
 pub mod own_connection;
@@ -16,6 +17,8 @@ use std::path::{Path, PathBuf};
 pub enum NodeStatus {
     Up,
     Down,
+    /// `RECOVER NODE` is running: not part of the cluster yet (persisted as `down`).
+    Recovering,
 }
 
 impl NodeStatus {
@@ -23,6 +26,7 @@ impl NodeStatus {
         match self {
             NodeStatus::Up => "up",
             NodeStatus::Down => "down",
+            NodeStatus::Recovering => "recovering",
         }
     }
 }
@@ -37,8 +41,49 @@ pub struct Node {
     pub status: NodeStatus,
     /// Moving average of observed round trips, in milliseconds (0 = none yet).
     pub latency_ms: f64,
+    /// Requests the node ran, of them reads (routed to it) and writes.
+    pub queries: u64,
     pub reads: u64,
     pub writes: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// ErrorResponses the node sent.
+    pub errors: u64,
+    /// Every observed round trip, for the average and `/metrics`.
+    pub latency: crate::metrics::Histogram,
+    /// Why the node has its status (detach reason, recovery progress), for SHOW NODES.
+    pub note: String,
+    /// Health checks failed in a row.
+    pub health_failures: usize,
+}
+
+impl Node {
+    pub fn new(
+        id: u8,
+        host: String,
+        data_directory: String,
+        addr: SocketAddr,
+        weight: f64,
+    ) -> Node {
+        Node {
+            id,
+            host,
+            data_directory,
+            addr,
+            weight,
+            status: NodeStatus::Up,
+            latency_ms: 0.0,
+            queries: 0,
+            reads: 0,
+            writes: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            errors: 0,
+            latency: Default::default(),
+            note: String::new(),
+            health_failures: 0,
+        }
+    }
 }
 
 pub struct Cluster {
@@ -48,6 +93,8 @@ pub struct Cluster {
     pub failover_command: String,
     /// Commands started and not yet reaped.
     children: Vec<std::process::Child>,
+    /// Bumped by every status change: sessions compare it to notice attached nodes.
+    pub changes: u64,
 }
 
 /// Weight of a new latency sample in the moving average.
@@ -61,6 +108,7 @@ impl Cluster {
             status_file,
             failover_command: String::new(),
             children: Vec::new(),
+            changes: 0,
         };
         if let Some(path) = c.status_file.clone() {
             if path.exists() {
@@ -115,7 +163,11 @@ impl Cluster {
         let mut text =
             String::from("# pgmulti node status: <node id> up|down (written by pgmulti)\n");
         for n in &self.nodes {
-            text.push_str(&format!("{} {}\n", n.id, n.status.as_str()));
+            let status = match n.status {
+                NodeStatus::Up => "up",
+                NodeStatus::Down | NodeStatus::Recovering => "down",
+            };
+            text.push_str(&format!("{} {status}\n", n.id));
         }
         let tmp = path.with_extension("tmp");
         let result = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path));
@@ -150,12 +202,14 @@ impl Cluster {
         let Some(n) = self.nodes.get_mut(id as usize) else {
             return false;
         };
-        if n.status == NodeStatus::Down {
+        if n.status != NodeStatus::Up {
             return false;
         }
         let old_lead = self.lead();
+        self.changes += 1;
         let n = &mut self.nodes[id as usize];
         n.status = NodeStatus::Down;
+        n.note = format!("detached: {reason}");
         log::warn!("node {id} ({}) detached: {reason}", n.addr);
         self.write_status();
         match self.lead() {
@@ -188,14 +242,37 @@ impl Cluster {
         }
     }
 
-    /// Put a node back (admin ATTACH; never automatic).
-    pub fn attach(&mut self, id: u8) -> bool {
-        let Some(n) = self.nodes.get_mut(id as usize) else {
-            return false;
-        };
-        n.status = NodeStatus::Up;
+    /// Set a node's status (ATTACH NODE, RECOVER NODE; never automatic), persisted.
+    pub fn set_status(&mut self, id: u8, status: NodeStatus) {
+        if let Some(n) = self.nodes.get_mut(id as usize) {
+            n.status = status;
+            self.changes += 1;
+            self.write_status();
+        }
+    }
+
+    /// A node added by a reload: it starts detached, and RECOVER NODE or ATTACH NODE brings
+    /// it in.
+    pub fn add(&mut self, mut node: Node) {
+        node.status = NodeStatus::Down;
+        log::info!("node {} ({}) added, detached", node.id, node.addr);
+        self.nodes.push(node);
+        self.changes += 1;
         self.write_status();
-        true
+    }
+
+    /// `%d %h %p %D` of `node` and `%m %H %r %R` of `lead` (RECOVER NODE's commands).
+    pub fn recovery_command(&self, template: &str, node: u8, lead: u8) -> String {
+        let lead_dir = self
+            .nodes
+            .get(lead as usize)
+            .map_or("", |n| n.data_directory.as_str());
+        failover_placeholders(
+            &template.replace("%R", &lead_dir.replace('%', "%%")),
+            self,
+            node,
+            Some(lead),
+        )
     }
 
     /// Where a read goes: among live nodes of the highest positive weight, the one with the
@@ -218,6 +295,7 @@ impl Cluster {
     /// Record one observed round trip of a node.
     pub fn observe_latency(&mut self, id: u8, ms: f64) {
         if let Some(n) = self.nodes.get_mut(id as usize) {
+            n.latency.observe(ms);
             n.latency_ms = if n.latency_ms == 0.0 {
                 ms
             } else {
@@ -267,16 +345,14 @@ mod tests {
         let nodes = weights
             .iter()
             .enumerate()
-            .map(|(i, &w)| Node {
-                id: i as u8,
-                host: "127.0.0.1".into(),
-                data_directory: format!("/data/{i}"),
-                addr: SocketAddr::from(([127, 0, 0, 1], 5432 + i as u16)),
-                weight: w,
-                status: NodeStatus::Up,
-                latency_ms: 0.0,
-                reads: 0,
-                writes: 0,
+            .map(|(i, &w)| {
+                Node::new(
+                    i as u8,
+                    "127.0.0.1".into(),
+                    format!("/data/{i}"),
+                    SocketAddr::from(([127, 0, 0, 1], 5432 + i as u16)),
+                    w,
+                )
             })
             .collect();
         Cluster::new(nodes, None).unwrap()

@@ -173,6 +173,27 @@ impl Pool {
         }
     }
 
+    /// Rows of SHOW SERVERS for the pooled connections (node, key, state, backend pid).
+    pub fn server_rows(&self, rows: &mut Vec<Vec<String>>) {
+        for (_, p) in self.slots.iter() {
+            rows.push(vec![
+                p.key.node.to_string(),
+                "-".into(),
+                p.key.user.clone(),
+                p.key.database.clone(),
+                match p.state {
+                    State::Resetting(_) => "resetting",
+                    State::Idle => "pooled",
+                }
+                .into(),
+                p.conn
+                    .backend_key
+                    .map_or(String::new(), |(pid, _)| pid.to_string()),
+                p.conn.addr.to_string(),
+            ]);
+        }
+    }
+
     /// Idle connections per key, for SHOW POOLS.
     pub fn idle_counts(&self) -> Vec<(PoolKey, usize)> {
         let mut v: Vec<_> = self

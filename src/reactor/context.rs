@@ -25,6 +25,8 @@ pub enum TimerKind {
     Idle,
     /// Time for the next round of health checks (on the loop's own key).
     Health,
+    /// A deadline of an admin operation (see `operations`).
+    Deadline,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +47,37 @@ pub struct CancelAsk {
 pub struct AdminAsks {
     pub reload: bool,
     pub shutdown: bool,
+    /// Commands that take time; the loop answers the asking session when they are done.
+    pub long: Vec<(ConnKey, LongAsk)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LongAsk {
+    Pause,
+    Resume,
+    Attach(u8),
+    Recover(u8),
+    CheckConsistency(Option<String>),
+    ShowClients,
+    ShowServers,
+}
+
+/// Holds new transactions back (PAUSE, and while a node is attached or recovered): a
+/// session about to start a transaction waits here; running transactions go on.
+#[derive(Default, Debug)]
+pub struct Gate {
+    /// PAUSE from the admin console, until RESUME.
+    pub paused: bool,
+    /// A node is being attached or recovered.
+    pub held: bool,
+    /// Sessions waiting for the gate to open.
+    pub waiting: Vec<ConnKey>,
+}
+
+impl Gate {
+    pub fn closed(&self) -> bool {
+        self.paused || self.held
+    }
 }
 
 #[derive(Default, Debug)]
@@ -53,6 +86,8 @@ pub struct Stats {
     pub sessions_closed: u64,
     pub transitions: u64,
     pub protocol_errors: u64,
+    /// Copied from the log queue every loop pass.
+    pub log_lines_dropped: u64,
 }
 
 /// State owned by the loop and shared by all handlers (single-threaded, no locks).
@@ -81,6 +116,9 @@ pub struct Shared {
     pub preconnect_asks: Vec<crate::cluster::pool::PoolKey>,
     /// Reused for building messages pgmulti sends itself.
     pub out: Vec<u8>,
+    pub gate: Gate,
+    /// Nodes whose failed health check is to be retried.
+    pub health_retries: Vec<u8>,
 }
 
 pub struct Context<'a> {

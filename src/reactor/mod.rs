@@ -9,6 +9,8 @@
 pub mod cancel;
 pub mod context;
 pub mod log_queue;
+pub mod metrics_http;
+pub mod operations;
 pub mod signals;
 pub mod timer;
 pub mod token;
@@ -26,11 +28,16 @@ use crate::config::Config;
 use crate::net::listener::Listener;
 use crate::session::{Event, Session};
 use cancel::CancelConn;
-use context::{Context, Shared, TimerEvent};
+use context::{Context, LongAsk, Shared, TimerEvent};
 use log_queue::LogDrain;
+use metrics_http::MetricsConn;
+use operations::{Operations, Outcome};
 use signals::{Signal, SignalPipe};
 use timer::TimerWheel;
-use token::{decode, ConnKey, Side, LISTENER_TOKEN_BASE, POOL_TOKEN_BASE, SIGNAL_TOKEN};
+use token::{
+    decode, ConnKey, Side, LISTENER_TOKEN_BASE, MAX_LISTENERS, METRICS_TOKEN_BASE, POOL_TOKEN_BASE,
+    SIGNAL_TOKEN, WAKER_TOKEN,
+};
 
 /// A handler's context from the loop's parts (a macro, so that the fields are borrowed
 /// apart from `entries`).
@@ -47,11 +54,18 @@ macro_rules! context {
     };
 }
 
-/// The key of the loop's own timer (health check rounds); no connection has generation 0.
+/// The keys of the loop's own timers (health check rounds, operation deadlines); no
+/// connection has generation 0.
 const HEALTH_KEY: ConnKey = ConnKey {
     index: u32::MAX,
     generation: 0,
 };
+const OPERATIONS_KEY: ConnKey = ConnKey {
+    index: u32::MAX - 1,
+    generation: 0,
+};
+/// A health check retry of node n has key index `HEALTH_RETRY_BASE - n`, generation 0.
+const HEALTH_RETRY_BASE: u32 = u32::MAX - 2;
 
 /// Called on SIGHUP: re-reads the configuration and applies what can change live.
 pub type ReloadFn = fn(&mut Shared, &mut LogDrain);
@@ -61,6 +75,7 @@ enum Conn {
     Cancel(CancelConn),
     Preconnect(Box<Preconnect>),
     Health(Box<HealthCheck>),
+    Metrics(Box<MetricsConn>),
 }
 
 struct Entry {
@@ -86,6 +101,7 @@ pub struct Reactor {
     poll: Poll,
     entries: Slab<Entry>,
     listeners: Vec<Listener>,
+    metrics_listeners: Vec<Listener>,
     signals: SignalPipe,
     timers: TimerWheel<TimerEvent>,
     run_queue: VecDeque<(ConnKey, Event)>,
@@ -97,17 +113,24 @@ pub struct Reactor {
     next_conn_id: u64,
     mode: Mode,
     reload: ReloadFn,
+    operations: Operations,
+    /// A thread reported: look at the operations' channel.
+    woken: bool,
 }
 
 impl Reactor {
     pub fn new(
         listeners: Vec<Listener>,
+        metrics_listeners: Vec<Listener>,
         shared: Shared,
         log: LogDrain,
         reload: ReloadFn,
     ) -> std::io::Result<Reactor> {
         let poll = Poll::new()?;
-        let mut listeners = listeners;
+        let (mut listeners, mut metrics_listeners) = (listeners, metrics_listeners);
+        if listeners.len() > MAX_LISTENERS || metrics_listeners.len() > MAX_LISTENERS {
+            return Err(std::io::Error::other("too many listen addresses"));
+        }
         for (i, l) in listeners.iter_mut().enumerate() {
             poll.registry().register(
                 l.source(),
@@ -115,11 +138,20 @@ impl Reactor {
                 mio::Interest::READABLE,
             )?;
         }
+        for (i, l) in metrics_listeners.iter_mut().enumerate() {
+            poll.registry().register(
+                l.source(),
+                Token(METRICS_TOKEN_BASE - i),
+                mio::Interest::READABLE,
+            )?;
+        }
         let signals = SignalPipe::install(poll.registry(), SIGNAL_TOKEN)?;
+        let operations = Operations::new(mio::Waker::new(poll.registry(), WAKER_TOKEN)?);
         Ok(Reactor {
             poll,
             entries: Slab::with_capacity(1024),
             listeners,
+            metrics_listeners,
             signals,
             timers: TimerWheel::new(Duration::from_millis(10), 1024, Instant::now()),
             run_queue: VecDeque::with_capacity(1024),
@@ -131,6 +163,8 @@ impl Reactor {
             next_conn_id: 1,
             mode: Mode::Running,
             reload,
+            operations,
+            woken: false,
         })
     }
 
@@ -139,6 +173,9 @@ impl Reactor {
         let mut events = Events::with_capacity(1024);
         for l in &self.listeners {
             log::info!("listening on {}", l.describe());
+        }
+        for l in &self.metrics_listeners {
+            log::info!("serving /metrics on {}", l.describe());
         }
         self.ask_preconnects();
         self.schedule_health_checks(Instant::now());
@@ -159,6 +196,7 @@ impl Reactor {
                 }
             }
             let now = Instant::now();
+            self.shared.stats.log_lines_dropped = self.log.dropped();
             for key in std::mem::take(&mut self.next_pass) {
                 self.enqueue(key, Event::ClientIo);
             }
@@ -170,6 +208,10 @@ impl Reactor {
             self.forward_cancels(now);
             self.open_preconnects(now);
             self.carry_out_admin_asks(now);
+            self.advance_operations(now);
+            if !self.shared.health_retries.is_empty() {
+                self.schedule_health_retries(now);
+            }
             self.free_closed();
             if self.log.pressing() {
                 self.log.drain();
@@ -189,6 +231,14 @@ impl Reactor {
             for s in self.signals.drain() {
                 self.on_signal(s, now);
             }
+            return;
+        }
+        if t == WAKER_TOKEN {
+            self.woken = true;
+            return;
+        }
+        if t.0 <= METRICS_TOKEN_BASE && t.0 > METRICS_TOKEN_BASE - MAX_LISTENERS {
+            self.accept_metrics(METRICS_TOKEN_BASE - t.0, now);
             return;
         }
         if t.0 >= LISTENER_TOKEN_BASE {
@@ -231,6 +281,10 @@ impl Reactor {
             }
             Conn::Health(h) => {
                 h.set_ready(readable, writable, read_closed);
+                Event::ClientIo
+            }
+            Conn::Metrics(m) => {
+                m.set_ready(readable, writable, read_closed);
                 Event::ClientIo
             }
         };
@@ -278,6 +332,7 @@ impl Reactor {
             Conn::Cancel(c) => c.drive(&mut cx),
             Conn::Preconnect(p) => p.drive(&mut cx),
             Conn::Health(h) => h.drive(&mut cx),
+            Conn::Metrics(m) => m.drive(&mut cx),
         };
         let again = cx.again;
         if closed {
@@ -326,6 +381,38 @@ impl Reactor {
         }
     }
 
+    /// A scrape of `/metrics`: a short connection of its own.
+    fn accept_metrics(&mut self, listener: usize, now: Instant) {
+        loop {
+            let Some(l) = self.metrics_listeners.get(listener) else {
+                return;
+            };
+            let socket = match l.accept() {
+                Ok(Some(s)) => s,
+                Ok(None) => return,
+                Err(e) => {
+                    log::warn!("accept on {}: {e}", l.describe());
+                    return;
+                }
+            };
+            let key = self.new_key();
+            let mut cx = context!(self, key, now);
+            match MetricsConn::start(socket, &mut cx) {
+                Ok(m) => {
+                    self.entries.insert(Entry {
+                        generation: key.generation,
+                        conn: Conn::Metrics(Box::new(m)),
+                        queued: false,
+                        closed: false,
+                    });
+                    // The request may be there already.
+                    self.next_pass.push(key);
+                }
+                Err(e) => log::warn!("metrics connection: {e}"),
+            }
+        }
+    }
+
     /// The key the next `entries.insert` will get.
     fn new_key(&mut self) -> ConnKey {
         let generation = self.next_generation;
@@ -345,10 +432,21 @@ impl Reactor {
                 self.start_health_checks(now);
                 continue;
             }
+            if t.key == OPERATIONS_KEY {
+                continue; // a deadline: advance_operations looks at it every pass
+            }
+            if t.key.generation == 0 {
+                let node = HEALTH_RETRY_BASE.saturating_sub(t.key.index);
+                self.start_health_check(node as u8, now);
+                continue;
+            }
             let helper = matches!(
                 self.live_entry(t.key),
                 Some(Entry {
-                    conn: Conn::Cancel(_) | Conn::Preconnect(_) | Conn::Health(_),
+                    conn: Conn::Cancel(_)
+                        | Conn::Preconnect(_)
+                        | Conn::Health(_)
+                        | Conn::Metrics(_),
                     ..
                 })
             );
@@ -401,7 +499,8 @@ impl Reactor {
         }
     }
 
-    /// RELOAD and SHUTDOWN from the admin console, as SIGHUP and SIGTERM.
+    /// RELOAD and SHUTDOWN from the admin console, as SIGHUP and SIGTERM; the commands
+    /// that take time go to `operations`.
     fn carry_out_admin_asks(&mut self, now: Instant) {
         let asks = std::mem::take(&mut self.shared.admin_asks);
         if asks.reload {
@@ -409,6 +508,123 @@ impl Reactor {
         }
         if asks.shutdown {
             self.on_signal(Signal::Terminate, now);
+        }
+        let mut out = Outcome::default();
+        for (asker, ask) in asks.long {
+            match ask {
+                LongAsk::ShowClients => {
+                    let rows: Vec<Vec<String>> =
+                        self.sessions().filter_map(|s| s.client_row()).collect();
+                    let mut a = Vec::new();
+                    crate::admin::table(
+                        &mut a,
+                        &[
+                            "id",
+                            "user",
+                            "database",
+                            "state",
+                            "address",
+                            "tls",
+                            "connected_at",
+                            "nodes",
+                        ],
+                        &rows,
+                        "SHOW",
+                    );
+                    out.answers.push((asker, a));
+                }
+                LongAsk::ShowServers => {
+                    let mut rows = Vec::new();
+                    for s in self.sessions() {
+                        s.server_rows(&mut rows);
+                    }
+                    self.shared.pool.server_rows(&mut rows);
+                    let mut a = Vec::new();
+                    crate::admin::table(
+                        &mut a,
+                        &[
+                            "node_id",
+                            "client_id",
+                            "user",
+                            "database",
+                            "state",
+                            "backend_pid",
+                            "address",
+                        ],
+                        &rows,
+                        "SHOW",
+                    );
+                    out.answers.push((asker, a));
+                }
+                ask => self
+                    .operations
+                    .start(asker, ask, &mut self.shared, now, &mut out),
+            }
+        }
+        self.apply_outcome(out, now);
+    }
+
+    fn sessions(&self) -> impl Iterator<Item = &Session> {
+        self.entries.iter().filter_map(|(_, e)| match &e.conn {
+            Conn::Session(s) if !e.closed => Some(s.as_ref()),
+            _ => None,
+        })
+    }
+
+    /// Threads' reports and the waits of PAUSE, ATTACH NODE and RECOVER NODE.
+    fn advance_operations(&mut self, now: Instant) {
+        if !std::mem::take(&mut self.woken) && !self.operations.waits_for_quiet() {
+            return;
+        }
+        let entries = &self.entries;
+        let mut busy = || {
+            entries.iter().any(|(_, e)| match &e.conn {
+                Conn::Session(s) => !e.closed && s.busy(),
+                _ => false,
+            })
+        };
+        let mut out = Outcome::default();
+        self.operations
+            .advance(&mut self.shared, now, &mut busy, &mut out);
+        self.apply_outcome(out, now);
+    }
+
+    /// Answer the consoles, wake the sessions waiting at the gate, arm a deadline.
+    fn apply_outcome(&mut self, out: Outcome, now: Instant) {
+        for (key, answer) in out.answers {
+            let Some(entry) = self
+                .entries
+                .get_mut(key.index as usize)
+                .filter(|e| e.generation == key.generation && !e.closed)
+            else {
+                continue; // the console went away
+            };
+            let mut cx = context!(self, key, now);
+            if let Conn::Session(s) = &mut entry.conn {
+                s.admin_answer(&answer, &mut cx);
+            }
+            self.next_pass.push(key);
+        }
+        if out.wake_gate {
+            for key in std::mem::take(&mut self.shared.gate.waiting) {
+                if let Some(Entry {
+                    conn: Conn::Session(s),
+                    ..
+                }) = self.live_entry(key)
+                {
+                    s.leave_gate();
+                }
+                self.next_pass.push(key);
+            }
+        }
+        if let Some(at) = out.recheck_at {
+            self.timers.schedule(
+                at,
+                TimerEvent {
+                    key: OPERATIONS_KEY,
+                    kind: context::TimerKind::Deadline,
+                },
+            );
         }
     }
 
@@ -439,42 +655,58 @@ impl Reactor {
         }
     }
 
-    /// A round of health checks: one per live node that has none running.
+    /// A round of health checks: one per live node.
     fn start_health_checks(&mut self, now: Instant) {
-        let running: Vec<u8> = self
-            .entries
-            .iter()
-            .filter_map(|(_, e)| match &e.conn {
-                Conn::Health(h) if !e.closed => Some(h.node()),
-                _ => None,
-            })
-            .collect();
-        let due: Vec<u8> = self
-            .shared
-            .cluster
-            .live()
-            .filter(|n| !running.contains(n))
-            .collect();
-        for node in due {
-            let key = self.new_key();
-            let mut cx = context!(self, key, now);
-            match HealthCheck::start(node, &mut cx) {
-                Ok(h) => {
-                    self.entries.insert(Entry {
-                        generation: key.generation,
-                        conn: Conn::Health(Box::new(h)),
-                        queued: false,
-                        closed: false,
-                    });
-                }
-                Err(e) => {
-                    cx.shared
-                        .cluster
-                        .detach(node, &format!("health check could not connect: {e}"));
-                }
-            }
+        let live: Vec<u8> = self.shared.cluster.live().collect();
+        for node in live {
+            self.start_health_check(node, now);
         }
         self.schedule_health_checks(now);
+    }
+
+    /// Check `node` unless it is not live or a check of it is running.
+    fn start_health_check(&mut self, node: u8, now: Instant) {
+        let running = self
+            .entries
+            .iter()
+            .any(|(_, e)| matches!(&e.conn, Conn::Health(h) if !e.closed && h.node() == node));
+        if running || !self.shared.cluster.is_up(node) {
+            return;
+        }
+        let key = self.new_key();
+        let mut cx = context!(self, key, now);
+        match HealthCheck::start(node, &mut cx) {
+            Ok(h) => {
+                self.entries.insert(Entry {
+                    generation: key.generation,
+                    conn: Conn::Health(Box::new(h)),
+                    queued: false,
+                    closed: false,
+                });
+            }
+            Err(e) => {
+                cx.shared
+                    .cluster
+                    .detach(node, &format!("health check could not connect: {e}"));
+            }
+        }
+    }
+
+    /// Failed health checks to try again after `health_check_retry_delay`.
+    fn schedule_health_retries(&mut self, now: Instant) {
+        let delay = self.shared.config.health_check_retry_delay;
+        for node in std::mem::take(&mut self.shared.health_retries) {
+            self.timers.schedule(
+                now + delay,
+                TimerEvent {
+                    key: ConnKey {
+                        index: HEALTH_RETRY_BASE - u32::from(node),
+                        generation: 0,
+                    },
+                    kind: context::TimerKind::Health,
+                },
+            );
+        }
     }
 
     /// At start-up: `min_pool_size` connections per live node for every `preconnect` pair.
@@ -591,6 +823,7 @@ impl Reactor {
             Conn::Cancel(c) => c.close(cx.registry),
             Conn::Preconnect(p) => p.close(&mut cx),
             Conn::Health(h) => h.close(&mut cx),
+            Conn::Metrics(m) => m.close(&mut cx),
         }
         entry.closed = true;
         self.to_free.push(key.index as usize);
@@ -651,6 +884,8 @@ impl Shared {
             two_phase: None,
             admin_asks: Default::default(),
             out: Vec::with_capacity(4096),
+            gate: Default::default(),
+            health_retries: Vec::new(),
         }
     }
 }

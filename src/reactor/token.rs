@@ -19,6 +19,12 @@ pub enum Side {
 
 /// Tokens at the top of the range belong to listeners and the signal pipe.
 pub const SIGNAL_TOKEN: Token = Token(usize::MAX);
+/// Threads (recovery stages, consistency checks) wake the loop with this token.
+pub const WAKER_TOKEN: Token = Token(usize::MAX - 1);
+/// The `/metrics` listeners: this base minus their index.
+pub const METRICS_TOKEN_BASE: usize = usize::MAX - 2;
+/// Listeners of each kind at most.
+pub const MAX_LISTENERS: usize = 64;
 pub const LISTENER_TOKEN_BASE: usize = usize::MAX - 1024;
 /// Pooled (idle) node connections: this base plus their pool slot. Connection generations
 /// are 31 bits, so session tokens stay below it.

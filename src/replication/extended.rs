@@ -38,6 +38,9 @@ pub struct Statement {
     pub ddl: bool,
     /// The node the statement exists on, if only one (an unnamed read).
     pub only_on: Option<u8>,
+    /// A named statement's Parse as the nodes got it: replayed to a node that joins the
+    /// session later (see `session::join`).
+    pub parse: Vec<u8>,
 }
 
 /// The session's prepared statements and portals.
@@ -55,6 +58,20 @@ impl Statements {
     pub fn end_transaction(&mut self) {
         self.portals.clear();
         self.portal_node.clear();
+    }
+
+    /// The Parse messages of the named statements, then Sync: what a node joining the
+    /// session needs to run them. False when there are none.
+    pub fn replay(&self, out: &mut Vec<u8>) -> bool {
+        let mut any = false;
+        for st in self.statements.values().filter(|s| !s.parse.is_empty()) {
+            out.extend_from_slice(&st.parse);
+            any = true;
+        }
+        if any {
+            crate::protocol::frontend::sync(out);
+        }
+        any
     }
 
     /// DISCARD ALL / DEALLOCATE ALL through a simple Query.
@@ -210,6 +227,11 @@ pub fn prepare(
                         ordering_lock: request::ordering_lock(&analysed),
                         ddl: analysed.ddl,
                         only_on: None,
+                        parse: if p.statement.is_empty() {
+                            Vec::new()
+                        } else {
+                            out[start..].to_vec()
+                        },
                     },
                 );
             }

@@ -37,6 +37,9 @@ impl Session {
             Err(Broken::Error(e)) => return Transition::Close(format!("client read error: {e}")),
         }
         loop {
+            if self.admin_waiting {
+                return Transition::Stay;
+            }
             let data = self.client.rx.data();
             let (tag, len) = match message_header(data, self.client.rx.capacity()) {
                 Ok(Some(h)) if data.len() >= h.1 => h,
@@ -50,7 +53,12 @@ impl Session {
                 b'Q' => match frontend::parse_query(&msg[5..]) {
                     Ok(sql) => {
                         log::info!("{} admin: {}", self.prefix, sql.trim());
-                        crate::admin::execute(sql, cx.shared, &mut answer);
+                        if let Some(ask) = crate::admin::execute(sql, cx.shared, &mut answer) {
+                            // The loop carries it out and answers through `admin_answer`.
+                            cx.shared.admin_asks.long.push((cx.key, ask));
+                            self.admin_waiting = true;
+                            continue;
+                        }
                     }
                     Err(e) => return self.protocol_violation(cx, &e.to_string()),
                 },
@@ -71,5 +79,20 @@ impl Session {
             cx.shared.out.extend_from_slice(&answer);
             self.send_to_client(cx);
         }
+    }
+
+    /// The loop finished a command this console was waiting for: `answer` (a result or an
+    /// error) and ReadyForQuery go out, and the next command is read.
+    pub fn admin_answer(&mut self, answer: &[u8], cx: &mut Context) {
+        if !self.admin_waiting {
+            return;
+        }
+        self.admin_waiting = false;
+        let out = &mut cx.shared.out;
+        out.clear();
+        out.extend_from_slice(answer);
+        backend::ready_for_query(out, b'I');
+        self.send_to_client(cx);
+        cx.again = true;
     }
 }

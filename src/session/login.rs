@@ -22,43 +22,19 @@ impl Session {
             return Transition::Close("no node available".into());
         }
         for id in targets {
-            let node_token = token(cx.key, Side::Node(id));
-            let key = self.pool_key(id);
-            if let Some(mut conn) = key
-                .as_ref()
-                .and_then(|k| cx.shared.pool.take(k, cx.registry, node_token))
-            {
-                log::debug!("{} node {id}: connection from the pool", self.prefix);
-                if let Some(k) = key.filter(|k| preconnected(cx, k)) {
-                    if cx.shared.pool.wants(&k, cx.shared.config.min_pool_size) {
-                        cx.shared.preconnect_asks.push(k);
-                    }
-                }
-                conn.configure(&self.settings);
-                self.nodes.push(conn);
-                continue;
-            }
-            let Some(node) = cx.shared.cluster.nodes.get(id as usize) else {
-                return Transition::Close(format!("node {id} is not configured"));
-            };
-            let mut conn = match NodeConn::connect(id, &node.host.clone(), node.addr) {
-                Ok(n) => n,
+            match self.open_node(id, cx) {
+                Ok(conn) => self.nodes.push(conn),
                 Err(e)
                     if cx.shared.config.mode == Mode::Replication
                         && cx.shared.cluster.live().count() > 1 =>
                 {
                     cx.shared.cluster.detach(id, &e);
-                    continue;
                 }
                 Err(e) => {
                     self.fatal(cx, "08006", &e);
                     return Transition::Close(e);
                 }
-            };
-            if let Err(e) = conn.ep.transport.register(cx.registry, node_token) {
-                return Transition::Close(format!("register node socket: {e}"));
             }
-            self.nodes.push(conn);
         }
         if self.nodes.is_empty() {
             self.fatal(cx, "08006", "no node could be reached");
@@ -75,6 +51,35 @@ impl Session {
         // Pooled connections already have their SETs queued: get them going.
         cx.again = true;
         Transition::Stay
+    }
+
+    /// A connection to node `id` for this session, registered with the poller: from the
+    /// pool (its SETs for the session's settings queued), or a new one starting to connect.
+    pub(super) fn open_node(&mut self, id: u8, cx: &mut Context) -> Result<NodeConn, String> {
+        let node_token = token(cx.key, Side::Node(id));
+        let key = self.pool_key(id);
+        if let Some(mut conn) = key
+            .as_ref()
+            .and_then(|k| cx.shared.pool.take(k, cx.registry, node_token))
+        {
+            log::debug!("{} node {id}: connection from the pool", self.prefix);
+            if let Some(k) = key.filter(|k| preconnected(cx, k)) {
+                if cx.shared.pool.wants(&k, cx.shared.config.min_pool_size) {
+                    cx.shared.preconnect_asks.push(k);
+                }
+            }
+            conn.configure(&self.settings);
+            return Ok(conn);
+        }
+        let Some(node) = cx.shared.cluster.nodes.get(id as usize) else {
+            return Err(format!("node {id} is not configured"));
+        };
+        let mut conn = NodeConn::connect(id, &node.host.clone(), node.addr)?;
+        conn.ep
+            .transport
+            .register(cx.registry, node_token)
+            .map_err(|e| format!("register node socket: {e}"))?;
+        Ok(conn)
     }
 
     /// Every node connection is ready: the client gets the lead's parameters, pgmulti's

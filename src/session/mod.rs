@@ -9,6 +9,7 @@
 
 mod admin;
 mod client_auth;
+mod join;
 mod login;
 pub mod node;
 mod relay;
@@ -104,7 +105,14 @@ pub struct Session {
     tx_status: u8,
     /// Relay: ReadyForQuery messages the node still owes the client.
     awaiting_ready: i64,
+    /// Relay: when the node was last given work with none in flight (for latency).
+    request_started: Instant,
     repl: replicate::Replication,
+    /// Waiting at the gate (see `reactor::context::Gate`) with a request not yet started.
+    at_gate: bool,
+    /// The admin console is waiting for the loop to finish a command.
+    admin_waiting: bool,
+    connected_at: std::time::SystemTime,
     draining: bool,
     closed: bool,
 }
@@ -141,7 +149,11 @@ impl Session {
             node_stream_left: 0,
             tx_status: b'I',
             awaiting_ready: 0,
+            request_started: cx.now,
             repl: Default::default(),
+            at_gate: false,
+            admin_waiting: false,
+            connected_at: std::time::SystemTime::now(),
             draining: false,
             closed: false,
         }
@@ -169,7 +181,10 @@ impl Session {
     }
 
     fn node_mut(&mut self, id: u8) -> Option<&mut NodeConn> {
-        self.nodes.iter_mut().find(|n| n.index == id)
+        if self.nodes.iter().any(|n| n.index == id) {
+            return self.nodes.iter_mut().find(|n| n.index == id);
+        }
+        self.joining_mut(id)
     }
 
     /// Where a CancelRequest for this session must go: each node's address and its own key.
@@ -178,6 +193,94 @@ impl Session {
             .iter()
             .filter_map(|n| n.backend_key.map(|(pid, secret)| (n.addr, pid, secret)))
             .collect()
+    }
+
+    /// In a transaction or running a request: what PAUSE and node changes wait for.
+    pub fn busy(&self) -> bool {
+        match self.state {
+            State::Relaying => {
+                self.tx_status != b'I' || self.awaiting_ready > 0 || self.client_stream_left > 0
+            }
+            State::Replicating => self.repl.busy(),
+            _ => false,
+        }
+    }
+
+    /// Whether a new transaction may start now; if not, the session waits at the gate and
+    /// the loop wakes it when the gate opens.
+    fn gate_open(&mut self, cx: &mut Context) -> bool {
+        if !cx.shared.gate.closed() {
+            self.at_gate = false;
+            return true;
+        }
+        if !self.at_gate {
+            self.at_gate = true;
+            cx.shared.gate.waiting.push(cx.key);
+            log::debug!("{} waits: new transactions are paused", self.prefix);
+        }
+        false
+    }
+
+    /// Woken by the loop: the gate opened.
+    pub fn leave_gate(&mut self) {
+        self.at_gate = false;
+    }
+
+    /// A row of SHOW CLIENTS.
+    pub fn client_row(&self) -> Option<Vec<String>> {
+        let state = match self.state {
+            State::Admin => "admin",
+            State::Relaying | State::Replicating if self.at_gate => "waiting (paused)",
+            State::Relaying | State::Replicating if self.busy() => match self.tx_status {
+                b'T' => "in transaction",
+                b'E' => "in failed transaction",
+                _ => "active",
+            },
+            State::Relaying | State::Replicating => "idle",
+            _ => "logging in",
+        };
+        let since = self
+            .connected_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| crate::timestamp::format_utc(d.as_secs(), 0)[..19].to_string())
+            .unwrap_or_default();
+        Some(vec![
+            self.id.to_string(),
+            self.param("user").unwrap_or_default().to_string(),
+            self.param("database").unwrap_or_default().to_string(),
+            state.to_string(),
+            self.peer.clone(),
+            if self.client_tls { "on" } else { "off" }.to_string(),
+            since,
+            self.nodes
+                .iter()
+                .map(|n| n.index.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        ])
+    }
+
+    /// Rows of SHOW SERVERS: this session's node connections.
+    pub fn server_rows(&self, rows: &mut Vec<Vec<String>>) {
+        for n in &self.nodes {
+            rows.push(vec![
+                n.index.to_string(),
+                self.id.to_string(),
+                self.param("user").unwrap_or_default().to_string(),
+                self.param("database").unwrap_or_default().to_string(),
+                if !n.is_ready() {
+                    "login"
+                } else if self.busy() {
+                    "active"
+                } else {
+                    "idle"
+                }
+                .to_string(),
+                n.backend_key
+                    .map_or(String::new(), |(pid, _)| pid.to_string()),
+                n.addr.to_string(),
+            ]);
+        }
     }
 
     /// Run one event through the table. Returns the close reason when the session ended.
@@ -227,6 +330,7 @@ impl Session {
                 Transition::Close(msg)
             }
             (Relaying | Replicating, Timer(TimerKind::Idle)) => self.on_idle_timer(cx),
+            (Replicating, Timer(TimerKind::Connect)) => self.on_join_timeout(cx),
             (Relaying | Replicating, Shutdown) => {
                 self.draining = true;
                 self.close_if_drained(cx)
@@ -345,6 +449,9 @@ impl Session {
         self.client.transport.shutdown();
         self.client.transport.deregister(cx.registry);
         self.release_nodes(cx);
+        for mut j in std::mem::take(&mut self.repl.joining) {
+            j.close(cx);
+        }
         cx.cancel(&mut self.auth_timer);
         cx.cancel(&mut self.connect_timer);
         cx.cancel(&mut self.idle_timer);

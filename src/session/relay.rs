@@ -28,6 +28,8 @@ pub struct Pumped {
     /// ReadyForQuery messages passed.
     pub requests: u32,
     pub readies: u32,
+    /// ErrorResponses passed.
+    pub errors: u32,
 }
 
 /// Copy messages from `src` to `dst` while whole messages fit; stream oversized ones.
@@ -90,6 +92,7 @@ pub fn pump(
                 out.ready = msg.get(5).copied();
                 out.readies += 1;
             }
+            (Direction::ToClient, b'E') => out.errors += 1,
             _ => {}
         }
         dst.extend(msg);
@@ -118,26 +121,49 @@ impl Session {
                     return Transition::Close(format!("client read error: {e}"))
                 }
             }
-            let up = match pump(
-                &mut self.client.rx,
-                &mut self.client_stream_left,
-                &mut node.ep.tx,
-                Peer::Client,
-                from_node,
-                &self.prefix,
-                &mut cx.shared.scratch,
-            ) {
-                Ok(p) => p,
-                Err(e) => {
-                    cx.shared.stats.protocol_errors += 1;
-                    self.fatal(cx, "08P01", &format!("invalid message from client: {e}"));
-                    return Transition::Close(format!("invalid message from client: {e}"));
+            // Between transactions while paused: the client's next request waits.
+            let gated = cx.shared.gate.closed()
+                && self.tx_status == b'I'
+                && self.awaiting_ready == 0
+                && self.client_stream_left == 0
+                && !matches!(self.client.rx.data().first(), None | Some(b'X'));
+            if gated && !self.at_gate {
+                self.at_gate = true;
+                cx.shared.gate.waiting.push(cx.key);
+            }
+            let up = if gated {
+                Pumped::default()
+            } else {
+                self.at_gate = false;
+                match pump(
+                    &mut self.client.rx,
+                    &mut self.client_stream_left,
+                    &mut node.ep.tx,
+                    Peer::Client,
+                    from_node,
+                    &self.prefix,
+                    &mut cx.shared.scratch,
+                ) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        cx.shared.stats.protocol_errors += 1;
+                        self.fatal(cx, "08P01", &format!("invalid message from client: {e}"));
+                        return Transition::Close(format!("invalid message from client: {e}"));
+                    }
                 }
             };
             moved += up.bytes;
+            let stats = &mut cx.shared.cluster.nodes[node.index as usize];
+            stats.queries += u64::from(up.requests);
+            if up.requests > 0 && self.awaiting_ready == 0 {
+                self.request_started = cx.now;
+            }
             self.awaiting_ready += i64::from(up.requests);
             match node.ep.flush() {
-                Ok(n) => moved += n,
+                Ok(n) => {
+                    moved += n;
+                    stats.bytes_out += n as u64;
+                }
                 Err(e) => node_gone = Some(e),
             }
             if up.terminate {
@@ -145,7 +171,10 @@ impl Session {
             }
             if node_gone.is_none() {
                 match node.ep.fill() {
-                    Ok(n) => moved += n,
+                    Ok(n) => {
+                        moved += n;
+                        stats.bytes_in += n as u64;
+                    }
                     Err(e) => node_gone = Some(e),
                 }
             }
@@ -168,6 +197,16 @@ impl Session {
             };
             moved += down.bytes;
             self.awaiting_ready -= i64::from(down.readies);
+            let stats = &mut cx.shared.cluster.nodes[node.index as usize];
+            stats.errors += u64::from(down.errors);
+            if down.readies > 0 && self.awaiting_ready <= 0 {
+                let ms = cx
+                    .now
+                    .saturating_duration_since(self.request_started)
+                    .as_secs_f64()
+                    * 1000.0;
+                cx.shared.cluster.observe_latency(node.index, ms);
+            }
             if let Some(status) = down.ready {
                 self.tx_status = status;
             }

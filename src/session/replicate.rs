@@ -50,7 +50,18 @@ pub struct Replication {
     statements: Statements,
     /// A COMMIT waiting for `behind` to finish.
     parked: Option<Vec<u8>>,
+    /// Session-state statements (SET, PREPARE, …) sent as simple Queries, oldest first,
+    /// each once: replayed to a node that joins the session.
+    pub(super) session_sql: Vec<Vec<u8>>,
+    /// Nodes attached since the session logged in, being connected (see `join`).
+    pub(super) joining: Vec<super::join::Joining>,
+    /// `Cluster::changes` when the session last compared its nodes with the live ones.
+    pub(super) cluster_seen: u64,
 }
+
+/// Distinct session-state statements remembered for replay; beyond this the session cannot
+/// take a joining node and ends when one is attached.
+pub(super) const SESSION_SQL_LIMIT: usize = 256;
 
 #[derive(Default)]
 struct Tx {
@@ -86,6 +97,15 @@ impl Tx {
 impl Replication {
     pub fn is_idle(&self) -> bool {
         self.request.is_none() && self.behind.is_empty() && self.parked.is_none()
+    }
+
+    /// In a transaction, or a request or batch under way.
+    pub fn busy(&self) -> bool {
+        !self.is_idle() || self.tx.view.open || !self.batch.is_empty() || !self.large.is_empty()
+    }
+
+    pub(super) fn statements(&self) -> &Statements {
+        &self.statements
     }
 }
 
@@ -262,15 +282,22 @@ impl Session {
         let mut progress = false;
         let mut lost = Vec::new();
         for n in &mut self.nodes {
+            let stats = &mut cx.shared.cluster.nodes[n.index as usize];
             match n.flush() {
-                Ok(k) => progress |= k > 0,
+                Ok(k) => {
+                    progress |= k > 0;
+                    stats.bytes_out += k as u64;
+                }
                 Err(e) => {
                     lost.push((n.index, e.to_string()));
                     continue;
                 }
             }
             match n.ep.fill() {
-                Ok(k) => progress |= k > 0,
+                Ok(k) => {
+                    progress |= k > 0;
+                    stats.bytes_in += k as u64;
+                }
                 // What the node sent before it went away is still read below.
                 Err(e) => lost.push((n.index, e.to_string())),
             }
@@ -457,6 +484,9 @@ impl Session {
             msg.len(),
             &mut cx.shared.scratch,
         );
+        if tag == b'E' {
+            cx.shared.cluster.nodes[id as usize].errors += 1;
+        }
         let lead = self.nodes.first().map(|n| n.index);
         if let Some(b) = self
             .repl
@@ -700,6 +730,7 @@ impl Session {
                     });
                 }
                 let stats = &mut cx.shared.cluster.nodes[id as usize];
+                stats.queries += 1;
                 if r.plan.writes {
                     stats.writes += 1;
                 } else if phase.targets == Targets::ReadNode {
@@ -869,6 +900,14 @@ impl Session {
         loop {
             let copying = self.repl.request.as_ref().is_some_and(|r| r.copy_in);
             if (self.repl.request.is_some() || self.repl.parked.is_some()) && !copying {
+                return Ok(progress);
+            }
+            // Between transactions: wait while paused, and bring in nodes attached since.
+            if !copying
+                && !self.repl.busy()
+                && !matches!(self.client.rx.data().first(), None | Some(b'X'))
+                && (!self.gate_open(cx) || !self.join_attached(cx)?)
+            {
                 return Ok(progress);
             }
             let Some((tag, len)) = self.peek_client_message(cx)? else {
@@ -1121,6 +1160,14 @@ impl Session {
         if analysed.class == plan::Class::SessionState && (says(b"DISCARD") || says(b"DEALLOCATE"))
         {
             self.repl.statements.forget_all();
+        }
+        if analysed.class == plan::Class::SessionState {
+            if says(b"DISCARD ALL") {
+                self.repl.session_sql.clear();
+            } else if self.repl.session_sql.len() <= SESSION_SQL_LIMIT {
+                self.repl.session_sql.retain(|m| *m != msg);
+                self.repl.session_sql.push(msg.clone());
+            }
         }
         let Some(plan) = self.plan_or_refuse(analysed.class, cx) else {
             return Ok(());

@@ -12,6 +12,8 @@
 
 #![allow(dead_code)]
 
+pub mod prometheus;
+
 use std::collections::HashSet;
 use std::fs;
 use std::io::{Read, Write};

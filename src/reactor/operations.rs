@@ -1,0 +1,550 @@
+//! Admin commands that take time, carried out by the loop: PAUSE and RESUME, ATTACH NODE,
+//! RECOVER NODE, CHECK CONSISTENCY, and SHOW CLIENTS / SERVERS (only the loop sees every
+//! session). The admin console that asked waits; the loop answers it when done.
+//!
+//! - PAUSE closes the gate (`context::Gate`): sessions starting a transaction wait; it is
+//!   answered once no session is inside one.
+//! - ATTACH NODE holds the gate, waits (up to `recovery_timeout`) until no session is
+//!   inside a transaction, marks the node up, and opens the gate. Sessions bring the node
+//!   in before their next transaction (`session::join`), so none runs without it.
+//! - RECOVER NODE: status `recovering`; stage 1 (`recovery_1st_stage_command`) runs in a
+//!   thread while clients write; then the gate is held and the loop waits for running
+//!   transactions; stage 2 (`recovery_2nd_stage_command`, then waiting for the node to
+//!   accept connections and comparing it with the lead) runs in a thread; then the node is
+//!   attached as above. Any failure leaves it down, and the log and the console say why.
+//! - CHECK CONSISTENCY runs `cluster::consistency` in a thread.
+//!
+//! Threads report over a channel and wake the loop through `mio::Waker`; the loop never
+//! waits for them.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::context::{LongAsk, Shared};
+use super::token::ConnKey;
+use crate::cluster::consistency::{self, Login, Target};
+use crate::cluster::direct::Direct;
+use crate::cluster::NodeStatus;
+use crate::protocol::backend;
+
+/// What a thread reports.
+pub enum Done {
+    /// A recovery stage finished.
+    Stage {
+        node: u8,
+        stage: u8,
+        result: Result<(), String>,
+    },
+    /// CHECK CONSISTENCY's answer for `asker`.
+    Check { asker: ConnKey, answer: Vec<u8> },
+}
+
+enum Kind {
+    Attach,
+    Recover,
+}
+
+enum Step {
+    FirstStage,
+    /// The gate is held; waiting for running transactions (until the deadline).
+    Quiescing {
+        deadline: Instant,
+    },
+    SecondStage,
+}
+
+/// The node being attached or recovered (one at a time).
+struct Change {
+    node: u8,
+    kind: Kind,
+    asker: ConnKey,
+    /// The node recovery copies from; it must still lead when stage 2 starts.
+    lead: u8,
+    step: Step,
+    started: Instant,
+}
+
+pub struct Operations {
+    waker: Arc<mio::Waker>,
+    tx: Sender<Done>,
+    rx: Receiver<Done>,
+    /// Consoles waiting for PAUSE to take effect.
+    pausing: Vec<ConnKey>,
+    change: Option<Change>,
+}
+
+/// What the loop must do after `advance`: answer consoles, wake sessions at the gate.
+#[derive(Default)]
+pub struct Outcome {
+    pub answers: Vec<(ConnKey, Vec<u8>)>,
+    pub wake_gate: bool,
+    /// Ask the loop to come back at this time (a deadline).
+    pub recheck_at: Option<Instant>,
+}
+
+impl Operations {
+    pub fn new(waker: mio::Waker) -> Operations {
+        let (tx, rx) = channel();
+        Operations {
+            waker: Arc::new(waker),
+            tx,
+            rx,
+            pausing: Vec::new(),
+            change: None,
+        }
+    }
+
+    /// Whether `advance` needs to know if any session is inside a transaction.
+    pub fn waits_for_quiet(&self) -> bool {
+        !self.pausing.is_empty()
+            || matches!(
+                self.change,
+                Some(Change {
+                    step: Step::Quiescing { .. },
+                    ..
+                })
+            )
+    }
+
+    /// Start what a console asked for. SHOW CLIENTS / SERVERS are answered by the loop.
+    pub fn start(
+        &mut self,
+        asker: ConnKey,
+        ask: LongAsk,
+        shared: &mut Shared,
+        now: Instant,
+        out: &mut Outcome,
+    ) {
+        let mut answer = Vec::new();
+        match ask {
+            LongAsk::Pause => {
+                shared.gate.paused = true;
+                log::info!("PAUSE: new transactions wait");
+                self.pausing.push(asker);
+                return;
+            }
+            LongAsk::Resume => {
+                shared.gate.paused = false;
+                log::info!("RESUME: transactions may start");
+                for k in self.pausing.drain(..) {
+                    let mut a = Vec::new();
+                    error(&mut a, "57014", "PAUSE canceled by RESUME");
+                    out.answers.push((k, a));
+                }
+                out.wake_gate = !shared.gate.closed();
+                backend::command_complete(&mut answer, "RESUME");
+            }
+            LongAsk::Attach(node) | LongAsk::Recover(node) if self.change.is_some() => {
+                let busy = self.change.as_ref().map_or(0, |c| c.node);
+                error(
+                    &mut answer,
+                    "55006",
+                    &format!("node {busy} is being attached or recovered; try again when it is done (SHOW NODES)"),
+                );
+                let _ = node;
+            }
+            LongAsk::Attach(node) => {
+                shared.gate.held = true;
+                log::info!("ATTACH NODE {node}: waiting for running transactions");
+                self.change = Some(Change {
+                    node,
+                    kind: Kind::Attach,
+                    asker,
+                    lead: shared.cluster.lead().unwrap_or(node),
+                    step: Step::Quiescing {
+                        deadline: now + shared.config.recovery_timeout,
+                    },
+                    started: now,
+                });
+                out.recheck_at = Some(now + shared.config.recovery_timeout);
+                return;
+            }
+            LongAsk::Recover(node) => match shared.cluster.lead() {
+                None => error(&mut answer, "55000", "no node is up to recover from"),
+                Some(lead) => {
+                    shared.cluster.set_status(node, NodeStatus::Recovering);
+                    shared.cluster.nodes[node as usize].note =
+                        "recovery stage 1 running".to_string();
+                    let cmd = shared.cluster.recovery_command(
+                        &shared.config.recovery_1st_stage_command,
+                        node,
+                        lead,
+                    );
+                    log::info!("RECOVER NODE {node} from node {lead}: stage 1: {cmd}");
+                    self.change = Some(Change {
+                        node,
+                        kind: Kind::Recover,
+                        asker,
+                        lead,
+                        step: Step::FirstStage,
+                        started: now,
+                    });
+                    let report = self.reporter();
+                    spawn(format!("recovery stage 1 node {node}"), move || {
+                        let result = run_command(&format!("recovery node {node} stage 1"), &cmd);
+                        report(Done::Stage {
+                            node,
+                            stage: 1,
+                            result,
+                        });
+                    });
+                    return;
+                }
+            },
+            LongAsk::CheckConsistency(database) => {
+                let targets = targets(shared, shared.cluster.live().collect());
+                let login = login(shared);
+                let report = self.reporter();
+                log::info!(
+                    "CHECK CONSISTENCY {} on nodes {:?}",
+                    database.as_deref().unwrap_or("(every database)"),
+                    targets.iter().map(|t| t.id).collect::<Vec<_>>()
+                );
+                spawn("consistency check".into(), move || {
+                    let r = consistency::check(&targets, &login, database.as_deref());
+                    log::info!("CHECK CONSISTENCY: {}", r.verdict);
+                    report(Done::Check {
+                        asker,
+                        answer: report_table(&r),
+                    });
+                });
+                return;
+            }
+            LongAsk::ShowClients | LongAsk::ShowServers => {
+                unreachable!("answered by the loop")
+            }
+        }
+        out.answers.push((asker, answer));
+    }
+
+    /// A closure threads call to report and wake the loop.
+    fn reporter(&self) -> impl Fn(Done) + Send + 'static {
+        let tx = self.tx.clone();
+        let waker = Arc::clone(&self.waker);
+        move |done| {
+            let _ = tx.send(done);
+            let _ = waker.wake();
+        }
+    }
+
+    /// Take in what threads reported and move the running change on. `busy`: some session
+    /// is inside a transaction (only asked when `waits_for_quiet`).
+    pub fn advance(
+        &mut self,
+        shared: &mut Shared,
+        now: Instant,
+        busy: &mut dyn FnMut() -> bool,
+        out: &mut Outcome,
+    ) {
+        while let Ok(done) = self.rx.try_recv() {
+            match done {
+                Done::Check { asker, answer } => out.answers.push((asker, answer)),
+                Done::Stage {
+                    node,
+                    stage,
+                    result,
+                } => self.stage_done(node, stage, result, shared, now, out),
+            }
+        }
+        if !self.waits_for_quiet() {
+            return;
+        }
+        let quiet = !busy();
+        if quiet && !self.pausing.is_empty() {
+            log::info!("PAUSE: no transaction is running");
+            for k in self.pausing.drain(..) {
+                let mut a = Vec::new();
+                backend::command_complete(&mut a, "PAUSE");
+                out.answers.push((k, a));
+            }
+        }
+        let Some(c) = &mut self.change else { return };
+        let Step::Quiescing { deadline } = c.step else {
+            return;
+        };
+        let node = c.node;
+        if !quiet {
+            if now >= deadline {
+                let why = format!(
+                    "transactions were still running after recovery_timeout ({:?})",
+                    shared.config.recovery_timeout
+                );
+                self.fail(&why, shared, out);
+            }
+            return;
+        }
+        match c.kind {
+            Kind::Attach => self.attach(shared, now, out),
+            Kind::Recover if shared.cluster.lead() != Some(c.lead) => {
+                let why = format!("node {} stopped leading during the recovery", c.lead);
+                self.fail(&why, shared, out);
+            }
+            Kind::Recover => {
+                c.step = Step::SecondStage;
+                let lead = c.lead;
+                shared.cluster.nodes[node as usize].note = "recovery stage 2 running".into();
+                let cmd = shared.cluster.recovery_command(
+                    &shared.config.recovery_2nd_stage_command,
+                    node,
+                    lead,
+                );
+                log::info!("RECOVER NODE {node}: transactions paused; stage 2: {cmd}");
+                let pair = targets(shared, vec![lead, node]);
+                let login = login(shared);
+                let timeout = shared.config.recovery_timeout;
+                let report = self.reporter();
+                spawn(format!("recovery stage 2 node {node}"), move || {
+                    let result = run_command(&format!("recovery node {node} stage 2"), &cmd)
+                        .and_then(|()| verify(&pair, &login, timeout));
+                    report(Done::Stage {
+                        node,
+                        stage: 2,
+                        result,
+                    });
+                });
+            }
+        }
+    }
+
+    fn stage_done(
+        &mut self,
+        node: u8,
+        stage: u8,
+        result: Result<(), String>,
+        shared: &mut Shared,
+        now: Instant,
+        out: &mut Outcome,
+    ) {
+        let Some(c) = self.change.as_mut().filter(|c| c.node == node) else {
+            return;
+        };
+        if let Err(e) = result {
+            self.fail(&format!("stage {stage}: {e}"), shared, out);
+            return;
+        }
+        if stage == 1 {
+            log::info!(
+                "RECOVER NODE {node}: stage 1 done after {:.1} s; pausing new transactions",
+                now.saturating_duration_since(c.started).as_secs_f64()
+            );
+            shared.gate.held = true;
+            shared.cluster.nodes[node as usize].note = "waiting for running transactions".into();
+            let deadline = now + shared.config.recovery_timeout;
+            c.step = Step::Quiescing { deadline };
+            out.recheck_at = Some(deadline);
+        } else {
+            self.attach(shared, now, out);
+        }
+    }
+
+    /// The change succeeded: the node is up; sessions bring it in before their next
+    /// transaction.
+    fn attach(&mut self, shared: &mut Shared, now: Instant, out: &mut Outcome) {
+        let Some(c) = self.change.take() else { return };
+        shared.cluster.set_status(c.node, NodeStatus::Up);
+        let took = now.saturating_duration_since(c.started).as_secs_f64();
+        let (tag, note) = match c.kind {
+            Kind::Attach => ("ATTACH NODE", "attached from the admin console".to_string()),
+            Kind::Recover => (
+                "RECOVER NODE",
+                format!("recovered from node {} in {took:.1} s", c.lead),
+            ),
+        };
+        log::info!("{tag} {}: node is up ({note})", c.node);
+        shared.cluster.nodes[c.node as usize].note = note;
+        let mut a = Vec::new();
+        backend::command_complete(&mut a, tag);
+        out.answers.push((c.asker, a));
+        shared.gate.held = false;
+        out.wake_gate = !shared.gate.closed();
+    }
+
+    fn fail(&mut self, why: &str, shared: &mut Shared, out: &mut Outcome) {
+        let Some(c) = self.change.take() else { return };
+        let what = match c.kind {
+            Kind::Attach => "ATTACH NODE",
+            Kind::Recover => "RECOVER NODE",
+        };
+        log::error!("{what} {} failed, the node stays detached: {why}", c.node);
+        if shared.cluster.nodes[c.node as usize].status == NodeStatus::Recovering {
+            shared.cluster.set_status(c.node, NodeStatus::Down);
+        }
+        shared.cluster.nodes[c.node as usize].note = format!("{what} failed: {why}");
+        let mut a = Vec::new();
+        error(
+            &mut a,
+            "58000",
+            &format!("{what} {} failed, the node stays detached: {why}", c.node),
+        );
+        out.answers.push((c.asker, a));
+        shared.gate.held = false;
+        out.wake_gate = !shared.gate.closed();
+    }
+}
+
+fn error(out: &mut Vec<u8>, code: &str, message: &str) {
+    backend::error_response(out, "ERROR", code, message, None, None);
+}
+
+fn spawn(name: String, f: impl FnOnce() + Send + 'static) {
+    if let Err(e) = std::thread::Builder::new().name(name.clone()).spawn(f) {
+        log::error!("{name}: cannot start a thread: {e}");
+    }
+}
+
+fn targets(shared: &Shared, ids: Vec<u8>) -> Vec<Target> {
+    ids.into_iter()
+        .filter_map(|id| shared.cluster.nodes.get(id as usize))
+        .map(|n| Target {
+            id: n.id,
+            host: n.host.clone(),
+            addr: n.addr,
+        })
+        .collect()
+}
+
+/// How pgmulti logs in on its own: `health_check_user` with `health_check_password`, or
+/// the auth_file entry.
+pub fn login(shared: &Shared) -> Login {
+    let c = &shared.config;
+    let password = match (
+        c.health_check_password.as_str(),
+        shared.users.get(&c.health_check_user),
+    ) {
+        ("", Some(crate::auth::userlist::Secret::Plain(p))) => Some(p.clone()),
+        ("", _) => None,
+        (p, _) => Some(p.to_string()),
+    };
+    Login {
+        user: c.health_check_user.clone(),
+        password,
+        tls: shared.node_tls.clone(),
+    }
+}
+
+/// Run `sh -c cmd`, logging its output line by line. Err says why it failed.
+fn run_command(label: &str, cmd: &str) -> Result<(), String> {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run the command: {e}"))?;
+    let stderr = child.stderr.take();
+    let label_err = label.to_string();
+    let errors = std::thread::spawn(move || {
+        let mut last = String::new();
+        if let Some(s) = stderr {
+            for line in BufReader::new(s).lines().map_while(Result::ok) {
+                log::warn!("{label_err}: {line}");
+                last = line;
+            }
+        }
+        last
+    });
+    if let Some(s) = child.stdout.take() {
+        for line in BufReader::new(s).lines().map_while(Result::ok) {
+            log::info!("{label}: {line}");
+        }
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    let last = errors.join().unwrap_or_default();
+    if status.success() {
+        Ok(())
+    } else if last.is_empty() {
+        Err(format!("the command failed ({status})"))
+    } else {
+        Err(format!("the command failed ({status}): {last}"))
+    }
+}
+
+/// After stage 2: the node accepts connections (within `timeout`), is not a standby, and
+/// holds exactly the lead's data (`pair` = [lead, node]).
+fn verify(pair: &[Target], login: &Login, timeout: Duration) -> Result<(), String> {
+    let node = pair.get(1).ok_or("no node to verify")?;
+    let deadline = Instant::now() + timeout;
+    let mut conn = loop {
+        match Direct::connect(
+            node.addr,
+            &node.host,
+            &login.user,
+            login.password.as_deref(),
+            "postgres",
+            &login.tls,
+        ) {
+            Ok(c) => break c,
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!("node {} does not accept connections: {e}", node.id))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    let rows = conn.query("SELECT pg_is_in_recovery()")?;
+    if rows
+        .first()
+        .and_then(|r| r.first())
+        .cloned()
+        .flatten()
+        .as_deref()
+        != Some("f")
+    {
+        return Err(format!("node {} is still a standby (in recovery)", node.id));
+    }
+    let report = consistency::check(pair, login, None);
+    if !report.consistent {
+        return Err(format!(
+            "the node differs from the lead: {}",
+            report.verdict
+        ));
+    }
+    log::info!(
+        "recovered node {} verified against the lead: {}",
+        node.id,
+        report.verdict
+    );
+    Ok(())
+}
+
+/// CHECK CONSISTENCY's result set: one row per object and node, then the verdict as a
+/// NOTICE-free last row.
+fn report_table(r: &consistency::Report) -> Vec<u8> {
+    let mut rows: Vec<Vec<String>> = r
+        .lines
+        .iter()
+        .map(|l| {
+            vec![
+                l.database.clone(),
+                l.object.clone(),
+                l.kind.to_string(),
+                l.node.to_string(),
+                l.rows.map_or(String::new(), |n| n.to_string()),
+                l.checksum.clone().unwrap_or_default(),
+                l.status.clone(),
+            ]
+        })
+        .collect();
+    rows.push(vec![
+        String::new(),
+        "(verdict)".into(),
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+        r.verdict.clone(),
+    ]);
+    let mut out = Vec::new();
+    crate::admin::table(
+        &mut out,
+        &[
+            "database", "object", "kind", "node_id", "rows", "checksum", "status",
+        ],
+        &rows,
+        "CHECK CONSISTENCY",
+    );
+    out
+}
