@@ -143,12 +143,6 @@ fn other_commands_and_errors() {
         "{}",
         out.stderr
     );
-    let out = admin(&pm, "PAUSE");
-    assert!(
-        !out.success() && out.stderr.contains("not available"),
-        "{}",
-        out.stderr
-    );
     // Not an admin user: refused.
     let out = pm.psql("alice", "pgmulti", None, "SHOW NODES");
     assert!(

@@ -1,7 +1,8 @@
-//! Health checks: a node stopped with `pg_ctl stop -m immediate` is detached within
-//! `health_check_period + health_check_timeout`, `failover_command` runs with the right
-//! placeholders, clients go on with the other nodes, and a restarted pgmulti keeps the node
-//! detached (status file).
+//! Health checks and failover: under a pgbench write load, a node stopped with
+//! `pg_ctl stop -m immediate` is detached within `health_check_period +
+//! health_check_timeout`, `failover_command` runs with the right placeholders, pgbench sees
+//! no failed transaction, the survivors are identical, and a restarted pgmulti keeps the
+//! node detached (status file).
 
 mod common;
 
@@ -9,8 +10,17 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// Row count and order-independent checksum of `table` on `node`.
+fn fingerprint(node: &Node, table: &str) -> String {
+    node.psql(
+        "postgres",
+        "postgres",
+        &format!("SELECT count(*), coalesce(sum(('x' || left(md5(t::text), 16))::bit(64)::bigint::numeric), 0) FROM {table} t"),
+    )
+}
+
 #[test]
-fn a_dead_node_is_detached_by_the_health_check_and_failover_command_runs() {
+fn a_dead_node_is_detached_under_write_load_and_failover_command_runs() {
     let nodes = [
         Node::start(NodeOptions::default()),
         Node::start(NodeOptions::default()),
@@ -32,31 +42,59 @@ fn a_dead_node_is_detached_by_the_health_check_and_failover_command_runs() {
             record.display()
         ));
     let pm = Pgmulti::start(&conf);
-    assert!(pm
-        .psql("postgres", "postgres", None, "CREATE TABLE h (v int)")
-        .success());
-    nodes[1].stop_immediate();
-    let stopped = Instant::now();
-    // Nobody touches the node: only the health check can notice.
-    let deadline = Duration::from_secs(1 + 2 + 2);
-    loop {
-        let out = pm.psql("postgres", "pgmulti", None, "SHOW NODES");
-        if out
-            .stdout
-            .lines()
-            .nth(1)
-            .is_some_and(|l| l.contains("|down|"))
-        {
-            break;
+    let conn = pm.conn_str("postgres", "postgres");
+    let (ok, _, err) = pgbench(&["-i", "-s", "1", &conn], &[]);
+    assert!(ok, "pgbench -i: {err}");
+
+    let (summary, detached_after) = std::thread::scope(|s| {
+        // Transactions cut by the failure fail with 40001 (retryable): pgbench retries them.
+        let load = s.spawn(|| {
+            pgbench(
+                &[
+                    "-c",
+                    "4",
+                    "-j",
+                    "2",
+                    "-T",
+                    "10",
+                    "--max-tries",
+                    "10",
+                    "-n",
+                    &conn,
+                ],
+                &[],
+            )
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        nodes[1].stop_immediate();
+        let stopped = Instant::now();
+        let deadline = Duration::from_secs(1 + 2 + 2);
+        loop {
+            let out = pm.psql("postgres", "pgmulti", None, "SHOW NODES");
+            if out
+                .stdout
+                .lines()
+                .nth(1)
+                .is_some_and(|l| l.contains("|down|"))
+            {
+                break;
+            }
+            assert!(
+                stopped.elapsed() < deadline,
+                "node 1 not detached after {:?}:\n{}",
+                stopped.elapsed(),
+                pm.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
-        assert!(
-            stopped.elapsed() < deadline,
-            "node 1 not detached after {:?}:\n{}",
-            stopped.elapsed(),
-            pm.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        let detached_after = stopped.elapsed();
+        let (ok, stdout, stderr) = load.join().unwrap();
+        assert!(ok, "pgbench: {stdout}\n{stderr}");
+        (parse_pgbench_summary(&stdout).unwrap(), detached_after)
+    });
+    eprintln!("node 1 detached {detached_after:?} after it stopped; pgbench {summary:?}");
+    assert_eq!(summary.failed, 0, "pgbench clients saw errors");
+
     let expected = format!("1 127.0.0.1 {} 0 {} 0", nodes[1].port(), nodes[0].port());
     let mut ran = String::new();
     for _ in 0..20 {
@@ -67,13 +105,24 @@ fn a_dead_node_is_detached_by_the_health_check_and_failover_command_runs() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(ran.trim(), expected, "failover_command arguments");
-    // Clients go on with the survivors.
-    assert!(pm
-        .psql("postgres", "postgres", None, "INSERT INTO h VALUES (1)")
-        .success());
-    assert_eq!(
-        nodes[2].psql("postgres", "postgres", "SELECT count(*) FROM h"),
-        "1"
+
+    // The survivors are identical and hold every acknowledged transaction.
+    for table in [
+        "pgbench_accounts",
+        "pgbench_branches",
+        "pgbench_tellers",
+        "pgbench_history",
+    ] {
+        assert_eq!(
+            fingerprint(&nodes[0], table),
+            fingerprint(&nodes[2], table),
+            "{table}"
+        );
+    }
+    let history = fingerprint(&nodes[2], "pgbench_history");
+    assert!(
+        history.starts_with(&format!("{}|", summary.processed)),
+        "{history} vs {summary:?}"
     );
 
     // A restart keeps node 1 detached.
@@ -88,4 +137,12 @@ fn a_dead_node_is_detached_by_the_health_check_and_failover_command_runs() {
         "{}",
         out.stdout
     );
+    assert!(pm
+        .psql(
+            "postgres",
+            "postgres",
+            None,
+            "SELECT count(*) FROM pgbench_branches"
+        )
+        .success());
 }

@@ -433,10 +433,13 @@ impl Node {
         );
 
         // Trust on the socket; the requested method on TCP.
+        // Replication connections too, for the online recovery scripts' pg_basebackup.
         let hba = format!(
             "local all all trust\n\
              host all all 127.0.0.1/32 {m}\n\
-             host all all ::1/128 {m}\n",
+             host all all ::1/128 {m}\n\
+             local replication all trust\n\
+             host replication all 127.0.0.1/32 {m}\n",
             m = opts.host_auth
         );
         fs::write(data.join("pg_hba.conf"), hba).unwrap();
@@ -599,6 +602,13 @@ impl Node {
             "postgres",
             &format!("CREATE DATABASE {name} OWNER {owner}"),
         );
+    }
+
+    /// The node was started again outside the harness (online recovery): stop it at the end.
+    pub fn mark_running(&self) {
+        if self.stopped.swap(false, Ordering::SeqCst) {
+            lock(&RUNNING_NODES).push(self.data.clone());
+        }
     }
 
     /// Fast shutdown. Idempotent.
