@@ -1,6 +1,6 @@
 //! A plain blocking connection to a node, for the few things pgmulti does before its event
 //! loop starts (checking `max_prepared_transactions`, finishing in-doubt two-phase
-//! transactions). Never used by the loop. Logs in as `health_check_user` with
+//! transactions) or in a thread of their own (`CHECK CONSISTENCY`). Never used by the loop. Logs in as `health_check_user` with
 //! `health_check_password` or the auth_file entry (cleartext, MD5 or SCRAM; TLS per
 //! `backend_sslmode`).
 
@@ -21,6 +21,8 @@ impl<T: Read + Write> Stream for T {}
 
 pub struct Direct {
     stream: Box<dyn Stream>,
+    /// The socket under `stream`, for its timeouts.
+    socket: TcpStream,
 }
 
 /// Rows of a result, text format (NULL = None).
@@ -39,6 +41,7 @@ impl Direct {
         let tcp = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
         let _ = tcp.set_read_timeout(Some(timeout));
         let _ = tcp.set_write_timeout(Some(timeout));
+        let socket = tcp.try_clone().map_err(|e| e.to_string())?;
         let mut stream: Box<dyn Stream> = Box::new(tcp.try_clone().map_err(|e| e.to_string())?);
         if tls.wanted() {
             let mut out = Vec::new();
@@ -57,7 +60,7 @@ impl Direct {
                 _ => {}
             }
         }
-        let mut d = Direct { stream };
+        let mut d = Direct { stream, socket };
         let mut out = Vec::new();
         frontend::startup_message(&mut out, &[("user", user), ("database", database)]);
         d.stream.write_all(&out).map_err(|e| e.to_string())?;
@@ -115,6 +118,13 @@ impl Direct {
             }
             d.stream.write_all(&out).map_err(|e| e.to_string())?;
         }
+    }
+
+    /// How long a read may wait for the node (`None`: for ever); 10 s after `connect`.
+    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) -> Result<(), String> {
+        self.socket
+            .set_read_timeout(timeout)
+            .map_err(|e| e.to_string())
     }
 
     fn read_message(&mut self) -> Result<(u8, Vec<u8>), String> {

@@ -116,6 +116,8 @@ pub struct Reactor {
     operations: Operations,
     /// A thread reported: look at the operations' channel.
     woken: bool,
+    /// A round of health checks is on the timer wheel.
+    health_scheduled: bool,
 }
 
 impl Reactor {
@@ -165,6 +167,7 @@ impl Reactor {
             reload,
             operations,
             woken: false,
+            health_scheduled: false,
         })
     }
 
@@ -644,7 +647,9 @@ impl Reactor {
 
     fn schedule_health_checks(&mut self, now: Instant) {
         let period = self.shared.config.health_check_period;
+        self.health_scheduled = false;
         if self.shared.config.mode == crate::config::Mode::Replication && !period.is_zero() {
+            self.health_scheduled = true;
             self.timers.schedule(
                 now + period,
                 TimerEvent {
@@ -761,6 +766,11 @@ impl Reactor {
             Signal::Reload => {
                 log::info!("received SIGHUP, reloading configuration");
                 (self.reload)(&mut self.shared, &mut self.log);
+                // Health checks switched on by the reload start now; a changed period
+                // applies from the next round.
+                if !self.health_scheduled {
+                    self.schedule_health_checks(now);
+                }
             }
             Signal::Terminate => {
                 if let Mode::Running = self.mode {
