@@ -475,9 +475,13 @@ fn online_recovery_of_a_wiped_node_under_pgbench_load() {
         "history {history} vs {} processed",
         summary.processed
     );
-    assert!(
-        pm.log().contains("RECOVER NODE 2: node is up"),
-        "{}",
-        pm.log()
-    );
+    let log = pm.log();
+    assert!(log.contains("RECOVER NODE 2: node is up"), "{log}");
+    for line in log
+        .lines()
+        .filter(|l| l.contains("RECOVER NODE") || l.contains("verified"))
+    {
+        eprintln!("{line}");
+    }
+    eprintln!("pgbench during the recovery: {summary:?}");
 }

@@ -184,7 +184,8 @@ impl Operations {
                     });
                     let report = self.reporter();
                     spawn(format!("recovery stage 1 node {node}"), move || {
-                        let result = run_command(&format!("recovery node {node} stage 1"), &cmd);
+                        let label = format!("recovery node {node} stage 1");
+                        let result = run_command(&label, &cmd, None);
                         report(Done::Stage {
                             node,
                             stage: 1,
@@ -297,7 +298,8 @@ impl Operations {
                 let timeout = shared.config.recovery_timeout;
                 let report = self.reporter();
                 spawn(format!("recovery stage 2 node {node}"), move || {
-                    let result = run_command(&format!("recovery node {node} stage 2"), &cmd)
+                    let label = format!("recovery node {node} stage 2");
+                    let result = run_command(&label, &cmd, Some(timeout))
                         .and_then(|()| verify(&pair, &login, timeout));
                     report(Done::Stage {
                         node,
@@ -425,41 +427,72 @@ pub fn login(shared: &Shared) -> Login {
     }
 }
 
-/// Run `sh -c cmd`, logging its output line by line. Err says why it failed.
-fn run_command(label: &str, cmd: &str) -> Result<(), String> {
+/// Run `sh -c cmd` in a process group of its own, logging its output line by line. With a
+/// time limit, the whole group is terminated when it passes (stage 2 holds every new
+/// transaction back, so it must end). Err says why it failed.
+fn run_command(label: &str, cmd: &str, limit: Option<Duration>) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(cmd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("cannot run the command: {e}"))?;
-    let stderr = child.stderr.take();
-    let label_err = label.to_string();
-    let errors = std::thread::spawn(move || {
-        let mut last = String::new();
-        if let Some(s) = stderr {
-            for line in BufReader::new(s).lines().map_while(Result::ok) {
-                log::warn!("{label_err}: {line}");
-                last = line;
+    let log_lines = |pipe: Option<Box<dyn std::io::Read + Send>>, label: String, warn: bool| {
+        std::thread::spawn(move || {
+            let mut last = String::new();
+            if let Some(p) = pipe {
+                for line in BufReader::new(p).lines().map_while(Result::ok) {
+                    if warn {
+                        log::warn!("{label}: {line}");
+                    } else {
+                        log::info!("{label}: {line}");
+                    }
+                    last = line;
+                }
             }
+            last
+        })
+    };
+    let out = log_lines(
+        child.stdout.take().map(|p| Box::new(p) as _),
+        label.into(),
+        false,
+    );
+    let err = log_lines(
+        child.stderr.take().map(|p| Box::new(p) as _),
+        label.into(),
+        true,
+    );
+    let deadline = limit.map(|l| Instant::now() + l);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Ok(status),
+            Ok(None) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                let group = -(child.id() as i32);
+                // SAFETY: kill(2) on the process group this function created.
+                unsafe { libc::kill(group, libc::SIGTERM) };
+                std::thread::sleep(Duration::from_secs(5));
+                unsafe { libc::kill(group, libc::SIGKILL) };
+                let _ = child.wait();
+                break Err(format!(
+                    "the command did not finish within {:?}",
+                    limit.unwrap_or_default()
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => break Err(e.to_string()),
         }
-        last
-    });
-    if let Some(s) = child.stdout.take() {
-        for line in BufReader::new(s).lines().map_while(Result::ok) {
-            log::info!("{label}: {line}");
-        }
-    }
-    let status = child.wait().map_err(|e| e.to_string())?;
-    let last = errors.join().unwrap_or_default();
-    if status.success() {
-        Ok(())
-    } else if last.is_empty() {
-        Err(format!("the command failed ({status})"))
-    } else {
-        Err(format!("the command failed ({status}): {last}"))
+    };
+    let _ = out.join();
+    let last = err.join().unwrap_or_default();
+    match status? {
+        s if s.success() => Ok(()),
+        s if last.is_empty() => Err(format!("the command failed ({s})")),
+        s => Err(format!("the command failed ({s}): {last}")),
     }
 }
 
