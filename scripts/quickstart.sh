@@ -160,6 +160,7 @@ done
 
 # --- pgmulti config -------------------------------------------------------------------------
 pm_port=$(stored_port "$QS/pgmulti.port")
+metrics_port=$(stored_port "$QS/metrics.port")
 mode=relay
 [ "$NODES" -gt 1 ] && mode=replication
 printf '"%s" "%s"\n' "$DEMO_USER" "$DEMO_PASSWORD" >"$QS/userlist.txt"
@@ -173,7 +174,14 @@ chmod 600 "$QS/userlist.txt"
     for ((i = 0; i < NODES; i++)); do
         echo "backend_hostname$i = '127.0.0.1'"
         echo "backend_port$i = ${node_ports[$i]}"
+        echo "backend_data_directory$i = '$PGROOT/node$i'"
     done
+    # Online recovery (RECOVER NODE n) with the shipped scripts, over the nodes' Unix socket
+    # directory (local connections are trusted here; TCP needs a password).
+    for stage in 1st 2nd; do
+        echo "recovery_${stage}_stage_command = '$REPO/scripts/recovery_${stage}_stage.sh %d $PGROOT %p %D %m $PGROOT %r %R'"
+    done
+    echo "metrics_port = $metrics_port"
     echo "auth_file = '$QS/userlist.txt'"
     echo "client_auth = 'scram-sha-256'"
     echo "log_file = '$QS/pgmulti.log'"
@@ -218,6 +226,10 @@ cat <<EOF
 pgmulti is running ($mode mode, pid $(cat "$QS/pgmulti.pid"), log $QS/pgmulti.log).
 Connect (password: $DEMO_PASSWORD):
     psql "host=127.0.0.1 port=$pm_port user=$DEMO_USER dbname=$DEMO_USER"
+Admin console (SHOW NODES, CHECK CONSISTENCY, RECOVER NODE n, … see docs/operations.md):
+    psql "host=127.0.0.1 port=$pm_port user=$DEMO_USER dbname=pgmulti"
+Metrics:
+    curl http://127.0.0.1:$metrics_port/metrics
 Stop everything:
     scripts/quickstart.sh stop
 EOF

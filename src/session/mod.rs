@@ -571,7 +571,8 @@ impl Session {
     }
 
     fn close_if_drained(&mut self, cx: &mut Context) -> Transition {
-        if self.draining && self.is_quiet() {
+        // A request waiting at the gate has not started: it is not run during a shutdown.
+        if self.draining && (self.is_quiet() || self.at_gate) {
             self.fatal(
                 cx,
                 "57P01",
