@@ -146,3 +146,36 @@ fn a_dead_node_is_detached_under_write_load_and_failover_command_runs() {
         )
         .success());
 }
+
+#[test]
+fn a_failed_health_check_is_retried_before_the_node_is_detached() {
+    let nodes = [
+        Node::start(NodeOptions::default()),
+        Node::start(NodeOptions::default()),
+    ];
+    let conf = PgmultiConf::relay(&nodes[0])
+        .mode("replication")
+        .backend(nodes[1].host(), nodes[1].port())
+        .line("admin_users = 'postgres'")
+        .line("health_check_period = 1")
+        .line("health_check_timeout = 1")
+        .line("health_check_max_retries = 2")
+        .line("health_check_retry_delay = 1");
+    let pm = Pgmulti::start(&conf);
+    nodes[1].stop_immediate();
+    assert!(
+        pm.wait_log(Duration::from_secs(20), |l| l.contains("node 1")
+            && l.contains("detached: health check failed")),
+        "node 1 not detached:\n{}",
+        pm.log()
+    );
+    let log = pm.log();
+    let retry1 = log.find("health check of node 1 failed (retry 1 of 2");
+    let retry2 = log.find("health check of node 1 failed (retry 2 of 2");
+    let detached = log.find("detached: health check failed");
+    assert!(
+        retry1.is_some() && retry1 < retry2 && retry2 < detached,
+        "two retries, then the detach:\n{log}"
+    );
+    assert!(pm.psql("postgres", "postgres", None, "SELECT 1").success());
+}
