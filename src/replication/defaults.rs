@@ -120,20 +120,38 @@ pub fn insert_shape(statement: &str, offset: usize) -> Option<InsertShape> {
 }
 
 /// The catalog query that finds the defaults of `tables` (as written) on the lead.
-/// Columns: the table as asked, column name, default expression.
+/// Columns: the table as asked, column name, default expression; an identity column
+/// reads as `nextval(identity)`.
 pub fn probe_sql(tables: &[&str]) -> String {
     let list: Vec<String> = tables
         .iter()
         .map(|t| format!("('{}')", t.replace('\'', "''")))
         .collect();
+    let list = list.join(", ");
     format!(
         "SELECT t.name, a.attname, pg_get_expr(d.adbin, d.adrelid) \
-         FROM (VALUES {}) AS t(name) \
+         FROM (VALUES {list}) AS t(name) \
          JOIN pg_attrdef d ON d.adrelid = to_regclass(t.name) \
          JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum \
-         WHERE NOT a.attisdropped AND a.attgenerated = ''",
-        list.join(", ")
+         WHERE NOT a.attisdropped AND a.attgenerated = '' \
+         UNION ALL \
+         SELECT t.name, a.attname, '{IDENTITY}' \
+         FROM (VALUES {list}) AS t(name) \
+         JOIN pg_attribute a ON a.attrelid = to_regclass(t.name) \
+         WHERE NOT a.attisdropped AND a.attidentity <> ''"
     )
+}
+
+/// How the probe reports an identity column's default.
+const IDENTITY: &str = "nextval(identity)";
+
+/// Whether a default draws from a sequence (SERIAL, IDENTITY, an explicit nextval): inserts
+/// that may use it take the ordering lock (`request::ordering_lock`).
+pub fn draws_from_sequence(expression: &str) -> bool {
+    expression
+        .as_bytes()
+        .windows(8)
+        .any(|w| w.eq_ignore_ascii_case(b"nextval("))
 }
 
 /// Whether a default expression must be made deterministic (sequences are not: the
@@ -313,6 +331,10 @@ mod tests {
         assert!(is_volatile("(now() + '1 day'::interval)"));
         assert!(is_volatile("gen_random_uuid()"));
         assert!(!is_volatile("nextval('t_id_seq'::regclass)"));
+        assert!(!is_volatile(IDENTITY));
+        assert!(draws_from_sequence("nextval('t_id_seq'::regclass)"));
+        assert!(draws_from_sequence(IDENTITY));
+        assert!(!draws_from_sequence("now()"));
         assert!(!is_volatile("'x'::text"));
         assert!(!is_volatile("0"));
     }

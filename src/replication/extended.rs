@@ -116,11 +116,13 @@ pub enum Prepared {
 
 /// Prepare a batch (`messages`: whole frontend messages ending with Sync).
 /// `defaults_of` gives a table's cached non-deterministic defaults (None: not known yet);
-/// they are written into INSERTs as for the simple protocol.
+/// they are written into INSERTs as for the simple protocol. `sequenced`: whether a table
+/// draws from a sequence (its inserts take the ordering lock).
 pub fn prepare(
     messages: &[u8],
     statements: &mut Statements,
     defaults_of: &dyn Fn(&str) -> Option<Vec<VolatileDefault>>,
+    sequenced: &dyn Fn(&str) -> bool,
     values: &mut Values,
 ) -> Prepared {
     // First pass: any INSERT whose table's defaults are unknown?
@@ -224,7 +226,7 @@ pub fn prepare(
                         class: analysed.class,
                         client_params,
                         extras: params.values,
-                        ordering_lock: request::ordering_lock(&analysed),
+                        ordering_lock: request::ordering_lock(&analysed, sequenced),
                         ddl: analysed.ddl,
                         only_on: None,
                         parse: if p.statement.is_empty() {
@@ -483,7 +485,7 @@ mod tests {
             statement_ts: "2026-11-21 06:00:05+00",
             random: &mut random,
         };
-        match prepare(messages, st, &|_| Some(Vec::new()), &mut values) {
+        match prepare(messages, st, &|_| Some(Vec::new()), &|_| true, &mut values) {
             Prepared::Ready(b) => b,
             Prepared::NeedDefaults(_) => panic!("defaults"),
             Prepared::Refused(r) => panic!("refused: {r:?}"),
@@ -630,7 +632,7 @@ mod tests {
             random: &mut r,
         };
         assert!(matches!(
-            prepare(&m, &mut st, &|_| Some(Vec::new()), &mut values),
+            prepare(&m, &mut st, &|_| Some(Vec::new()), &|_| true, &mut values),
             Prepared::Refused(_)
         ));
     }

@@ -67,11 +67,18 @@ const ORDERING_LOCK_CLASS: u32 = 0x706d;
 
 /// The statement the lead runs before a write whose effect depends on the order of
 /// concurrent writers: sequences (nextval, SERIAL, IDENTITY). A transaction-scoped advisory
-/// lock per inserted table (and one for explicit sequence calls) is taken on the lead; the
-/// lead commits last, so concurrent inserters reach every replica in the lead's order and
-/// draw the same sequence values. Keys are sorted so two requests cannot deadlock on them.
-pub fn ordering_lock(analysed: &Analysed) -> Option<String> {
-    let mut keys: Vec<&str> = analysed.inserts.iter().map(|i| i.key.as_str()).collect();
+/// lock per inserted table that draws from a sequence (`sequenced`: true for a table not
+/// known yet) and one for explicit sequence calls is taken on the lead; the lead commits
+/// last, so concurrent inserters reach every replica in the lead's order and draw the same
+/// sequence values. Inserts into other tables need no order and take no lock. Keys are
+/// sorted so two requests cannot deadlock on them.
+pub fn ordering_lock(analysed: &Analysed, sequenced: &dyn Fn(&str) -> bool) -> Option<String> {
+    let mut keys: Vec<&str> = analysed
+        .inserts
+        .iter()
+        .map(|i| i.key.as_str())
+        .filter(|k| sequenced(k))
+        .collect();
     if analysed.nondeterminism.sequence {
         keys.push(" sequences");
     }
@@ -466,13 +473,21 @@ mod tests {
 
     #[test]
     fn ordering_locks_cover_inserts_and_sequences() {
-        assert_eq!(ordering_lock(&analyse("update t set a = 1")), None);
         assert_eq!(
-            ordering_lock(&analyse("insert into Public.\"Hist\" values (1); insert into b values (2)")).unwrap(),
+            ordering_lock(&analyse("update t set a = 1"), &|_| true),
+            None
+        );
+        // A table with no sequence behind it needs no order.
+        assert_eq!(
+            ordering_lock(&analyse("insert into h values (1)"), &|_| false),
+            None
+        );
+        assert_eq!(
+            ordering_lock(&analyse("insert into Public.\"Hist\" values (1); insert into b values (2)"), &|_| true).unwrap(),
             "SELECT pg_advisory_xact_lock(28781, hashtext('b')), pg_advisory_xact_lock(28781, hashtext('public.Hist'))"
         );
         assert_eq!(
-            ordering_lock(&analyse("select nextval('s')")).unwrap(),
+            ordering_lock(&analyse("select nextval('s')"), &|_| false).unwrap(),
             "SELECT pg_advisory_xact_lock(28781, hashtext(' sequences'))"
         );
     }

@@ -7,7 +7,7 @@
 //! What a statement is comes from `replication::request`; how phases are chosen from
 //! `replication::plan`; the vote from `replication::compare`. This file only moves messages.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use super::node::NodeConn;
@@ -41,6 +41,8 @@ pub struct Replication {
     /// Non-deterministic column defaults of tables this session inserted into, by folded
     /// name; valid while `defaults_epoch` equals the cluster-wide DDL epoch.
     defaults: HashMap<String, Vec<VolatileDefault>>,
+    /// Of those tables, the ones with a column drawing from a sequence (SERIAL, IDENTITY).
+    sequenced: HashSet<String>,
     defaults_epoch: u64,
     /// `write_ack = async`: replicas still running statements whose answer the client has.
     behind: Vec<Running>,
@@ -1016,6 +1018,13 @@ impl Session {
                 })
                 .collect();
             self.repl.defaults.insert(key.clone(), volatile);
+            if probe
+                .rows
+                .iter()
+                .any(|(t, _, expr)| t == table && defaults::draws_from_sequence(expr))
+            {
+                self.repl.sequenced.insert(key.clone());
+            }
         }
         self.start_request(probe.original, cx)
     }
@@ -1175,6 +1184,7 @@ impl Session {
         if plan.writes && !analysed.inserts.is_empty() {
             if self.repl.defaults_epoch != cx.shared.ddl_epoch {
                 self.repl.defaults.clear();
+                self.repl.sequenced.clear();
                 self.repl.defaults_epoch = cx.shared.ddl_epoch;
             }
             let mut unknown: Vec<(String, String)> = analysed
@@ -1216,7 +1226,11 @@ impl Session {
             _ => lead,
         };
         let ordering_lock = if plan.writes {
-            request::ordering_lock(&analysed)
+            let repl = &self.repl;
+            // A table not probed (it is always probed first) counts as drawing from one.
+            request::ordering_lock(&analysed, &|k| {
+                repl.sequenced.contains(k) || !repl.defaults.contains_key(k)
+            })
         } else {
             None
         };
@@ -1297,10 +1311,12 @@ impl Session {
             statement_ts: &statement_ts,
             random: &mut random,
         };
+        let sequenced = &self.repl.sequenced;
         let prepared = extended::prepare(
             &msg,
             &mut self.repl.statements,
             &|key| cache.get(key).cloned(),
+            &|key| sequenced.contains(key) || !cache.contains_key(key),
             &mut values,
         );
         let batch = match prepared {
@@ -1308,6 +1324,7 @@ impl Session {
             extended::Prepared::NeedDefaults(inserts) => {
                 if self.repl.defaults_epoch != cx.shared.ddl_epoch {
                     self.repl.defaults.clear();
+                    self.repl.sequenced.clear();
                     self.repl.defaults_epoch = cx.shared.ddl_epoch;
                 }
                 let mut tables: Vec<(String, String)> =
