@@ -1000,3 +1000,61 @@ COMMIT;
     }
     assert_eq!(rows, vec!["25", "25"]);
 }
+
+/// A plain BEGIN is answered by pgmulti and reaches each node pipelined with the
+/// transaction's first statement there: the transaction still exists on every node
+/// (ROLLBACK undoes everything), an empty BEGIN/COMMIT draws no warning, and the trace shows
+/// no round trip for BEGIN alone.
+#[test]
+fn begin_travels_with_the_first_statement() {
+    fresh_db("deferred_begin");
+    let pm = Pgmulti::start(&replication_conf().log_level("trace"));
+    sql(&pm, "deferred_begin", "CREATE TABLE d (v int)");
+    let mut c = connect(&pm.conn_str("postgres", "deferred_begin"));
+    c.batch_execute("BEGIN").unwrap();
+    c.batch_execute("INSERT INTO d VALUES (1)").unwrap();
+    c.batch_execute("ROLLBACK").unwrap();
+    c.batch_execute("START TRANSACTION").unwrap();
+    c.batch_execute("INSERT INTO d VALUES (2)").unwrap();
+    c.batch_execute("COMMIT").unwrap();
+    for n in nodes() {
+        assert_eq!(
+            n.psql(
+                "postgres",
+                "deferred_begin",
+                "SELECT string_agg(v::text, ',') FROM d"
+            ),
+            "2"
+        );
+    }
+    let out = pm.psql("postgres", "deferred_begin", None, "BEGIN; COMMIT;");
+    assert!(
+        out.success() && !out.stderr.contains("WARNING"),
+        "{}",
+        out.stderr
+    );
+    let out = pm.psql("postgres", "deferred_begin", None, "BEGIN");
+    assert!(out.success(), "{}", out.stderr);
+
+    // Each node's BEGIN is followed by the INSERT before the node answers anything.
+    let log = pm.log();
+    let begin_line = log
+        .lines()
+        .find(|l| l.contains("pgmulti > node0 Query \"START TRANSACTION\""))
+        .unwrap_or_else(|| panic!("no START TRANSACTION sent to node0:\n{log}"));
+    let session = begin_line.split(" TRACE ").nth(1).unwrap_or_default();
+    let session = session.split(' ').next().unwrap_or_default();
+    let to_node0: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&format!(" {session} ")) && l.contains(" node0 "))
+        .collect();
+    let begin = to_node0
+        .iter()
+        .position(|l| l.contains("pgmulti > node0 Query \"START TRANSACTION\""))
+        .unwrap_or_else(|| panic!("{}", to_node0.join("\n")));
+    assert!(
+        to_node0[begin + 1].contains("pgmulti > node0 Query \"INSERT INTO d VALUES (2)\""),
+        "{}",
+        to_node0.join("\n")
+    );
+}

@@ -583,18 +583,3 @@ impl Session {
         Transition::Stay
     }
 }
-#[cfg(test)]
-mod size_probe {
-    #[test]
-    fn sizes() {
-        eprintln!(
-            "Session {} NodeConn {} Endpoint {} Replication {} Buf {} Transport {}",
-            std::mem::size_of::<super::Session>(),
-            std::mem::size_of::<super::NodeConn>(),
-            std::mem::size_of::<crate::net::endpoint::Endpoint>(),
-            std::mem::size_of::<super::replicate::Replication>(),
-            std::mem::size_of::<crate::net::buffer::Buf>(),
-            std::mem::size_of::<crate::net::transport::Transport>(),
-        );
-    }
-}

@@ -75,6 +75,12 @@ struct Tx {
     /// `write_ack = async`: every node's answers to the statements that ran behind, compared
     /// at COMMIT.
     async_answers: Vec<(u8, Vec<Outcome>)>,
+    /// A plain BEGIN pgmulti answered itself: each node gets it (pipelined, ahead of the
+    /// first statement sent to it) when the transaction first reaches it. Saves every
+    /// transaction one round trip to every node.
+    begin: Option<Vec<u8>>,
+    /// The nodes that got `begin`.
+    begun: Vec<u8>,
 }
 
 impl Tx {
@@ -497,10 +503,12 @@ impl Session {
             .find(|b| b.node == id && !b.pending.is_empty())
         {
             // A statement the client already has the lead's answer to (write_ack = async).
+            let main = matches!(b.pending.front(), Some(Segment::Main | Segment::MainAs(_)));
             match tag {
                 b'Z' => {
                     b.pending.pop_front();
                 }
+                b'C' | b'I' if !main => {}
                 b'C' | b'I' | b'E' => {
                     let outcome = match tag {
                         b'C' => Outcome::Complete(command_rows(msg)),
@@ -675,7 +683,13 @@ impl Session {
                     continue;
                 };
                 let mut out = Vec::new();
-                let mut pending = VecDeque::with_capacity(phase.segments.len() + 1);
+                let mut pending = VecDeque::with_capacity(phase.segments.len() + 2);
+                let tx = &mut self.repl.tx;
+                if let Some(begin) = tx.begin.as_deref().filter(|_| !tx.begun.contains(&id)) {
+                    out.extend_from_slice(begin);
+                    pending.push_back(Segment::Wrapper("BEGIN"));
+                    tx.begun.push(id);
+                }
                 for &seg in &phase.segments {
                     match seg {
                         Segment::Main => {
@@ -1156,6 +1170,17 @@ impl Session {
         }
         let text = short(sql);
         let analysed = request::analyse(sql);
+        if analysed.class == plan::Class::Begin && !self.repl.tx.view.open && is_plain_begin(sql) {
+            // Answered here; the nodes get it with the transaction's first statement.
+            self.repl.tx.begin = Some(msg);
+            self.repl.tx.view.open = true;
+            let out = &mut cx.shared.out;
+            out.clear();
+            backend::command_complete(out, "BEGIN");
+            self.send_to_client(cx);
+            self.ready_for_query(b'T', cx);
+            return Ok(());
+        }
         if analysed.class == plan::Class::Commit {
             if let Some(done) = self.before_commit(&msg, &text, lead, cx) {
                 return done;
@@ -1497,6 +1522,22 @@ impl Session {
     }
 }
 
+/// `BEGIN`, `BEGIN WORK`, `BEGIN TRANSACTION` or `START TRANSACTION` without options: it
+/// cannot fail, so pgmulti may answer it and send it later.
+fn is_plain_begin(sql: &str) -> bool {
+    let mut words = sql.trim().trim_end_matches(';').split_whitespace();
+    let first = words.next().unwrap_or_default();
+    let second = words.next();
+    words.next().is_none()
+        && match second {
+            None => first.eq_ignore_ascii_case("BEGIN"),
+            Some(w) if first.eq_ignore_ascii_case("BEGIN") => {
+                w.eq_ignore_ascii_case("WORK") || w.eq_ignore_ascii_case("TRANSACTION")
+            }
+            Some(w) => first.eq_ignore_ascii_case("START") && w.eq_ignore_ascii_case("TRANSACTION"),
+        }
+}
+
 fn message_len(header: &[u8]) -> usize {
     match message_header(header, MAX_REPLICATED_MESSAGE) {
         Ok(Some((_, len))) => len,
@@ -1562,4 +1603,32 @@ fn random_u64() -> u64 {
     let mut b = [0u8; 8];
     let _ = openssl::rand::rand_bytes(&mut b);
     u64::from_be_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_plain_begin;
+
+    #[test]
+    fn only_plain_begins_are_answered_by_pgmulti() {
+        for sql in [
+            "BEGIN",
+            "begin;",
+            " BEGIN WORK ",
+            "begin transaction;",
+            "START TRANSACTION",
+        ] {
+            assert!(is_plain_begin(sql), "{sql}");
+        }
+        for sql in [
+            "BEGIN ISOLATION LEVEL SERIALIZABLE",
+            "START TRANSACTION READ ONLY",
+            "BEGIN; SELECT 1",
+            "BEGINX",
+            "START",
+            "COMMIT",
+        ] {
+            assert!(!is_plain_begin(sql), "{sql}");
+        }
+    }
 }
