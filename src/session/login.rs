@@ -21,6 +21,7 @@ impl Session {
             self.fatal(cx, "08006", "no node is available: every node is detached");
             return Transition::Close("no node available".into());
         }
+        self.nodes.reserve_exact(targets.len());
         for id in targets {
             match self.open_node(id, cx) {
                 Ok(conn) => self.nodes.push(conn),
@@ -88,7 +89,7 @@ impl Session {
         let out = &mut cx.shared.out;
         out.clear();
         if let Some(lead) = self.nodes.first() {
-            for (name, value) in &lead.server_params {
+            for (name, value) in lead.server_params.iter() {
                 backend::parameter_status(out, name, value);
             }
         }

@@ -77,7 +77,7 @@ pub struct NodeConn {
     host: String,
     pub state: LoginState,
     pub backend_key: Option<(u32, u32)>,
-    scram: Option<ScramClient>,
+    scram: Option<Box<ScramClient>>,
     /// Bytes for the node that did not fit its send buffer (a large statement): fed into it
     /// as it drains. Only replication mode queues here; its size is bounded by the largest
     /// client message accepted.
@@ -89,11 +89,51 @@ pub struct NodeConn {
     pub passing: usize,
     pub passing_to_client: bool,
     /// The node's ParameterStatus values (login and SETs since), replayed to the client.
-    pub server_params: Vec<(String, String)>,
+    pub server_params: ServerParams,
     /// The client's startup parameters have been applied (see `configure`).
     pub configured: bool,
     /// Taken from the pool rather than logged in for this session.
     pub from_pool: bool,
+}
+
+/// A node's reported parameters as `name\0value\0` pairs in one allocation: a node reports
+/// about fourteen at login, and every pooled or session connection keeps them.
+#[derive(Default, Clone, Debug)]
+pub struct ServerParams(Vec<u8>);
+
+impl ServerParams {
+    pub fn set(&mut self, name: &str, value: &str) {
+        if let Some((start, end)) = self.find(name) {
+            self.0.drain(start..end);
+        }
+        for part in [name, value] {
+            self.0.extend_from_slice(part.as_bytes());
+            self.0.push(0);
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut parts = self
+            .0
+            .split(|&b| b == 0)
+            .map(|p| std::str::from_utf8(p).unwrap_or_default());
+        std::iter::from_fn(move || Some((parts.next()?, parts.next()?)))
+            .filter(|(n, _)| !n.is_empty())
+    }
+
+    /// The byte range of `name`'s pair.
+    fn find(&self, name: &str) -> Option<(usize, usize)> {
+        let mut at = 0;
+        while at < self.0.len() {
+            let name_end = at + self.0[at..].iter().position(|&b| b == 0)?;
+            let value_end = name_end + 1 + self.0[name_end + 1..].iter().position(|&b| b == 0)?;
+            if &self.0[at..name_end] == name.as_bytes() {
+                return Some((at, value_end + 1));
+            }
+            at = value_end + 1;
+        }
+        None
+    }
 }
 
 /// What the login needs from its session.
@@ -123,7 +163,7 @@ impl NodeConn {
             overflow_sent: 0,
             passing: 0,
             passing_to_client: false,
-            server_params: Vec::new(),
+            server_params: ServerParams::default(),
             configured: false,
             from_pool: false,
         })
@@ -398,12 +438,7 @@ impl NodeConn {
                 },
                 b'S' => {
                     if let Ok((name, value)) = backend::parse_parameter_status(body) {
-                        match self.server_params.iter_mut().find(|(n, _)| n == name) {
-                            Some(p) => p.1 = value.to_string(),
-                            None => self
-                                .server_params
-                                .push((name.to_string(), value.to_string())),
-                        }
+                        self.server_params.set(name, value);
                     }
                     None
                 }
@@ -499,7 +534,7 @@ impl NodeConn {
                 let mut client = ScramClient::new(credentials, None);
                 let first = client.client_first();
                 frontend::sasl_initial_response(out, "SCRAM-SHA-256", &first);
-                self.scram = Some(client);
+                self.scram = Some(Box::new(client));
             }
             Authentication::SaslContinue(data) => {
                 let Some(client) = self.scram.as_mut() else {
@@ -541,5 +576,28 @@ impl NodeConn {
         self.fail(format!(
             "asks for {what} for user \"{user}\" and pgmulti has no usable secret for it (see auth_file in docs/configuration.md)"
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServerParams;
+
+    #[test]
+    fn server_params_keep_one_value_per_name_in_order() {
+        let mut p = ServerParams::default();
+        p.set("application_name", "");
+        p.set("DateStyle", "ISO, MDY");
+        p.set("application_name", "psql");
+        p.set("TimeZone", "UTC");
+        let all: Vec<(&str, &str)> = p.iter().collect();
+        assert_eq!(
+            all,
+            [
+                ("DateStyle", "ISO, MDY"),
+                ("application_name", "psql"),
+                ("TimeZone", "UTC")
+            ]
+        );
     }
 }

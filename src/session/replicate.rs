@@ -34,7 +34,7 @@ pub const MAX_REPLICATED_MESSAGE: usize = 64 * 1024 * 1024;
 /// Per-session replication state.
 #[derive(Default)]
 pub struct Replication {
-    request: Option<Request>,
+    request: Option<Box<Request>>,
     tx: Tx,
     /// A client message larger than the receive buffer, being collected.
     large: Vec<u8>,
@@ -1259,7 +1259,9 @@ impl Session {
         } else {
             None
         };
-        self.repl.request = Some(Request::new(main, text, plan, lead, voice, cx.now));
+        self.repl.request = Some(Box::new(Request::new(
+            main, text, plan, lead, voice, cx.now,
+        )));
         if let Some(r) = self.repl.request.as_mut() {
             r.ordering_lock = ordering_lock;
             r.ddl = analysed.ddl;
@@ -1298,7 +1300,7 @@ impl Session {
         let mut r = Request::new(Vec::new(), text.to_string(), plan, lead, lead, cx.now);
         r.error = Some(("40003", error));
         r.final_status = Some(b'I');
-        self.repl.request = Some(r);
+        self.repl.request = Some(Box::new(r));
         Some(self.advance(cx))
     }
 
@@ -1395,7 +1397,7 @@ impl Session {
         r.unnamed_read = batch.unnamed_read;
         r.parses_only = batch.parses_only;
         r.flush_replies = batch.flush_replies;
-        self.repl.request = Some(r);
+        self.repl.request = Some(Box::new(r));
         self.advance(cx)
     }
 
@@ -1482,7 +1484,7 @@ impl Session {
             rows: Vec::new(),
             error: None,
         });
-        self.repl.request = Some(r);
+        self.repl.request = Some(Box::new(r));
         self.advance(cx)
     }
 
