@@ -163,6 +163,12 @@ pub fn data_row(out: &mut Vec<u8>, values: &[Option<&str>]) {
     finish_message(out, start);
 }
 
+/// A message without a body: BindComplete `2`, NoData `n`, ParseComplete `1`, …
+pub fn empty_message(out: &mut Vec<u8>, tag: u8) {
+    out.push(tag);
+    out.extend_from_slice(&4i32.to_be_bytes());
+}
+
 pub fn empty_query_response(out: &mut Vec<u8>) {
     let start = begin_message(out, b'I');
     finish_message(out, start);

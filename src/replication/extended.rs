@@ -377,6 +377,51 @@ pub fn prepare(
     Prepared::Ready(batch)
 }
 
+/// What PostgreSQL answers to a batch that only runs a prepared plain BEGIN — Bind, an
+/// optional Describe of the portal, Execute, Sync, as libpq's PQexecPrepared sends it — so
+/// that pgmulti can answer it and send the batch with the transaction's first statement, as
+/// for a simple-protocol BEGIN. None for any other batch.
+pub fn plain_begin_answer(messages: &[u8], statements: &Statements) -> Option<Vec<u8>> {
+    let mut msgs = Messages(messages);
+    let (b'B', bind) = msgs.next()? else {
+        return None;
+    };
+    let bind = parse_bind(bind).ok()?;
+    let statement = statements.statements.get(bind.statement)?;
+    if statement.class != Class::Begin || statement.parse.len() < 5 {
+        return None;
+    }
+    let text = parse_parse(&statement.parse[5..]).ok()?.query;
+    if !request::is_plain_begin(text) {
+        return None;
+    }
+    let mut answer = Vec::with_capacity(40);
+    crate::protocol::backend::empty_message(&mut answer, b'2');
+    let mut next = msgs.next()?;
+    if next.0 == b'D' {
+        if parse_describe_or_close(next.1).ok()? != (b'P', bind.portal) {
+            return None;
+        }
+        crate::protocol::backend::empty_message(&mut answer, b'n');
+        next = msgs.next()?;
+    }
+    let (b'E', execute) = next else {
+        return None;
+    };
+    if parse_execute(execute).ok()?.0 != bind.portal {
+        return None;
+    }
+    let (b'S', _) = msgs.next()? else {
+        return None;
+    };
+    if msgs.next().is_some() {
+        return None;
+    }
+    crate::protocol::backend::command_complete(&mut answer, "BEGIN");
+    crate::protocol::backend::ready_for_query(&mut answer, b'T');
+    Some(answer)
+}
+
 /// After a batch ran: statements and portals that now live on one node only.
 pub fn ran_on(statements: &mut Statements, batch_bytes: &[u8], unnamed_read: bool, node: u8) {
     for (tag, body) in Messages(batch_bytes) {
@@ -472,6 +517,43 @@ mod tests {
         put_cstr(out, portal.as_bytes());
         put_i32(out, 0);
         finish_message(out, at);
+    }
+
+    #[test]
+    fn a_prepared_plain_begin_is_answered_as_postgresql_would() {
+        let mut st = Statements::default();
+        let mut m = Vec::new();
+        parse(&mut m, "b", "BEGIN;");
+        parse(&mut m, "s", "BEGIN ISOLATION LEVEL SERIALIZABLE");
+        frontend::sync(&mut m);
+        run(&m, &mut st);
+        let batch = |name: &str, describe: bool| {
+            let mut m = Vec::new();
+            bind(&mut m, "", name, &[], &[]);
+            if describe {
+                let at = begin_message(&mut m, b'D');
+                m.push(b'P');
+                put_cstr(&mut m, b"");
+                finish_message(&mut m, at);
+            }
+            execute(&mut m, "");
+            frontend::sync(&mut m);
+            m
+        };
+        let answer = plain_begin_answer(&batch("b", true), &st).expect("answered");
+        let tags: Vec<u8> = Messages(&answer).map(|(t, _)| t).collect();
+        assert_eq!(tags, b"2nCZ");
+        assert_eq!(answer.last(), Some(&b'T'));
+        let answer = plain_begin_answer(&batch("b", false), &st).expect("answered");
+        assert_eq!(
+            Messages(&answer).map(|(t, _)| t).collect::<Vec<u8>>(),
+            b"2CZ"
+        );
+        assert!(
+            plain_begin_answer(&batch("s", true), &st).is_none(),
+            "options can fail"
+        );
+        assert!(plain_begin_answer(&batch("nope", true), &st).is_none());
     }
 
     fn run(messages: &[u8], st: &mut Statements) -> Batch {

@@ -62,6 +62,22 @@ pub fn analyse(sql: &str) -> Analysed {
     }
 }
 
+/// `BEGIN`, `BEGIN WORK`, `BEGIN TRANSACTION` or `START TRANSACTION` without options: it
+/// cannot fail, so pgmulti may answer it and send it later.
+pub fn is_plain_begin(sql: &str) -> bool {
+    let mut words = sql.trim().trim_end_matches(';').split_whitespace();
+    let first = words.next().unwrap_or_default();
+    let second = words.next();
+    words.next().is_none()
+        && match second {
+            None => first.eq_ignore_ascii_case("BEGIN"),
+            Some(w) if first.eq_ignore_ascii_case("BEGIN") => {
+                w.eq_ignore_ascii_case("WORK") || w.eq_ignore_ascii_case("TRANSACTION")
+            }
+            Some(w) => first.eq_ignore_ascii_case("START") && w.eq_ignore_ascii_case("TRANSACTION"),
+        }
+}
+
 /// Advisory-lock key class pgmulti uses for ordering (ASCII "pm").
 const ORDERING_LOCK_CLASS: u32 = 0x706d;
 

@@ -1170,7 +1170,10 @@ impl Session {
         }
         let text = short(sql);
         let analysed = request::analyse(sql);
-        if analysed.class == plan::Class::Begin && !self.repl.tx.view.open && is_plain_begin(sql) {
+        if analysed.class == plan::Class::Begin
+            && !self.repl.tx.view.open
+            && request::is_plain_begin(sql)
+        {
             // Answered here; the nodes get it with the transaction's first statement.
             self.repl.tx.begin = Some(msg);
             self.repl.tx.view.open = true;
@@ -1330,6 +1333,18 @@ impl Session {
 
     /// An extended-protocol batch (messages up to Sync): prepared, then planned like a Query.
     fn start_batch(&mut self, msg: Vec<u8>, lead: u8, cx: &mut Context) -> Result<(), Transition> {
+        if !self.repl.tx.view.open {
+            if let Some(answer) = extended::plain_begin_answer(&msg, &self.repl.statements) {
+                // As for a simple-protocol BEGIN: the nodes get the batch later.
+                self.repl.tx.begin = Some(msg);
+                self.repl.tx.view.open = true;
+                self.tx_status = b'T';
+                cx.shared.out.clear();
+                cx.shared.out.extend_from_slice(&answer);
+                self.send_to_client(cx);
+                return Ok(());
+            }
+        }
         let (transaction_ts, statement_ts) = self.timestamps();
         let cache = &self.repl.defaults;
         let mut random = random_u64;
@@ -1524,22 +1539,6 @@ impl Session {
     }
 }
 
-/// `BEGIN`, `BEGIN WORK`, `BEGIN TRANSACTION` or `START TRANSACTION` without options: it
-/// cannot fail, so pgmulti may answer it and send it later.
-fn is_plain_begin(sql: &str) -> bool {
-    let mut words = sql.trim().trim_end_matches(';').split_whitespace();
-    let first = words.next().unwrap_or_default();
-    let second = words.next();
-    words.next().is_none()
-        && match second {
-            None => first.eq_ignore_ascii_case("BEGIN"),
-            Some(w) if first.eq_ignore_ascii_case("BEGIN") => {
-                w.eq_ignore_ascii_case("WORK") || w.eq_ignore_ascii_case("TRANSACTION")
-            }
-            Some(w) => first.eq_ignore_ascii_case("START") && w.eq_ignore_ascii_case("TRANSACTION"),
-        }
-}
-
 fn message_len(header: &[u8]) -> usize {
     match message_header(header, MAX_REPLICATED_MESSAGE) {
         Ok(Some((_, len))) => len,
@@ -1609,7 +1608,7 @@ fn random_u64() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::is_plain_begin;
+    use crate::replication::request::is_plain_begin;
 
     #[test]
     fn only_plain_begins_are_answered_by_pgmulti() {
