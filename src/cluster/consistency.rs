@@ -4,6 +4,9 @@
 //! inside PostgreSQL — no row ever leaves the node — and the nodes are compared object by
 //! object.
 //!
+//! All nodes read in snapshots taken while no transaction ran (see `check`), so a check
+//! under load compares the same transactions everywhere.
+//!
 //! Blocking I/O: one thread per node, each with its own `Direct` connections. `check` must run
 //! in a thread of its own, never in the event loop. `judge` (the comparison and the verdict)
 //! does no I/O.
@@ -92,22 +95,43 @@ const OBJECTS: &str = "SELECT n.nspname, c.relname, c.relkind, \
      AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'";
 
 /// Check every table and sequence of `database` (else of every database the first target
-/// that answers — the lead — lists) on every target, the targets in parallel.
-pub fn check(targets: &[Target], login: &Login, database: Option<&str>) -> Report {
+/// that answers — the lead — lists) on every target.
+///
+/// First, one node after the other, a connection per node and database opens a REPEATABLE
+/// READ transaction (its snapshot), lists the objects and reads the sequences (they are not
+/// transactional); then `aligned` is called. The caller holds new transactions back until
+/// then (see `reactor::operations`), so every node's snapshot shows the same transactions.
+/// The tables are then measured in those snapshots, the nodes in parallel, while clients
+/// write again.
+pub fn check(
+    targets: &[Target],
+    login: &Login,
+    database: Option<&str>,
+    aligned: &mut dyn FnMut(),
+) -> Report {
     let databases = match database {
         Some(d) => vec![d.to_string()],
         None => match list_databases(targets, login) {
             Ok(d) => d,
-            Err(failures) => return unlisted(&failures),
+            Err(failures) => {
+                aligned();
+                return unlisted(&failures);
+            }
         },
     };
+    let mut opened: Vec<Vec<Opened>> = targets
+        .iter()
+        .map(|t| databases.iter().map(|db| begin(t, login, db)).collect())
+        .collect();
+    aligned();
     let scans: Vec<Vec<Scan>> = std::thread::scope(|s| {
-        let threads: Vec<_> = targets
-            .iter()
-            .map(|t| {
+        let threads: Vec<_> = opened
+            .iter_mut()
+            .zip(targets)
+            .map(|(node, t)| {
                 std::thread::Builder::new()
                     .name(format!("consistency-{}", t.id))
-                    .spawn_scoped(s, || scan_node(t, login, &databases))
+                    .spawn_scoped(s, move || node.iter_mut().map(measure_tables).collect())
                     .map_err(|e| e.to_string())
             })
             .collect();
@@ -470,40 +494,85 @@ fn list_databases(targets: &[Target], login: &Login) -> Result<Vec<String>, Vec<
     Err(failures)
 }
 
-fn scan_node(target: &Target, login: &Login, databases: &[String]) -> Vec<Scan> {
-    databases
-        .iter()
-        .map(|db| scan_database(target, login, db))
-        .collect()
+/// One node's connection to one database inside its snapshot, the objects it lists, and
+/// what was measured before the snapshots were aligned (the sequences).
+struct Opened {
+    conn: Result<Direct, String>,
+    objects: Vec<Object>,
+    found: BTreeMap<String, Finding>,
 }
 
-/// Every object of one database, in (schema, name) order.
-fn scan_database(target: &Target, login: &Login, database: &str) -> Scan {
-    let mut conn = open(target, login, database)?;
-    let objects = list_objects(&mut conn)?;
-    let mut conn = Some(conn);
-    let mut lost = String::new();
-    let mut found = BTreeMap::new();
-    for object in objects {
-        let measure = match conn.as_mut() {
-            Some(c) => measure(c, &object),
-            None => Err(lost.clone()),
-        };
-        if measure.is_err() && conn.is_some() {
-            // After a failure the connection may be out of step: go on with a new one.
-            conn = open(target, login, database)
-                .map_err(|e| lost = format!("connection lost: {e}"))
-                .ok();
+/// Open the snapshot, list the objects, read the sequences.
+fn begin(target: &Target, login: &Login, database: &str) -> Opened {
+    let mut opened = Opened {
+        conn: Err(String::new()),
+        objects: Vec::new(),
+        found: BTreeMap::new(),
+    };
+    let listed = open(target, login, database).and_then(|mut c| {
+        c.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+        let objects = list_objects(&mut c)?;
+        Ok((c, objects))
+    });
+    let (conn, objects) = match listed {
+        Ok(x) => x,
+        Err(e) => {
+            opened.conn = Err(e);
+            return opened;
         }
-        found.insert(
-            object.display,
-            Finding {
-                kind: object.kind,
-                measure,
-            },
-        );
+    };
+    opened.conn = Ok(conn);
+    for object in objects {
+        if object.kind == SEQUENCE {
+            let m = measure_one(&mut opened.conn, &object);
+            opened.found.insert(object.display.clone(), m);
+        } else {
+            opened.objects.push(object);
+        }
     }
-    Ok(found)
+    opened
+}
+
+/// Every table of one database in the snapshot `begin` opened; with the sequences, every
+/// object in (schema, name) order.
+fn measure_tables(opened: &mut Opened) -> Scan {
+    if let Err(e) = &opened.conn {
+        return Err(e.clone());
+    }
+    for object in std::mem::take(&mut opened.objects) {
+        let m = measure_one(&mut opened.conn, &object);
+        opened.found.insert(object.display, m);
+    }
+    Ok(std::mem::take(&mut opened.found))
+}
+
+/// One object, inside a savepoint: a failure (no privilege, a lock timeout) leaves the
+/// transaction and its snapshot usable for the next object. A connection that fails is
+/// not used again.
+fn measure_one(conn: &mut Result<Direct, String>, object: &Object) -> Finding {
+    let measured = match conn.as_mut() {
+        Err(e) => Err(format!("connection lost: {e}")),
+        Ok(c) => c.query("SAVEPOINT pgmulti_check").and_then(|_| {
+            let m = measure(c, object);
+            let end = if m.is_ok() {
+                "RELEASE SAVEPOINT pgmulti_check"
+            } else {
+                "ROLLBACK TO SAVEPOINT pgmulti_check"
+            };
+            c.query(end).map(|_| m)
+        }),
+    };
+    let measure = match measured {
+        Ok(m) => m,
+        Err(e) => {
+            *conn = Err(e.clone());
+            Err(e)
+        }
+    };
+    Finding {
+        kind: object.kind,
+        measure,
+    }
 }
 
 fn list_objects(c: &mut Direct) -> Result<Vec<Object>, String> {

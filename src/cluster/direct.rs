@@ -16,8 +16,8 @@ use crate::net::tls::NodeTls;
 use crate::protocol::backend::{self, Authentication};
 use crate::protocol::frontend;
 
-trait Stream: Read + Write {}
-impl<T: Read + Write> Stream for T {}
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
 
 pub struct Direct {
     stream: Box<dyn Stream>,

@@ -68,15 +68,16 @@ pub enum LongAsk {
 pub struct Gate {
     /// PAUSE from the admin console, until RESUME.
     pub paused: bool,
-    /// A node is being attached or recovered.
-    pub held: bool,
+    /// Node changes (attach, recovery stage 2) and consistency checks taking their
+    /// snapshots that hold it closed.
+    pub holds: usize,
     /// Sessions waiting for the gate to open.
     pub waiting: Vec<ConnKey>,
 }
 
 impl Gate {
     pub fn closed(&self) -> bool {
-        self.paused || self.held
+        self.paused || self.holds > 0
     }
 }
 

@@ -12,7 +12,10 @@
 //!   transactions; stage 2 (`recovery_2nd_stage_command`, then waiting for the node to
 //!   accept connections and comparing it with the lead) runs in a thread; then the node is
 //!   attached as above. Any failure leaves it down, and the log and the console say why.
-//! - CHECK CONSISTENCY runs `cluster::consistency` in a thread.
+//! - CHECK CONSISTENCY holds the gate until no transaction runs (at most
+//!   `CHECK_QUIET_WAIT`), then runs `cluster::consistency` in a thread, which takes a
+//!   snapshot on every node and calls back; the gate opens and the tables are read in those
+//!   snapshots while clients go on.
 //!
 //! Threads report over a channel and wake the loop through `mio::Waker`; the loop never
 //! waits for them.
@@ -40,7 +43,20 @@ pub enum Done {
     },
     /// CHECK CONSISTENCY's answer for `asker`.
     Check { asker: ConnKey, answer: Vec<u8> },
+    /// A consistency check took its snapshots: its hold on the gate ends.
+    Aligned,
 }
+
+/// CHECK CONSISTENCY waiting until no transaction runs to take its snapshots.
+struct PendingCheck {
+    asker: ConnKey,
+    database: Option<String>,
+    deadline: Instant,
+}
+
+/// How long CHECK CONSISTENCY holds new transactions back waiting for running ones; after
+/// that it reads without aligned snapshots (and says so) rather than stall clients longer.
+const CHECK_QUIET_WAIT: Duration = Duration::from_secs(5);
 
 enum Kind {
     Attach,
@@ -74,6 +90,7 @@ pub struct Operations {
     /// Consoles waiting for PAUSE to take effect.
     pausing: Vec<ConnKey>,
     change: Option<Change>,
+    checks: Vec<PendingCheck>,
 }
 
 /// What the loop must do after `advance`: answer consoles, wake sessions at the gate.
@@ -94,12 +111,14 @@ impl Operations {
             rx,
             pausing: Vec::new(),
             change: None,
+            checks: Vec::new(),
         }
     }
 
     /// Whether `advance` needs to know if any session is inside a transaction.
     pub fn waits_for_quiet(&self) -> bool {
         !self.pausing.is_empty()
+            || !self.checks.is_empty()
             || matches!(
                 self.change,
                 Some(Change {
@@ -147,7 +166,7 @@ impl Operations {
                 let _ = node;
             }
             LongAsk::Attach(node) => {
-                shared.gate.held = true;
+                shared.gate.holds += 1;
                 log::info!("ATTACH NODE {node}: waiting for running transactions");
                 self.change = Some(Change {
                     node,
@@ -196,22 +215,14 @@ impl Operations {
                 }
             },
             LongAsk::CheckConsistency(database) => {
-                let targets = targets(shared, shared.cluster.live().collect());
-                let login = login(shared);
-                let report = self.reporter();
-                log::info!(
-                    "CHECK CONSISTENCY {} on nodes {:?}",
-                    database.as_deref().unwrap_or("(every database)"),
-                    targets.iter().map(|t| t.id).collect::<Vec<_>>()
-                );
-                spawn("consistency check".into(), move || {
-                    let r = consistency::check(&targets, &login, database.as_deref());
-                    log::info!("CHECK CONSISTENCY: {}", r.verdict);
-                    report(Done::Check {
-                        asker,
-                        answer: report_table(&r),
-                    });
+                shared.gate.holds += 1;
+                let deadline = now + CHECK_QUIET_WAIT;
+                self.checks.push(PendingCheck {
+                    asker,
+                    database,
+                    deadline,
                 });
+                out.recheck_at = Some(deadline);
                 return;
             }
             LongAsk::ShowClients | LongAsk::ShowServers => {
@@ -243,6 +254,10 @@ impl Operations {
         while let Ok(done) = self.rx.try_recv() {
             match done {
                 Done::Check { asker, answer } => out.answers.push((asker, answer)),
+                Done::Aligned => {
+                    shared.gate.holds -= 1;
+                    out.wake_gate = !shared.gate.closed();
+                }
                 Done::Stage {
                     node,
                     stage,
@@ -254,6 +269,13 @@ impl Operations {
             return;
         }
         let quiet = !busy();
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.checks)
+            .into_iter()
+            .partition(|c| quiet || now >= c.deadline);
+        self.checks = waiting;
+        for check in due {
+            self.start_check(check, quiet, shared, out);
+        }
         if quiet && !self.pausing.is_empty() {
             log::info!("PAUSE: no transaction is running");
             for k in self.pausing.drain(..) {
@@ -311,6 +333,51 @@ impl Operations {
         }
     }
 
+    /// Run a consistency check in a thread. `quiet`: no transaction runs, so the snapshots
+    /// it takes before it calls back are aligned; else the hold ends now and the verdict
+    /// says the check read while transactions ran.
+    fn start_check(
+        &mut self,
+        c: PendingCheck,
+        quiet: bool,
+        shared: &mut Shared,
+        out: &mut Outcome,
+    ) {
+        let targets = targets(shared, shared.cluster.live().collect());
+        let login = login(shared);
+        log::info!(
+            "CHECK CONSISTENCY {} on nodes {:?}{}",
+            c.database.as_deref().unwrap_or("(every database)"),
+            targets.iter().map(|t| t.id).collect::<Vec<_>>(),
+            if quiet { "" } else { " while transactions run" }
+        );
+        let mut aligned = AlignedOnce(None);
+        if quiet {
+            aligned.0 = Some(Box::new(self.reporter()));
+        } else {
+            shared.gate.holds -= 1;
+            out.wake_gate = !shared.gate.closed();
+        }
+        let report = self.reporter();
+        let (asker, database) = (c.asker, c.database);
+        spawn("consistency check".into(), move || {
+            let mut r = consistency::check(&targets, &login, database.as_deref(), &mut || {
+                aligned.fire()
+            });
+            drop(aligned);
+            if !quiet {
+                r.verdict.push_str(
+                    " (read while transactions ran: a difference may be a write in flight)",
+                );
+            }
+            log::info!("CHECK CONSISTENCY: {}", r.verdict);
+            report(Done::Check {
+                asker,
+                answer: report_table(&r),
+            });
+        });
+    }
+
     fn stage_done(
         &mut self,
         node: u8,
@@ -332,7 +399,7 @@ impl Operations {
                 "RECOVER NODE {node}: stage 1 done after {:.1} s; pausing new transactions",
                 now.saturating_duration_since(c.started).as_secs_f64()
             );
-            shared.gate.held = true;
+            shared.gate.holds += 1;
             shared.cluster.nodes[node as usize].note = "waiting for running transactions".into();
             let deadline = now + shared.config.recovery_timeout;
             c.step = Step::Quiescing { deadline };
@@ -360,7 +427,7 @@ impl Operations {
         let mut a = Vec::new();
         backend::command_complete(&mut a, tag);
         out.answers.push((c.asker, a));
-        shared.gate.held = false;
+        shared.gate.holds -= 1;
         out.wake_gate = !shared.gate.closed();
     }
 
@@ -382,8 +449,26 @@ impl Operations {
             &format!("{what} {} failed, the node stays detached: {why}", c.node),
         );
         out.answers.push((c.asker, a));
-        shared.gate.held = false;
+        shared.gate.holds -= 1;
         out.wake_gate = !shared.gate.closed();
+    }
+}
+
+/// Reports `Done::Aligned` once: when the check calls back, or when it ends without doing so
+/// (a panic), so the gate never stays held.
+struct AlignedOnce(Option<Box<dyn Fn(Done) + Send>>);
+
+impl AlignedOnce {
+    fn fire(&mut self) {
+        if let Some(report) = self.0.take() {
+            report(Done::Aligned);
+        }
+    }
+}
+
+impl Drop for AlignedOnce {
+    fn drop(&mut self) {
+        self.fire();
     }
 }
 
@@ -528,7 +613,8 @@ fn verify(pair: &[Target], login: &Login, timeout: Duration) -> Result<(), Strin
     {
         return Err(format!("node {} is still a standby (in recovery)", node.id));
     }
-    let report = consistency::check(pair, login, None);
+    // Transactions are held back during stage 2: the snapshots are aligned anyway.
+    let report = consistency::check(pair, login, None, &mut || {});
     if !report.consistent {
         return Err(format!(
             "the node differs from the lead: {}",
