@@ -37,6 +37,8 @@ struct Pooled {
     key: PoolKey,
     conn: NodeConn,
     state: State,
+    /// The client settings applied again after the reset (the last client's).
+    settings: Vec<(String, String)>,
 }
 
 #[derive(Default)]
@@ -50,15 +52,28 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// An idle connection for `key`, moved to `token`.
-    pub fn take(&mut self, key: &PoolKey, registry: &Registry, token: Token) -> Option<NodeConn> {
+    /// An idle connection for `key`, moved to `token`, preferably one already configured
+    /// with `settings` (then `configured` is true and no SET is needed; else the session
+    /// configures it).
+    pub fn take(
+        &mut self,
+        key: &PoolKey,
+        settings: &[(String, String)],
+        registry: &Registry,
+        token: Token,
+    ) -> Option<NodeConn> {
         let list = self.idle.get_mut(key)?;
-        while let Some(slot) = list.pop() {
+        while !list.is_empty() {
+            let at = list
+                .iter()
+                .rposition(|&slot| self.slots[slot].settings == settings)
+                .unwrap_or(list.len() - 1);
+            let slot = list.remove(at);
             let mut p = self.slots.remove(slot);
             if p.conn.ep.transport.reregister(registry, token).is_ok() {
                 self.reused += 1;
                 p.conn.from_pool = true;
-                p.conn.configured = false;
+                p.conn.configured = p.settings == settings;
                 return Some(p.conn);
             }
             p.conn.ep.transport.deregister(registry);
@@ -66,9 +81,18 @@ impl Pool {
         None
     }
 
-    /// Take back a connection a session no longer needs. Its reset starts at once. If the
-    /// key already has `max` connections, it is closed instead.
-    pub fn put(&mut self, key: PoolKey, mut conn: NodeConn, max: usize, registry: &Registry) {
+    /// Take back a connection a session no longer needs. Its reset starts at once and ends by
+    /// applying the session's `settings` again, so that the next client with the same
+    /// startup parameters needs no SET. If the key already has `max` connections, it is
+    /// closed instead.
+    pub fn put(
+        &mut self,
+        key: PoolKey,
+        mut conn: NodeConn,
+        settings: &[(String, String)],
+        max: usize,
+        registry: &Registry,
+    ) {
         let kept = self.idle.get(&key).map_or(0, Vec::len)
             + self
                 .slots
@@ -80,12 +104,17 @@ impl Pool {
             return;
         }
         // Sync ends any unfinished extended-protocol batch; ROLLBACK any transaction.
-        let mut reset = Vec::with_capacity(48);
+        let mut reset = Vec::with_capacity(64);
         frontend::sync(&mut reset);
         frontend::query(&mut reset, "ROLLBACK");
         frontend::query(&mut reset, "DISCARD ALL");
+        let mut answers = 3;
+        if !settings.is_empty() {
+            frontend::query(&mut reset, &crate::session::node::set_sql(settings));
+            answers += 1;
+        }
         conn.send(&reset);
-        if let Some(slot) = self.insert(key, conn, State::Resetting(3), registry) {
+        if let Some(slot) = self.insert(key, conn, State::Resetting(answers), settings, registry) {
             self.drive(slot, registry);
         }
     }
@@ -97,7 +126,7 @@ impl Pool {
             return;
         }
         conn.ep.release_buffers();
-        if let Some(slot) = self.insert(key.clone(), conn, State::Idle, registry) {
+        if let Some(slot) = self.insert(key.clone(), conn, State::Idle, &[], registry) {
             self.idle.entry(key).or_default().push(slot);
         }
     }
@@ -108,6 +137,7 @@ impl Pool {
         key: PoolKey,
         mut conn: NodeConn,
         state: State,
+        settings: &[(String, String)],
         registry: &Registry,
     ) -> Option<usize> {
         let entry = self.slots.vacant_entry();
@@ -121,7 +151,12 @@ impl Pool {
             conn.terminate(registry);
             return None;
         }
-        entry.insert(Pooled { key, conn, state });
+        entry.insert(Pooled {
+            key,
+            conn,
+            state,
+            settings: settings.to_vec(),
+        });
         Some(slot)
     }
 

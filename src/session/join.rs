@@ -123,7 +123,7 @@ impl Session {
             };
             let mut step = j.conn.login(&mut lc, cx);
             if matches!(step, LoginStep::Ready) && !j.conn.configured {
-                j.conn.configure(settings);
+                j.conn.configure(settings, false);
                 step = j.conn.login(&mut lc, cx);
             }
             match step {

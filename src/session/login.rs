@@ -61,7 +61,11 @@ impl Session {
         let key = self.pool_key(id);
         if let Some(mut conn) = key
             .as_ref()
-            .and_then(|k| cx.shared.pool.take(k, cx.registry, node_token))
+            .and_then(|k| {
+                cx.shared
+                    .pool
+                    .take(k, &self.settings, cx.registry, node_token)
+            })
         {
             log::debug!("{} node {id}: connection from the pool", self.prefix);
             if let Some(k) = key.filter(|k| preconnected(cx, k)) {
@@ -69,7 +73,9 @@ impl Session {
                     cx.shared.preconnect_asks.push(k);
                 }
             }
-            conn.configure(&self.settings);
+            if !conn.configured {
+                conn.configure(&self.settings, true);
+            }
             return Ok(conn);
         }
         let Some(node) = cx.shared.cluster.nodes.get(id as usize) else {
@@ -118,7 +124,7 @@ impl Session {
         let mut step = node.login(&mut lc, cx);
         if matches!(step, LoginStep::Ready) && !node.configured {
             // Logged in with user and database only: now the client's own parameters.
-            node.configure(&self.settings);
+            node.configure(&self.settings, false);
             step = node.login(&mut lc, cx);
         }
         let step = match step {

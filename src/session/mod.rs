@@ -512,7 +512,7 @@ impl Session {
                         && node.is_quiet()
                         && cx.shared.cluster.is_up(node.index) =>
                 {
-                    cx.shared.pool.put(key, node, max, cx.registry)
+                    cx.shared.pool.put(key, node, &self.settings, max, cx.registry)
                 }
                 _ => node.close(cx),
             }

@@ -96,6 +96,19 @@ pub struct NodeConn {
     pub from_pool: bool,
 }
 
+/// `SET "name" = 'value';` for each setting.
+pub fn set_sql(settings: &[(String, String)]) -> String {
+    let mut sql = String::new();
+    for (name, value) in settings {
+        sql.push_str(&format!(
+            "SET \"{}\" = '{}';",
+            name.replace('"', "\"\""),
+            value.replace('\'', "''")
+        ));
+    }
+    sql
+}
+
 /// A node's reported parameters as `name\0value\0` pairs in one allocation: a node reports
 /// about fourteen at login, and every pooled or session connection keeps them.
 #[derive(Default, Clone, Debug)]
@@ -241,21 +254,16 @@ impl NodeConn {
     }
 
     /// Apply the client's startup parameters with SET (pooled connections are logged in
-    /// with user and database only, so that any client can use them). Nothing to set: the
-    /// connection is configured at once.
-    pub fn configure(&mut self, settings: &[(String, String)]) {
-        if settings.is_empty() {
+    /// with user and database only, so that any client can use them). `reset`: first undo
+    /// the settings another client left (RESET ALL). Nothing to do: the connection is
+    /// configured at once.
+    pub fn configure(&mut self, settings: &[(String, String)], reset: bool) {
+        if settings.is_empty() && !reset {
             self.configured = true;
             return;
         }
-        let mut sql = String::new();
-        for (name, value) in settings {
-            sql.push_str(&format!(
-                "SET \"{}\" = '{}';",
-                name.replace('"', "\"\""),
-                value.replace('\'', "''")
-            ));
-        }
+        let mut sql = String::from(if reset { "RESET ALL;" } else { "" });
+        sql.push_str(&set_sql(settings));
         let mut out = Vec::with_capacity(sql.len() + 6);
         frontend::query(&mut out, &sql);
         self.send(&out);
