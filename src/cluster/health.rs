@@ -67,7 +67,7 @@ impl HealthCheck {
                         "{}: {reason}; check health_check_user, health_check_password and health_check_database",
                         self.own.prefix()
                     );
-                    self.close(cx);
+                    self.close();
                     return true;
                 }
                 LoginStep::Failed { reason, .. } => return self.fail(&reason, cx),
@@ -95,7 +95,7 @@ impl HealthCheck {
                     conn.ep.rx.consume(len);
                     match tag {
                         b'Z' => {
-                            self.close(cx);
+                            self.close();
                             if let Some(n) = cx.shared.cluster.nodes.get_mut(self.node as usize) {
                                 n.health_failures = 0;
                             }
@@ -118,7 +118,7 @@ impl HealthCheck {
     /// A failed check: retried `health_check_max_retries` times, `health_check_retry_delay`
     /// apart, before the node is detached.
     fn fail(&mut self, why: &str, cx: &mut Context) -> bool {
-        self.close(cx);
+        self.close();
         let retries = cx.shared.config.health_check_max_retries;
         let Some(n) = cx.shared.cluster.nodes.get_mut(self.node as usize) else {
             return true;
@@ -147,7 +147,7 @@ impl HealthCheck {
         self.fail(&format!("no answer within {t:?}"), cx);
     }
 
-    pub fn close(&mut self, cx: &mut Context) {
-        self.own.close(cx);
+    pub fn close(&mut self) {
+        self.own.close();
     }
 }

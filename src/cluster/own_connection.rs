@@ -85,10 +85,10 @@ impl OwnConnection {
         conn.login(&mut lc, cx)
     }
 
-    /// Say Terminate and leave the poller (if not handed on already).
-    pub fn close(&mut self, cx: &mut Context) {
+    /// Say Terminate (if not handed on already).
+    pub fn close(&mut self) {
         if let Some(mut c) = self.conn.take() {
-            c.terminate(cx.registry);
+            c.terminate();
         }
     }
 }

@@ -100,7 +100,7 @@ impl Pool {
                 .filter(|(_, p)| p.key == key && matches!(p.state, State::Resetting(_)))
                 .count();
         if kept >= max {
-            conn.terminate(registry);
+            conn.terminate();
             return;
         }
         // Sync ends any unfinished extended-protocol batch; ROLLBACK any transaction.
@@ -122,7 +122,7 @@ impl Pool {
     /// A freshly logged-in connection (preconnect): idle at once, if there is room.
     pub fn adopt(&mut self, key: PoolKey, mut conn: NodeConn, max: usize, registry: &Registry) {
         if self.idle.get(&key).map_or(0, Vec::len) >= max {
-            conn.terminate(registry);
+            conn.terminate();
             return;
         }
         conn.ep.release_buffers();
@@ -148,7 +148,7 @@ impl Pool {
             .reregister(registry, Token(POOL_TOKEN_BASE + slot))
             .is_err()
         {
-            conn.terminate(registry);
+            conn.terminate();
             return None;
         }
         entry.insert(Pooled {

@@ -72,7 +72,7 @@ impl Preconnect {
     pub fn close(&mut self, cx: &mut Context) {
         if self.own.conn.is_some() {
             cx.shared.pool.opening(&self.key, -1);
-            self.own.close(cx);
+            self.own.close();
         }
     }
 }

@@ -23,14 +23,15 @@ impl Listener {
         }
     }
 
-    /// Accept one connection; `Ok(None)` when no more are waiting.
-    pub fn accept(&self) -> io::Result<Option<Socket>> {
+    /// Accept one connection and name its peer (from accept itself: no getpeername);
+    /// `Ok(None)` when no more are waiting.
+    pub fn accept(&self) -> io::Result<Option<(Socket, String)>> {
         let r = match self {
-            Listener::Tcp(l) => l.accept().map(|(s, _)| {
+            Listener::Tcp(l) => l.accept().map(|(s, addr)| {
                 let _ = s.set_nodelay(true);
-                Socket::Tcp(s)
+                (Socket::Tcp(s), addr.to_string())
             }),
-            Listener::Unix(l, _) => l.accept().map(|(s, _)| Socket::Unix(s)),
+            Listener::Unix(l, _) => l.accept().map(|(s, _)| (Socket::Unix(s), "unix".into())),
         };
         match r {
             Ok(s) => Ok(Some(s)),

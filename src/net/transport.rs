@@ -46,16 +46,6 @@ impl Socket {
             Socket::Unix(s) => s,
         }
     }
-
-    pub fn peer(&self) -> String {
-        match self {
-            Socket::Tcp(s) => s
-                .peer_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|_| "?".into()),
-            Socket::Unix(_) => "unix".into(),
-        }
-    }
 }
 
 /// What one I/O call achieved.
@@ -127,18 +117,6 @@ impl Transport {
             Layer::Tls(t) => t.get_mut(),
             Layer::Empty => unreachable!("transport used while switching layers"),
         }
-    }
-
-    fn socket(&self) -> &Socket {
-        match &self.layer {
-            Layer::Plain(s) => s,
-            Layer::Tls(t) => t.get_ref(),
-            Layer::Empty => unreachable!("transport used while switching layers"),
-        }
-    }
-
-    pub fn peer(&self) -> String {
-        self.socket().peer()
     }
 
     pub fn is_tls(&self) -> bool {

@@ -120,6 +120,8 @@ pub struct Shared {
     pub gate: Gate,
     /// Nodes whose failed health check is to be retried.
     pub health_retries: Vec<u8>,
+    /// Random cancel-key secrets not handed out yet.
+    pub secrets: Vec<u32>,
 }
 
 pub struct Context<'a> {

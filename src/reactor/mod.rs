@@ -351,7 +351,7 @@ impl Reactor {
             let Some(l) = self.listeners.get(listener) else {
                 return;
             };
-            let socket = match l.accept() {
+            let (socket, peer) = match l.accept() {
                 Ok(Some(s)) => s,
                 Ok(None) => return,
                 Err(e) => {
@@ -364,7 +364,7 @@ impl Reactor {
             let id = self.next_conn_id;
             self.next_conn_id += 1;
             let mut cx = context!(self, key, now);
-            let mut session = Session::new(id, socket, &mut cx);
+            let mut session = Session::new(id, socket, peer, &mut cx);
             cx.shared.stats.sessions_accepted += 1;
             if let Err(e) = session.register(&mut cx) {
                 log::warn!("{} cannot register socket: {e}", session.prefix());
@@ -391,7 +391,7 @@ impl Reactor {
                 return;
             };
             let socket = match l.accept() {
-                Ok(Some(s)) => s,
+                Ok(Some((s, _))) => s,
                 Ok(None) => return,
                 Err(e) => {
                     log::warn!("accept on {}: {e}", l.describe());
@@ -832,7 +832,7 @@ impl Reactor {
             Conn::Session(s) => s.close(reason, &mut cx),
             Conn::Cancel(c) => c.close(cx.registry),
             Conn::Preconnect(p) => p.close(&mut cx),
-            Conn::Health(h) => h.close(&mut cx),
+            Conn::Health(h) => h.close(),
             Conn::Metrics(m) => m.close(&mut cx),
         }
         entry.closed = true;
@@ -865,9 +865,17 @@ impl Shared {
                 break;
             }
         }
-        let mut secret = [0u8; 4];
-        let _ = openssl::rand::rand_bytes(&mut secret);
-        (self.next_process_id, u32::from_be_bytes(secret))
+        if self.secrets.is_empty() {
+            // Drawn 64 at a time: the generator costs a system call per draw.
+            let mut bytes = [0u8; 256];
+            let _ = openssl::rand::rand_bytes(&mut bytes);
+            self.secrets = bytes
+                .chunks_exact(4)
+                .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+        }
+        let secret = self.secrets.pop().unwrap_or_default();
+        (self.next_process_id, secret)
     }
 
     pub fn new(
@@ -896,6 +904,7 @@ impl Shared {
             out: Vec::with_capacity(4096),
             gate: Default::default(),
             health_retries: Vec::new(),
+            secrets: Vec::new(),
         }
     }
 }

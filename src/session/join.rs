@@ -24,8 +24,8 @@ pub(super) struct Joining {
 }
 
 impl Joining {
-    pub(super) fn close(&mut self, cx: &mut Context) {
-        self.conn.close(cx);
+    pub(super) fn close(&mut self) {
+        self.conn.terminate();
     }
 }
 
@@ -93,7 +93,7 @@ impl Session {
                 Some(false) => i += 1,
                 None => {
                     let mut j = self.repl.joining.remove(i);
-                    j.conn.close(cx);
+                    j.conn.terminate();
                 }
             }
         }
@@ -215,7 +215,7 @@ impl Session {
             cx.shared
                 .cluster
                 .detach(id, "joining a session timed out (connect_timeout)");
-            j.conn.close(cx);
+            j.conn.terminate();
         }
         cx.again = true;
         Transition::Stay

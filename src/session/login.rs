@@ -59,14 +59,11 @@ impl Session {
     pub(super) fn open_node(&mut self, id: u8, cx: &mut Context) -> Result<NodeConn, String> {
         let node_token = token(cx.key, Side::Node(id));
         let key = self.pool_key(id);
-        if let Some(mut conn) = key
-            .as_ref()
-            .and_then(|k| {
-                cx.shared
-                    .pool
-                    .take(k, &self.settings, cx.registry, node_token)
-            })
-        {
+        if let Some(mut conn) = key.as_ref().and_then(|k| {
+            cx.shared
+                .pool
+                .take(k, &self.settings, cx.registry, node_token)
+        }) {
             log::debug!("{} node {id}: connection from the pool", self.prefix);
             if let Some(k) = key.filter(|k| preconnected(cx, k)) {
                 if cx.shared.pool.wants(&k, cx.shared.config.min_pool_size) {
@@ -137,7 +134,7 @@ impl Session {
                 cx.shared.cluster.detach(id, &reason);
                 if let Some(pos) = self.nodes.iter().position(|n| n.index == id) {
                     let mut gone = self.nodes.remove(pos);
-                    gone.close(cx);
+                    gone.terminate();
                 }
                 LoginStep::Ready
             }

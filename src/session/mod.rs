@@ -118,9 +118,8 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(id: u64, socket: Socket, cx: &mut Context) -> Session {
+    pub fn new(id: u64, socket: Socket, peer: String, cx: &mut Context) -> Session {
         let transport = Transport::new(socket);
-        let peer = transport.peer();
         let timeout = cx.shared.config.authentication_timeout;
         let auth_timer =
             (!timeout.is_zero()).then(|| cx.schedule(timeout, TimerKind::Authentication));
@@ -446,11 +445,11 @@ impl Session {
         }
         self.closed = true;
         let _ = self.client.flush();
+        // Closing the socket (when the session is freed) also takes it out of the poller.
         self.client.transport.shutdown();
-        self.client.transport.deregister(cx.registry);
         self.release_nodes(cx);
         for mut j in std::mem::take(&mut self.repl.joining) {
-            j.close(cx);
+            j.close();
         }
         cx.cancel(&mut self.auth_timer);
         cx.cancel(&mut self.connect_timer);
@@ -512,9 +511,11 @@ impl Session {
                         && node.is_quiet()
                         && cx.shared.cluster.is_up(node.index) =>
                 {
-                    cx.shared.pool.put(key, node, &self.settings, max, cx.registry)
+                    cx.shared
+                        .pool
+                        .put(key, node, &self.settings, max, cx.registry)
                 }
-                _ => node.close(cx),
+                _ => node.terminate(),
             }
         }
     }

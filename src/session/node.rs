@@ -228,20 +228,17 @@ impl NodeConn {
         self.state == LoginState::Ready
     }
 
-    pub fn close(&mut self, cx: &mut Context) {
-        self.terminate(cx.registry);
-    }
-
-    /// Say Terminate (if logged in), close TLS, leave the poller. Never blocks.
-    pub fn terminate(&mut self, registry: &mio::Registry) {
+    /// Say Terminate (if logged in) and close TLS. Never blocks. The socket leaves the poller
+    /// when the connection is dropped (closing it).
+    pub fn terminate(&mut self) {
         if self.state == LoginState::Ready {
             let mut out = Vec::with_capacity(5);
             frontend::terminate(&mut out);
             self.ep.tx.extend(&out);
             let _ = self.ep.flush();
         }
+        // Dropping the connection closes the socket, which also leaves the poller.
         self.ep.transport.shutdown();
-        self.ep.transport.deregister(registry);
     }
 
     /// Nothing half-sent or half-read: the connection can serve another client after a reset.

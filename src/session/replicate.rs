@@ -327,7 +327,7 @@ impl Session {
     /// it had finished, the survivors' answers decide. A lost lead is replaced by the next.
     fn lose_node(&mut self, id: u8, why: &str, cx: &mut Context) -> Result<(), Transition> {
         cx.shared.cluster.detach(id, why);
-        self.drop_node(id, cx);
+        self.drop_node(id);
         if self.nodes.is_empty() {
             let msg = format!("node {id} failed and no node is left: {why}");
             self.fatal(cx, "08006", &msg);
@@ -391,10 +391,10 @@ impl Session {
         Ok(())
     }
 
-    fn drop_node(&mut self, id: u8, cx: &mut Context) {
+    fn drop_node(&mut self, id: u8) {
         if let Some(pos) = self.nodes.iter().position(|n| n.index == id) {
             let mut n = self.nodes.remove(pos);
-            n.close(cx);
+            n.terminate();
         }
     }
 
@@ -835,7 +835,7 @@ impl Session {
                         *id,
                         &format!("its answer differed from the majority on \"{}\"", r.text),
                     );
-                    self.drop_node(*id, cx);
+                    self.drop_node(*id);
                 }
                 if verdict.differ.contains(&r.voice) {
                     r.error = Some((
@@ -1140,7 +1140,7 @@ impl Session {
             .filter(|&id| !cx.shared.cluster.is_up(id))
             .collect();
         for id in gone {
-            self.drop_node(id, cx);
+            self.drop_node(id);
         }
         let Some(lead) = self.nodes.first().map(|n| n.index) else {
             self.fatal(cx, "08006", "no node is left");
@@ -1460,7 +1460,7 @@ impl Session {
                 *id,
                 "its answers in an async transaction differed from the majority",
             );
-            self.drop_node(*id, cx);
+            self.drop_node(*id);
         }
         Some(format!(
             "COMMIT failed: node(s) {:?} answered differently from the others during the transaction; it was rolled back everywhere",
