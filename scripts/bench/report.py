@@ -26,6 +26,39 @@ WORKLOAD_LABEL = {
 GOAL_CLIENTS = 8
 
 
+# Where the missed goals are limited, from profiles of pgmulti on this machine (2 cores, the
+# nodes, the middleware and pgbench together), 2026-11-21. Static text: re-measure when the
+# code or the machine changes.
+LIMITS = """## Where the limits are (profiles)
+
+Measured with `perf record -g`, `strace -c` and CPU time from `/proc/PID/stat` over fixed
+transaction counts, pgmulti and PgBouncer run back to back on the same nodes (2026-11-21):
+
+- **Relay, select-only.** Per transaction pgmulti makes the minimum of system calls: 2 reads
+  and 2 writes, with one `epoll_wait` serving about 8 events. 93% of its CPU is in the
+  kernel (TCP on loopback, waking the receiver, switching tasks). pgmulti and PgBouncer both
+  spend 17.8 µs of CPU per transaction (40,000 transactions, `-c 8`), about 20% of the CPU a
+  transaction costs on this machine in all. A middleware costing nothing would reach about
+  1.26× PgBouncer, so 1.3× cannot be reached on a machine where pgbench, the middleware and
+  PostgreSQL share two cores; the same hop (two more socket writes and wake-ups per
+  transaction than a direct connection) bounds relay/direct near 0.7×.
+- **Replication, TPC-B.** Every node runs every write, and the three nodes' PostgreSQL
+  processes take about 63% of the CPU: at a direct TPC-B rate X, three nodes cannot exceed
+  about X/3 here. `-M simple`: 2× pgpool-II lies above that bound. `-M prepared`: the bound is
+  above 3× pgpool-II; pgmulti spends about 340 µs of CPU per transaction, 80% of it in the
+  kernel (about 26 socket calls for 19 node round trips), which is what is left to win.
+  Found and fixed on the way: an advisory lock serialised every INSERT into a table, sequence
+  or not (TPC-B's history), and BEGIN cost a round trip to every node.
+- **Connect per transaction.** PgBouncer (transaction pooling) resets nothing between clients.
+  pgmulti keeps session semantics: a pooled connection is reset with `DISCARD ALL` and gets
+  the next client's settings (pipelined with the reset when they match the last client's).
+- **Memory per idle client.** A pgmulti relay client holds its node connection (session
+  semantics); an idle client of PgBouncer's transaction pooling holds none. massif at 500
+  idle clients: the session 1.1 KB, the node's reported parameters 0.5 KB, the rest strings
+  and the node connection; buffers are released after a second of idleness.
+"""
+
+
 def read_tsv(path):
     if not os.path.exists(path):
         return []
@@ -274,6 +307,7 @@ def main():
         o("| " + " | ".join(g) + " |")
     o("\n\"not measured\": a target of the comparison is not implemented yet, failed (see the tables below), "
       f"or the client count {c} was not in this run.\n")
+    o(LIMITS)
 
     # --- results per workload -----------------------------------------------------------------
     o("## Results\n")
@@ -353,10 +387,10 @@ def main():
       "`max_pool = 1`). Its select-only numbers include load balancing over 3 nodes on the same 2 cores.")
     o("- PgBouncer 1.18 (Debian 12) has no prepared statements in transaction pooling; newer PgBouncer "
       "releases do.")
-    o("- pgmulti relay opens one node connection per client session (no pooling), so with `-C` it pays a "
-      "PostgreSQL backend start per transaction, like the direct connection, while PgBouncer and pgpool-II "
-      "reuse server connections. TPC-B through pgmulti relay reaches one node and is not comparable "
-      "with pgpool-II (× best peer left out).")
+    o("- pgmulti relay keeps session semantics: a client holds its node connection until it leaves, and the "
+      "connection is reset (`DISCARD ALL`) before the next client takes it from the pool. PgBouncer in "
+      "transaction pooling neither holds nor resets. TPC-B through pgmulti relay reaches one node and is "
+      "not comparable with pgpool-II (× best peer left out).")
     o("- Memory: RSS only (user space); kernel socket buffers are not counted for either program.\n")
 
     # --- consistency ---------------------------------------------------------------------------
