@@ -225,9 +225,12 @@ impl Operations {
                 out.recheck_at = Some(deadline);
                 return;
             }
-            LongAsk::ShowClients | LongAsk::ShowServers => {
-                unreachable!("answered by the loop")
-            }
+            // The loop answers these itself (it sees the sessions); never sent here.
+            LongAsk::ShowClients | LongAsk::ShowServers => error(
+                &mut answer,
+                "XX000",
+                "internal error: listing sent to operations",
+            ),
         }
         out.answers.push((asker, answer));
     }
@@ -255,7 +258,7 @@ impl Operations {
             match done {
                 Done::Check { asker, answer } => out.answers.push((asker, answer)),
                 Done::Aligned => {
-                    shared.gate.holds -= 1;
+                    shared.gate.holds = shared.gate.holds.saturating_sub(1);
                     out.wake_gate = !shared.gate.closed();
                 }
                 Done::Stage {
@@ -355,7 +358,7 @@ impl Operations {
         if quiet {
             aligned.0 = Some(Box::new(self.reporter()));
         } else {
-            shared.gate.holds -= 1;
+            shared.gate.holds = shared.gate.holds.saturating_sub(1);
             out.wake_gate = !shared.gate.closed();
         }
         let report = self.reporter();
@@ -427,7 +430,7 @@ impl Operations {
         let mut a = Vec::new();
         backend::command_complete(&mut a, tag);
         out.answers.push((c.asker, a));
-        shared.gate.holds -= 1;
+        shared.gate.holds = shared.gate.holds.saturating_sub(1);
         out.wake_gate = !shared.gate.closed();
     }
 
@@ -449,7 +452,7 @@ impl Operations {
             &format!("{what} {} failed, the node stays detached: {why}", c.node),
         );
         out.answers.push((c.asker, a));
-        shared.gate.holds -= 1;
+        shared.gate.holds = shared.gate.holds.saturating_sub(1);
         out.wake_gate = !shared.gate.closed();
     }
 }
