@@ -127,6 +127,9 @@ fn nondeterministic_values_are_identical_on_every_node() {
          CREATE TABLE counters (id int PRIMARY KEY, n int NOT NULL, touched timestamptz);
          CREATE TABLE defaulted (id bigserial PRIMARY KEY, client int, at timestamptz DEFAULT now(),
                                  u uuid NOT NULL DEFAULT gen_random_uuid(), day date DEFAULT CURRENT_DATE);
+         CREATE SEQUENCE hidden_seq;
+         CREATE FUNCTION next_hidden() RETURNS bigint LANGUAGE sql AS 'SELECT nextval(''hidden_seq'')';
+         CREATE TABLE hidden_t (id bigint DEFAULT next_hidden(), client int);
          INSERT INTO counters SELECT g, 0, now() FROM generate_series(0, 2) g;",
     );
     let script = temp_dir("nondet").join("script.sql");
@@ -137,7 +140,8 @@ fn nondeterministic_values_are_identical_on_every_node() {
          INSERT INTO seq_t VALUES (nextval('explicit_seq'), :client_id);\n\
          SELECT nextval('explicit_seq');\n\
          UPDATE counters SET n = n + 1, touched = CURRENT_TIMESTAMP WHERE id = :client_id % 3;\n\
-         INSERT INTO defaulted (client) VALUES (:client_id), (:client_id + 100);\n",
+         INSERT INTO defaulted (client) VALUES (:client_id), (:client_id + 100);\n\
+         INSERT INTO hidden_t (client) VALUES (:client_id);\n",
     )
     .unwrap();
     let port = pm.port().to_string();

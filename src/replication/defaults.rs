@@ -145,13 +145,16 @@ pub fn probe_sql(tables: &[&str]) -> String {
 /// How the probe reports an identity column's default.
 const IDENTITY: &str = "nextval(identity)";
 
-/// Whether a default draws from a sequence (SERIAL, IDENTITY, an explicit nextval): inserts
-/// that may use it take the ordering lock (`request::ordering_lock`).
+/// Whether a default may draw from a sequence — SERIAL, IDENTITY, an explicit nextval, or a
+/// call pgmulti does not fill in itself (a function may call nextval): inserts that may use
+/// it take the ordering lock (`request::ordering_lock`). Literals, casts and the
+/// non-deterministic calls pgmulti fills in (now(), random(), …) do not.
 pub fn draws_from_sequence(expression: &str) -> bool {
-    expression
+    let nextval = expression
         .as_bytes()
         .windows(8)
-        .any(|w| w.eq_ignore_ascii_case(b"nextval("))
+        .any(|w| w.eq_ignore_ascii_case(b"nextval("));
+    nextval || (expression.contains('(') && !is_volatile(expression))
 }
 
 /// Whether a default expression must be made deterministic (sequences are not: the
@@ -335,6 +338,11 @@ mod tests {
         assert!(draws_from_sequence("nextval('t_id_seq'::regclass)"));
         assert!(draws_from_sequence(IDENTITY));
         assert!(!draws_from_sequence("now()"));
+        assert!(!draws_from_sequence("'none'::text"));
+        assert!(
+            draws_from_sequence("my_id()"),
+            "a function may call nextval"
+        );
         assert!(!is_volatile("'x'::text"));
         assert!(!is_volatile("0"));
     }
