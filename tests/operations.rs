@@ -506,3 +506,38 @@ fn online_recovery_of_a_wiped_node_under_pgbench_load() {
     }
     eprintln!("pgbench during the recovery: {summary:?}");
 }
+
+#[test]
+fn pause_and_resume_in_relay_mode() {
+    let node = Node::start(NodeOptions::default());
+    let pm = Pgmulti::start(&PgmultiConf::relay(&node).line("admin_users = 'postgres'"));
+    let mut client = connect(&pm.conn_str("postgres", "postgres"));
+    client
+        .batch_execute("CREATE TABLE r (v int); BEGIN; INSERT INTO r VALUES (1)")
+        .unwrap();
+    std::thread::scope(|s| {
+        let pause = s.spawn(|| admin(&pm, "PAUSE"));
+        std::thread::sleep(Duration::from_millis(800));
+        assert!(
+            !pause.is_finished(),
+            "PAUSE returned while a transaction ran"
+        );
+        client.batch_execute("COMMIT").unwrap();
+        let out = pause.join().unwrap();
+        assert!(out.success(), "PAUSE: {}", out.stderr);
+        // The open session's next transaction waits too.
+        let waiting = s.spawn(|| client.batch_execute("INSERT INTO r VALUES (2)"));
+        std::thread::sleep(Duration::from_millis(800));
+        assert!(!waiting.is_finished(), "a transaction started while paused");
+        assert_eq!(
+            node.psql("postgres", "postgres", "SELECT count(*) FROM r"),
+            "1"
+        );
+        admin_ok(&pm, "RESUME");
+        waiting.join().unwrap().unwrap();
+    });
+    assert_eq!(
+        node.psql("postgres", "postgres", "SELECT count(*) FROM r"),
+        "2"
+    );
+}
