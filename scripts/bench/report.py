@@ -47,6 +47,8 @@ transaction counts, pgmulti and PgBouncer run back to back on the same nodes (20
   about X/3 here. `-M simple`: 2× pgpool-II lies above that bound. `-M prepared`: the bound is
   above 3× pgpool-II; pgmulti spends about 340 µs of CPU per transaction, 80% of it in the
   kernel (about 26 socket calls for 19 node round trips), which is what is left to win.
+  Reading the SQL is not: `cargo bench --bench classify` puts `request::analyse` at about
+  0.1–2 µs per statement (0.85 µs on average over its sample), about 1% of that.
   Found and fixed on the way: an advisory lock serialised every INSERT into a table, sequence
   or not (TPC-B's history), and BEGIN cost a round trip to every node.
 - **Connect per transaction.** PgBouncer (transaction pooling) resets nothing between clients.
