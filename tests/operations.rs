@@ -176,7 +176,7 @@ fn pause_resume_clients_servers_stats_and_refusals() {
         ("RECOVER NODE 1", "not down"),
         ("RECOVER NODE 7", "there is no node"),
         ("DETACH NODE x", "there is no node"),
-        ("CHECK CONSISTENCY a b", "unknown admin command"),
+        ("CHECK CONSISTENCY a b", "takes one database name"),
         ("SHOW EVERYTHING", "unknown admin command"),
     ] {
         let out = admin(&pm, sql);

@@ -74,15 +74,16 @@ pub fn execute(sql: &str, shared: &mut Shared, out: &mut Vec<u8>) -> Option<Long
             Ok(id) => return Some(LongAsk::Recover(id)),
             Err(e) => return refuse(out, "22023", &e),
         },
-        ["CHECK", "CONSISTENCY"] | ["CHECK", "CONSISTENCY", _] if !replication => {
+        ["CHECK", "CONSISTENCY", ..] if !replication => {
             return refuse(out, "0A000", "CHECK CONSISTENCY needs mode = replication");
         }
         ["CHECK", "CONSISTENCY"] => return Some(LongAsk::CheckConsistency(None)),
-        ["CHECK", "CONSISTENCY", _] => {
-            // The database name as written (case kept, quotes optional).
-            let db = sql.trim().trim_end_matches(';').split_whitespace().nth(2).unwrap_or_default();
-            return Some(LongAsk::CheckConsistency(Some(db.trim_matches('"').to_string())));
-        }
+        ["CHECK", "CONSISTENCY", ..] => match database_argument(sql) {
+            Some(db) => return Some(LongAsk::CheckConsistency(Some(db))),
+            None => {
+                return refuse(out, "42601", "CHECK CONSISTENCY takes one database name (double-quoted if it has spaces)");
+            }
+        },
         ["PAUSE"] if shared.gate.paused => return refuse(out, "55000", "already paused"),
         ["PAUSE"] => return Some(LongAsk::Pause),
         ["RESUME"] if !shared.gate.paused => return refuse(out, "55000", "not paused"),
@@ -105,6 +106,24 @@ pub fn execute(sql: &str, shared: &mut Shared, out: &mut Vec<u8>) -> Option<Long
         ),
     }
     None
+}
+
+/// The database named after `CHECK CONSISTENCY`: one word as written, or a double-quoted
+/// name (`""` for a quote inside).
+fn database_argument(sql: &str) -> Option<String> {
+    let mut rest = sql.trim().trim_end_matches(';').trim();
+    for _ in 0..2 {
+        rest = rest.split_once(char::is_whitespace)?.1.trim_start();
+    }
+    match rest.strip_prefix('"') {
+        Some(quoted) => {
+            let end = quoted.strip_suffix('"')?;
+            // Inside, a lone quote would end the name early.
+            let name = end.replace("\"\"", "\"");
+            (!end.replace("\"\"", "").contains('"') && !name.is_empty()).then_some(name)
+        }
+        None => (!rest.contains(char::is_whitespace)).then(|| rest.to_string()),
+    }
 }
 
 fn node_id(word: &str, shared: &Shared) -> Result<u8, String> {
@@ -264,4 +283,28 @@ pub fn table(out: &mut Vec<u8>, columns: &[&str], rows: &[Vec<String>], command:
         backend::data_row(out, &values);
     }
     backend::command_complete(out, &format!("{command} {}", rows.len()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::database_argument;
+
+    #[test]
+    fn check_consistency_takes_one_database_name() {
+        assert_eq!(
+            database_argument("CHECK CONSISTENCY app").as_deref(),
+            Some("app")
+        );
+        assert_eq!(
+            database_argument("check  consistency  App;").as_deref(),
+            Some("App")
+        );
+        assert_eq!(
+            database_argument("CHECK CONSISTENCY \"my \"\"db\"\"\"").as_deref(),
+            Some("my \"db\"")
+        );
+        assert_eq!(database_argument("CHECK CONSISTENCY a b"), None);
+        assert_eq!(database_argument("CHECK CONSISTENCY \"a\" b\""), None);
+        assert_eq!(database_argument("CHECK CONSISTENCY \"\""), None);
+    }
 }
