@@ -131,6 +131,17 @@ config_enum! {
     }
 }
 
+config_enum! {
+    /// When a relay session's node connection goes back to the pool (`pool_mode`).
+    PoolMode {
+        /// When the client leaves (after a reset).
+        Session => "session",
+        /// After every transaction (no reset): session state is not kept, as with
+        /// PgBouncer's transaction pooling.
+        Transaction => "transaction",
+    }
+}
+
 /// One PostgreSQL node (`backend_hostnameN`, `backend_portN`, …).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Backend {
@@ -215,6 +226,8 @@ pub struct Config {
     pub preconnect: Vec<(String, String)>,
     /// Idle connections kept ready per node for each `preconnect` pair.
     pub min_pool_size: usize,
+    /// Relay mode: a node connection per session, or per transaction.
+    pub pool_mode: PoolMode,
 }
 
 /// The log levels `log_level` accepts, in increasing verbosity.
@@ -267,6 +280,7 @@ const PARAMETERS: &[&str] = &[
     "max_pool_size",
     "preconnect",
     "min_pool_size",
+    "pool_mode",
 ];
 
 /// The per-node parameters, written with the node index appended (`backend_port1`).
@@ -514,6 +528,10 @@ impl Parser<'_> {
                         })
                         .collect::<Result<_, _>>()?;
                 }
+                "pool_mode" => {
+                    config.pool_mode =
+                        PoolMode::from_config(value).ok_or_else(|| bad(&PoolMode::allowed()))?
+                }
                 "min_pool_size" => {
                     config.min_pool_size = value
                         .trim()
@@ -703,6 +721,7 @@ impl Config {
             max_pool_size: 20,
             preconnect: Vec::new(),
             min_pool_size: 1,
+            pool_mode: PoolMode::Session,
         }
     }
 
@@ -759,6 +778,7 @@ impl Config {
         );
         check("status_file", self.status_file != new.status_file);
         check("metrics_port", self.metrics_port != new.metrics_port);
+        check("pool_mode", self.pool_mode != new.pool_mode);
         changed
     }
 
@@ -853,6 +873,7 @@ impl Config {
                     .join(","),
             ),
             ("min_pool_size", self.min_pool_size.to_string()),
+            ("pool_mode", self.pool_mode.as_str().to_string()),
         ]
         .into_iter()
         .map(|(name, value)| (name.to_string(), value))

@@ -257,6 +257,8 @@ fn reload(shared: &mut Shared, log: &mut LogDrain) {
     applied.log_file = shared.config.log_file.clone();
     applied.log_queue_size = shared.config.log_queue_size;
     applied.preconnect = shared.config.preconnect.clone();
+    applied.pool_mode = shared.config.pool_mode;
+    applied.metrics_port = shared.config.metrics_port;
     shared.cluster.failover_command = new.failover_command.clone();
     // Read weights change live; the node list itself needs a restart.
     for (i, b) in applied.backends.iter_mut().enumerate() {

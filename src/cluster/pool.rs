@@ -81,15 +81,17 @@ impl Pool {
         None
     }
 
-    /// Take back a connection a session no longer needs. Its reset starts at once and ends by
-    /// applying the session's `settings` again, so that the next client with the same
-    /// startup parameters needs no SET. If the key already has `max` connections, it is
-    /// closed instead.
+    /// Take back a connection a session no longer needs. With `reset`, its reset starts at
+    /// once and ends by applying the session's `settings` again, so that the next client
+    /// with the same startup parameters needs no SET; without (`pool_mode = transaction`,
+    /// between two transactions of a session) it is idle at once, as the session left it.
+    /// If the key already has `max` connections, it is closed instead.
     pub fn put(
         &mut self,
         key: PoolKey,
         mut conn: NodeConn,
         settings: &[(String, String)],
+        reset: bool,
         max: usize,
         registry: &Registry,
     ) {
@@ -101,6 +103,13 @@ impl Pool {
                 .count();
         if kept >= max {
             conn.terminate();
+            return;
+        }
+        if !reset {
+            conn.ep.release_buffers();
+            if let Some(slot) = self.insert(key.clone(), conn, State::Idle, settings, registry) {
+                self.idle.entry(key).or_default().push(slot);
+            }
             return;
         }
         // Sync ends any unfinished extended-protocol batch; ROLLBACK any transaction.

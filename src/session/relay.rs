@@ -5,7 +5,9 @@
 //! full the source is simply not read until it drains). A message larger than a buffer is
 //! streamed through in pieces. Every message passing is traced (see `crate::trace`).
 
+use super::node::{LoginContext, LoginStep};
 use super::{Session, Transition};
+use crate::config::PoolMode;
 use crate::net::buffer::Buf;
 use crate::net::endpoint::Broken;
 use crate::protocol::framing::message_header;
@@ -104,6 +106,132 @@ pub fn pump(
 
 impl Session {
     pub(super) fn on_relay(&mut self, cx: &mut Context) -> Transition {
+        let per_transaction = cx.shared.config.pool_mode == PoolMode::Transaction;
+        if per_transaction {
+            match self.node_for_transaction(cx) {
+                Ok(true) => {}
+                Ok(false) => return self.close_if_drained(cx),
+                Err(t) => return t,
+            }
+        }
+        let t = self.relay_passes(cx);
+        if per_transaction && matches!(t, Transition::Stay) {
+            self.release_between_transactions(cx);
+        }
+        t
+    }
+
+    /// `pool_mode = transaction`: a session holds a node connection only while the client
+    /// has something running. With none, the client's next message takes one (from the pool,
+    /// or a new one, logging in and applying the session's settings first). Ok(true): the
+    /// connection is ready to relay; Ok(false): wait (nothing to send, paused, or logging in).
+    fn node_for_transaction(&mut self, cx: &mut Context) -> Result<bool, Transition> {
+        if self.nodes.is_empty() {
+            match self.client.fill() {
+                Ok(_) => {}
+                Err(Broken::Closed) => {
+                    return Err(Transition::Close("client closed the connection".into()))
+                }
+                Err(Broken::Error(e)) => {
+                    return Err(Transition::Close(format!("client read error: {e}")))
+                }
+            }
+            match self.client.rx.data().first() {
+                None => return Ok(false),
+                Some(b'X') => return Err(Transition::Close("client sent Terminate".into())),
+                Some(_) => {}
+            }
+            if !self.gate_open(cx) {
+                return Ok(false);
+            }
+            match self.open_node(0, cx) {
+                Ok(conn) => self.nodes.push(conn),
+                Err(e) => {
+                    self.fatal(cx, "08006", &e);
+                    return Err(Transition::Close(e));
+                }
+            }
+            let timeout = cx.shared.config.connect_timeout;
+            if !timeout.is_zero() {
+                cx.cancel(&mut self.connect_timer);
+                self.connect_timer = Some(cx.schedule(timeout, TimerKind::Connect));
+            }
+        }
+        let Some(node) = self.nodes.first_mut() else {
+            return Ok(false);
+        };
+        if node.is_ready() && node.configured {
+            return Ok(true);
+        }
+        // Messages of the login are not the client's: it was logged in long ago.
+        let mut discard = Buf::new(64 * 1024);
+        let mut lc = LoginContext {
+            prefix: &self.prefix,
+            user: &self.user,
+            params: &self.node_params,
+            credentials: &self.credentials,
+            client_tx: &mut discard,
+            voice: false,
+        };
+        let mut step = node.login(&mut lc, cx);
+        if matches!(step, LoginStep::Ready) && !node.configured {
+            node.configure(&self.settings, false);
+            step = node.login(&mut lc, cx);
+        }
+        match step {
+            LoginStep::Ready if node.configured => {
+                cx.cancel(&mut self.connect_timer);
+                Ok(true)
+            }
+            LoginStep::Ready | LoginStep::Pending => Ok(false),
+            LoginStep::Failed { reason, .. } => {
+                self.fatal(cx, "08006", &reason);
+                Err(Transition::Close(reason))
+            }
+        }
+    }
+
+    /// `pool_mode = transaction`: the node connection taken for the next transaction did not
+    /// get ready within `connect_timeout`.
+    pub(super) fn on_relay_connect_timeout(&mut self, cx: &mut Context) -> Transition {
+        self.connect_timer = None;
+        if self.nodes.first().is_some_and(|n| n.is_ready() && n.configured) {
+            return Transition::Stay;
+        }
+        let msg = format!(
+            "could not connect to node 0: timeout after {:?}",
+            cx.shared.config.connect_timeout
+        );
+        self.fatal(cx, "08006", &msg);
+        Transition::Close(msg)
+    }
+
+    /// `pool_mode = transaction`: between transactions, with nothing in flight either way,
+    /// the node connection goes back to the pool as it is (no reset).
+    fn release_between_transactions(&mut self, cx: &mut Context) {
+        let between = self.tx_status == b'I'
+            && self.awaiting_ready == 0
+            && self.client_stream_left == 0
+            && self.node_stream_left == 0
+            && self.client.rx.is_empty()
+            && self.nodes.first().is_some_and(|n| n.is_quiet());
+        if !between {
+            return;
+        }
+        let Some(key) = self.pool_key(0) else {
+            return;
+        };
+        if let Some(node) = self.nodes.pop() {
+            let max = cx.shared.config.max_pool_size.max(1);
+            cx.shared
+                .pool
+                .put(key, node, &self.settings, false, max, cx.registry);
+        }
+        self.nodes = Vec::new();
+    }
+
+    /// Relay passes while messages move (the node connection is ready).
+    fn relay_passes(&mut self, cx: &mut Context) -> Transition {
         let Some(node) = self.nodes.first_mut() else {
             return Transition::Close("relaying without a node connection".into());
         };
