@@ -165,3 +165,98 @@ fn preconnected_connections_are_ready_before_the_first_client() {
         pgmulti_backends("pool_pre").len() == 3
     });
 }
+
+/// `pool_mode = transaction`: idle clients hold no node connection, every client can still
+/// run transactions, and what a transaction writes is committed.
+#[test]
+fn transaction_pooling_shares_few_node_connections_among_many_clients() {
+    let node = Node::start(NodeOptions::default());
+    let pm = Pgmulti::start(
+        &PgmultiConf::relay(&node)
+            .line("pool_mode = transaction")
+            .line("max_pool_size = 2"),
+    );
+    node.psql(
+        "postgres",
+        "postgres",
+        "CREATE TABLE tp (client int, v int)",
+    );
+    let backends = || {
+        node.psql(
+            "postgres",
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' \
+             AND application_name = 'tp' AND pid <> pg_backend_pid()",
+        )
+        .parse::<usize>()
+        .unwrap()
+    };
+    let conn = format!(
+        "{} application_name=tp",
+        pm.conn_str("postgres", "postgres")
+    );
+    let mut clients: Vec<postgres::Client> = (0..20).map(|_| connect(&conn)).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let i = i as i32;
+        c.batch_execute(&format!(
+            "BEGIN; INSERT INTO tp VALUES ({i}, 1); INSERT INTO tp VALUES ({i}, 2); COMMIT"
+        ))
+        .unwrap();
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM tp WHERE client = $1", &[&i])
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 2);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let held = backends();
+    assert!(
+        held <= 2,
+        "20 idle clients hold {held} node connections (max_pool_size = 2)"
+    );
+    assert_eq!(
+        node.psql("postgres", "postgres", "SELECT count(*) FROM tp"),
+        "40"
+    );
+    // A transaction keeps its connection until it ends, even while others run.
+    clients[0]
+        .batch_execute("BEGIN; INSERT INTO tp VALUES (100, 1)")
+        .unwrap();
+    clients[1]
+        .batch_execute("INSERT INTO tp VALUES (101, 1)")
+        .unwrap();
+    clients[0]
+        .batch_execute("INSERT INTO tp VALUES (100, 2); COMMIT")
+        .unwrap();
+    assert_eq!(
+        node.psql(
+            "postgres",
+            "postgres",
+            "SELECT count(*) FROM tp WHERE client = 100"
+        ),
+        "2"
+    );
+    let (ok, _, err) = pgbench(
+        &["-i", "-s", "1", &node.conn_str("postgres", "postgres")],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = pgbench(
+        &[
+            "-S",
+            "-c",
+            "8",
+            "-j",
+            "2",
+            "-T",
+            "3",
+            "-n",
+            &pm.conn_str("postgres", "postgres"),
+        ],
+        &[],
+    );
+    assert!(
+        ok && parse_pgbench_summary(&out).is_some_and(|s| s.failed == 0),
+        "{out}{err}"
+    );
+}

@@ -195,7 +195,11 @@ impl Session {
     /// get ready within `connect_timeout`.
     pub(super) fn on_relay_connect_timeout(&mut self, cx: &mut Context) -> Transition {
         self.connect_timer = None;
-        if self.nodes.first().is_some_and(|n| n.is_ready() && n.configured) {
+        if self
+            .nodes
+            .first()
+            .is_some_and(|n| n.is_ready() && n.configured)
+        {
             return Transition::Stay;
         }
         let msg = format!(
