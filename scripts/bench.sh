@@ -100,6 +100,7 @@ define_targets() {
     add_target pgb_sess    peer    no  "select select_prep connect"                "PgBouncer session pool → node 0" start_pgbouncer session
     add_target pgpool      peer    yes "select select_prep tpcb tpcb_prep connect" "pgpool-II native replication, 3 nodes" start_pgpool
     add_target relay_info  pgmulti no  "select select_prep tpcb tpcb_prep connect" "pgmulti relay → node 0 (log info)" start_pgmulti relay info
+    add_target relay_tx    pgmulti no  "select connect"                            "pgmulti relay, transaction pooling → node 0" start_pgmulti relay_tx info
     add_target relay_trace pgmulti no  "select select_prep connect"                "pgmulti relay → node 0 (log trace)" start_pgmulti relay trace
     add_target repl_sync   pgmulti yes "select select_prep tpcb tpcb_prep connect" "pgmulti replication sync, 3 nodes" start_pgmulti replication info sync
     add_target repl_async  pgmulti yes "select select_prep tpcb tpcb_prep connect" "pgmulti replication async, 3 nodes" start_pgmulti replication info async
@@ -433,14 +434,17 @@ start_pgpool() { # NAME
 }
 
 write_pgmulti_conf() { # FILE PORT MODE LOG_LEVEL LOGFILE [WRITE_ACK [COMMIT_PROTOCOL]]
-    local n nodes=1
+    # MODE relay_tx: relay with pool_mode = transaction (as PgBouncer's transaction pooling).
+    local n nodes=1 mode=$3
     [ "$3" = replication ] && nodes=$NODES
+    [ "$3" = relay_tx ] && mode=relay
     {
         echo "# written by scripts/bench.sh"
         echo "listen_addresses = '127.0.0.1'"
         echo "port = $2"
         echo "unix_socket_directories = ''"
-        echo "mode = $3"
+        echo "mode = $mode"
+        [ "$3" = relay_tx ] && echo "pool_mode = transaction"
         [ -n "${6:-}" ] && echo "write_ack = $6"
         [ -n "${7:-}" ] && echo "commit_protocol = $7"
         for ((n = 0; n < nodes; n++)); do
@@ -645,12 +649,20 @@ memory_test() {
     if launch_pgbouncer "$dir" "$port"; then
         measure_idle_clients pgbouncer "$LAUNCHED_PID" "$port" bench_tx "$n" "${note:-transaction pooling}"
     fi
-    # pgmulti relay, log_level info: one node connection per client session.
+    # pgmulti relay, log_level info, transaction pooling (as PgBouncer above): idle clients
+    # hold no node connection.
+    port=$(free_port)
+    write_pgmulti_conf "$WORK/pgmulti/mem_tx.conf" "$port" relay_tx info "$WORK/pgmulti/mem_tx.log"
+    if launch_pgmulti "$WORK/pgmulti/mem_tx.conf" "$port" "$WORK/pgmulti/mem_tx.out"; then
+        measure_idle_clients pgmulti "$LAUNCHED_PID" "$port" bench_direct "$n" "${note:-transaction pooling}"
+        kill -INT "$LAUNCHED_PID" 2>/dev/null || true
+    fi
+    # pgmulti relay, session pooling: each client also holds a node-0 connection.
     port=$(free_port)
     write_pgmulti_conf "$WORK/pgmulti/mem.conf" "$port" relay info "$WORK/pgmulti/mem.log"
     if launch_pgmulti "$WORK/pgmulti/mem.conf" "$port" "$WORK/pgmulti/mem.out"; then
-        measure_idle_clients pgmulti "$LAUNCHED_PID" "$port" bench_direct "$n" \
-            "${note:+$note; }relay mode: each client also holds a node-0 connection (node max_connections $((n + 100)))"
+        measure_idle_clients pgmulti_session "$LAUNCHED_PID" "$port" bench_direct "$n" \
+            "${note:+$note; }session pooling: each client also holds a node-0 connection (node max_connections $((n + 100)))"
     fi
 }
 
