@@ -107,7 +107,7 @@ impl Session {
     /// One joining connection: Some(true) ready, Some(false) not yet, None dropped (its node
     /// could not be reached and was detached).
     fn drive_join(&mut self, i: usize, cx: &mut Context) -> Result<Option<bool>, Transition> {
-        let settings = &self.settings;
+        let settings = &self.params[self.node_param_count..];
         let j = &mut self.repl.joining[i];
         let id = j.conn.index;
         if !(j.conn.is_ready() && j.conn.configured) {
@@ -116,7 +116,7 @@ impl Session {
             let mut lc = LoginContext {
                 prefix: &self.prefix,
                 user: &self.user,
-                params: &self.node_params,
+                params: &self.params[..self.node_param_count],
                 credentials: &self.credentials,
                 client_tx: &mut discard,
                 voice: false,

@@ -60,9 +60,12 @@ impl Session {
         let node_token = token(cx.key, Side::Node(id));
         let key = self.pool_key(id);
         if let Some(mut conn) = key.as_ref().and_then(|k| {
-            cx.shared
-                .pool
-                .take(k, &self.settings, cx.registry, node_token)
+            cx.shared.pool.take(
+                k,
+                &self.params[self.node_param_count..],
+                cx.registry,
+                node_token,
+            )
         }) {
             log::debug!("{} node {id}: connection from the pool", self.prefix);
             if let Some(k) = key.filter(|k| preconnected(cx, k)) {
@@ -71,7 +74,7 @@ impl Session {
                 }
             }
             if !conn.configured {
-                conn.configure(&self.settings, true);
+                conn.configure(&self.params[self.node_param_count..], true);
             }
             return Ok(conn);
         }
@@ -113,7 +116,7 @@ impl Session {
         let mut lc = LoginContext {
             prefix: &self.prefix,
             user: &self.user,
-            params: &self.node_params,
+            params: &self.params[..self.node_param_count],
             credentials: &self.credentials,
             client_tx: &mut self.client.tx,
             voice,
@@ -121,7 +124,7 @@ impl Session {
         let mut step = node.login(&mut lc, cx);
         if matches!(step, LoginStep::Ready) && !node.configured {
             // Logged in with user and database only: now the client's own parameters.
-            node.configure(&self.settings, false);
+            node.configure(&self.params[self.node_param_count..], false);
             step = node.login(&mut lc, cx);
         }
         let step = match step {

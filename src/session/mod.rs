@@ -78,13 +78,11 @@ pub struct Session {
     /// Connections to the nodes this session uses (relay: node 0; replication: every live
     /// node), in node id order.
     nodes: Vec<NodeConn>,
-    /// The client's startup parameters, forwarded to the node.
+    /// The client's startup parameters. The first `node_param_count` go into the nodes'
+    /// StartupMessage (user and database when the session's node connections can be pooled,
+    /// else all); the others are applied with SET after login (see `NodeConn::configure`).
     params: Vec<(String, String)>,
-    /// What goes into the nodes' StartupMessage: user and database when the session's node
-    /// connections can be pooled, else every parameter.
-    node_params: Vec<(String, String)>,
-    /// The client's other parameters, applied with SET after login (see `NodeConn::configure`).
-    settings: Vec<(String, String)>,
+    node_param_count: usize,
     /// Its node connections can come from and go back to the pool.
     poolable: bool,
     /// The client asked for the admin console.
@@ -107,7 +105,7 @@ pub struct Session {
     awaiting_ready: i64,
     /// Relay: when the node was last given work with none in flight (for latency).
     request_started: Instant,
-    repl: replicate::Replication,
+    repl: replicate::LazyReplication,
     /// Waiting at the gate (see `reactor::context::Gate`) with a request not yet started.
     at_gate: bool,
     /// Logged in, its first request not started yet (see `handle`).
@@ -134,8 +132,7 @@ impl Session {
             client_tls: false,
             nodes: Vec::new(),
             params: Vec::new(),
-            node_params: Vec::new(),
-            settings: Vec::new(),
+            node_param_count: 0,
             poolable: false,
             admin: false,
             user: String::new(),
@@ -460,8 +457,10 @@ impl Session {
         // Closing the socket (when the session is freed) also takes it out of the poller.
         self.client.transport.shutdown();
         self.release_nodes(cx);
-        for mut j in std::mem::take(&mut self.repl.joining) {
-            j.close();
+        if let Some(repl) = self.repl.made() {
+            for mut j in std::mem::take(&mut repl.joining) {
+                j.close();
+            }
         }
         cx.cancel(&mut self.auth_timer);
         cx.cancel(&mut self.connect_timer);
@@ -480,14 +479,21 @@ impl Session {
         let poolable = self.params.iter().all(|(k, _)| {
             !matches!(k.as_str(), "options" | "replication") && !k.starts_with("_pq_.")
         });
-        let (node, settings): (Vec<_>, Vec<_>) = self
+        // Stable: node parameters first, each group in the client's order.
+        self.params
+            .sort_by_key(|(k, _)| !(!poolable || k == "user" || k == "database"));
+        self.node_param_count = self
             .params
             .iter()
-            .cloned()
-            .partition(|(k, _)| !poolable || k == "user" || k == "database");
-        self.node_params = node;
-        self.settings = settings;
+            .filter(|(k, _)| !poolable || k == "user" || k == "database")
+            .count();
+        self.params.shrink_to_fit();
         self.poolable = poolable;
+    }
+
+    /// The parameters applied with SET after login.
+    fn settings(&self) -> &[(String, String)] {
+        &self.params[self.node_param_count..]
     }
 
     /// The pool key for this session's connection to `node`; None when its connections
@@ -525,7 +531,7 @@ impl Session {
                 {
                     cx.shared
                         .pool
-                        .put(key, node, &self.settings, true, max, cx.registry)
+                        .put(key, node, self.settings(), true, max, cx.registry)
                 }
                 _ => node.terminate(),
             }

@@ -168,14 +168,14 @@ impl Session {
         let mut lc = LoginContext {
             prefix: &self.prefix,
             user: &self.user,
-            params: &self.node_params,
+            params: &self.params[..self.node_param_count],
             credentials: &self.credentials,
             client_tx: &mut discard,
             voice: false,
         };
         let mut step = node.login(&mut lc, cx);
         if matches!(step, LoginStep::Ready) && !node.configured {
-            node.configure(&self.settings, false);
+            node.configure(&self.params[self.node_param_count..], false);
             step = node.login(&mut lc, cx);
         }
         match step {
@@ -227,9 +227,14 @@ impl Session {
         };
         if let Some(node) = self.nodes.pop() {
             let max = cx.shared.config.max_pool_size.max(1);
-            cx.shared
-                .pool
-                .put(key, node, &self.settings, false, max, cx.registry);
+            cx.shared.pool.put(
+                key,
+                node,
+                &self.params[self.node_param_count..],
+                false,
+                max,
+                cx.registry,
+            );
         }
         self.nodes = Vec::new();
     }

@@ -61,6 +61,34 @@ pub struct Replication {
     pub(super) cluster_seen: u64,
 }
 
+/// A relay session never uses its `Replication`: it is made on first use, so that idle relay
+/// sessions do not carry it.
+#[derive(Default)]
+pub struct LazyReplication(Option<Box<Replication>>);
+
+impl LazyReplication {
+    /// The state if it was ever made (no allocation).
+    pub(super) fn made(&mut self) -> Option<&mut Replication> {
+        self.0.as_deref_mut()
+    }
+}
+
+impl std::ops::Deref for LazyReplication {
+    type Target = Replication;
+    fn deref(&self) -> &Replication {
+        static NONE: std::sync::OnceLock<Replication> = std::sync::OnceLock::new();
+        self.0
+            .as_deref()
+            .unwrap_or_else(|| NONE.get_or_init(Replication::default))
+    }
+}
+
+impl std::ops::DerefMut for LazyReplication {
+    fn deref_mut(&mut self) -> &mut Replication {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
 /// Distinct session-state statements remembered for replay; beyond this the session cannot
 /// take a joining node and ends when one is attached.
 pub(super) const SESSION_SQL_LIMIT: usize = 256;
@@ -633,7 +661,8 @@ impl Session {
     fn advance(&mut self, cx: &mut Context) -> Result<(), Transition> {
         let async_ack = cx.shared.config.write_ack == crate::config::WriteAck::Async;
         loop {
-            let Some(r) = self.repl.request.as_mut() else {
+            let repl = &mut *self.repl;
+            let Some(r) = repl.request.as_mut() else {
                 return Ok(());
             };
             if r.running.iter().any(|run| !run.pending.is_empty()) {
@@ -684,7 +713,7 @@ impl Session {
                 };
                 let mut out = Vec::new();
                 let mut pending = VecDeque::with_capacity(phase.segments.len() + 2);
-                let tx = &mut self.repl.tx;
+                let tx = &mut repl.tx;
                 if let Some(begin) = tx.begin.as_deref().filter(|_| !tx.begun.contains(&id)) {
                     out.extend_from_slice(begin);
                     pending.push_back(Segment::Wrapper("BEGIN"));
@@ -733,7 +762,7 @@ impl Session {
                 node.send(&out);
                 if phase.behind_in_async && async_ack {
                     r.ran_behind = true;
-                    self.repl.behind.push(Running {
+                    repl.behind.push(Running {
                         node: id,
                         pending,
                         replies: 0,
@@ -1346,17 +1375,18 @@ impl Session {
             }
         }
         let (transaction_ts, statement_ts) = self.timestamps();
-        let cache = &self.repl.defaults;
+        let repl = &mut *self.repl;
+        let cache = &repl.defaults;
         let mut random = random_u64;
         let mut values = request::Values {
             transaction_ts: &transaction_ts,
             statement_ts: &statement_ts,
             random: &mut random,
         };
-        let sequenced = &self.repl.sequenced;
+        let sequenced = &repl.sequenced;
         let prepared = extended::prepare(
             &msg,
-            &mut self.repl.statements,
+            &mut repl.statements,
             &|key| cache.get(key).cloned(),
             &|key| sequenced.contains(key) || !cache.contains_key(key),
             &mut values,
