@@ -57,8 +57,9 @@ transaction counts, pgmulti and PgBouncer run back to back on the same nodes (20
   is reset. Both modes are measured; the goal takes the better.
 - **Memory per idle client.** Compared in transaction pooling on both sides (`pool_mode =
   transaction`: an idle pgmulti client holds no node connection, as PgBouncer's). What is
-  left per client is the session itself (1.1 KB, half of it replication state a relay
-  session does not use) and its strings; a logged-in session frees its buffers at once.
+  left per client is the session (about 600 bytes; its replication state is made only in
+  replication mode), its startup parameters and names; a logged-in session frees its
+  buffers at once. With session pooling each client also keeps its node connection.
 """
 
 
