@@ -236,6 +236,17 @@ fn transaction_pooling_shares_few_node_connections_among_many_clients() {
         ),
         "2"
     );
+    // A Query larger than a buffer streams through and still keeps its connection until
+    // its answer has come.
+    let big = "x".repeat(200_000);
+    for c in clients.iter_mut().take(3) {
+        let rows = c.simple_query(&format!("SELECT length('{big}')")).unwrap();
+        let n = rows.iter().find_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        });
+        assert_eq!(n.as_deref(), Some("200000"));
+    }
     let (ok, _, err) = pgbench(
         &["-i", "-s", "1", &node.conn_str("postgres", "postgres")],
         &[],

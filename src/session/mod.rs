@@ -105,6 +105,9 @@ pub struct Session {
     awaiting_ready: i64,
     /// Relay: when the node was last given work with none in flight (for latency).
     request_started: Instant,
+    /// Relay: the client's last message was not a Query, Sync or FunctionCall — an
+    /// extended-protocol batch is open (`pool_mode = transaction` keeps the connection).
+    open_batch: bool,
     repl: replicate::LazyReplication,
     /// Waiting at the gate (see `reactor::context::Gate`) with a request not yet started.
     at_gate: bool,
@@ -148,6 +151,7 @@ impl Session {
             tx_status: b'I',
             awaiting_ready: 0,
             request_started: cx.now,
+            open_batch: false,
             repl: Default::default(),
             at_gate: false,
             just_logged_in: false,

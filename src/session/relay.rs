@@ -32,6 +32,10 @@ pub struct Pumped {
     pub readies: u32,
     /// ErrorResponses passed.
     pub errors: u32,
+    /// Client messages passed, and whether the last one was not a Query, Sync or
+    /// FunctionCall (an extended-protocol batch is still open).
+    pub messages: u32,
+    pub open_batch: bool,
 }
 
 /// Copy messages from `src` to `dst` while whole messages fit; stream oversized ones.
@@ -71,6 +75,12 @@ pub fn pump(
                 break;
             }
             trace_message(prefix, from, to, tag, &data[5..n], len, scratch);
+            if dir == Direction::ToBackend {
+                // A large Query or FunctionCall is a request like any other.
+                out.messages += 1;
+                out.open_batch = !matches!(tag, b'Q' | b'F');
+                out.requests += u32::from(matches!(tag, b'Q' | b'F'));
+            }
             dst.extend(&data[..n]);
             src.consume(n);
             *stream_left = len - n;
@@ -89,13 +99,20 @@ pub fn pump(
                 src.consume(len);
                 break;
             }
-            (Direction::ToBackend, b'Q' | b'S' | b'F') => out.requests += 1,
+            (Direction::ToBackend, b'Q' | b'S' | b'F') => {
+                out.requests += 1;
+                out.open_batch = false;
+            }
+            (Direction::ToBackend, _) => out.open_batch = true,
             (Direction::ToClient, b'Z') => {
                 out.ready = msg.get(5).copied();
                 out.readies += 1;
             }
             (Direction::ToClient, b'E') => out.errors += 1,
             _ => {}
+        }
+        if dir == Direction::ToBackend {
+            out.messages += 1;
         }
         dst.extend(msg);
         src.consume(len);
@@ -213,8 +230,11 @@ impl Session {
     /// `pool_mode = transaction`: between transactions, with nothing in flight either way,
     /// the node connection goes back to the pool as it is (no reset).
     fn release_between_transactions(&mut self, cx: &mut Context) {
+        // A client between Parse/Bind/Describe/Flush and its Sync is inside a batch: its
+        // unnamed statement and portal live on this connection.
         let between = self.tx_status == b'I'
             && self.awaiting_ready == 0
+            && !self.open_batch
             && self.client_stream_left == 0
             && self.node_stream_left == 0
             && self.client.rx.is_empty()
@@ -296,6 +316,9 @@ impl Session {
                 self.request_started = cx.now;
             }
             self.awaiting_ready += i64::from(up.requests);
+            if up.messages > 0 {
+                self.open_batch = up.open_batch;
+            }
             match node.ep.flush() {
                 Ok(n) => {
                     moved += n;
