@@ -121,14 +121,8 @@ impl Session {
                 client_tx: &mut discard,
                 voice: false,
             };
-            let mut step = j.conn.login(&mut lc, cx);
-            if matches!(step, LoginStep::Ready) && !j.conn.configured {
-                j.conn.configure(settings, false);
-                step = j.conn.login(&mut lc, cx);
-            }
-            match step {
+            match j.conn.login_and_configure(&mut lc, settings, cx) {
                 LoginStep::Pending => return Ok(Some(false)),
-                LoginStep::Ready if !j.conn.configured => return Ok(Some(false)),
                 LoginStep::Ready => {}
                 LoginStep::Failed {
                     reason,

@@ -121,13 +121,8 @@ impl Session {
             client_tx: &mut self.client.tx,
             voice,
         };
-        let mut step = node.login(&mut lc, cx);
-        if matches!(step, LoginStep::Ready) && !node.configured {
-            // Logged in with user and database only: now the client's own parameters.
-            node.configure(&self.params[self.node_param_count..], false);
-            step = node.login(&mut lc, cx);
-        }
-        let step = match step {
+        let settings = &self.params[self.node_param_count..];
+        let step = match node.login_and_configure(&mut lc, settings, cx) {
             // In replication mode a node that cannot be reached is detached; the session goes
             // on with the others. A node that refuses the login (ErrorResponse) is not down.
             LoginStep::Failed {

@@ -267,6 +267,26 @@ impl NodeConn {
         self.state = LoginState::Configuring;
     }
 
+    /// Advance the login and then the SETs of `settings` (see `configure`): Ready once both
+    /// are done.
+    pub fn login_and_configure(
+        &mut self,
+        lc: &mut LoginContext,
+        settings: &[(String, String)],
+        cx: &mut Context,
+    ) -> LoginStep {
+        let step = self.login(lc, cx);
+        if !matches!(step, LoginStep::Ready) || self.configured {
+            return step;
+        }
+        // Logged in with user and database only: now the client's own parameters.
+        self.configure(settings, false);
+        match self.login(lc, cx) {
+            LoginStep::Ready if !self.configured => LoginStep::Pending,
+            other => other,
+        }
+    }
+
     /// Advance the login as far as the socket allows.
     pub fn login(&mut self, lc: &mut LoginContext, cx: &mut Context) -> LoginStep {
         loop {

@@ -190,17 +190,13 @@ impl Session {
             client_tx: &mut discard,
             voice: false,
         };
-        let mut step = node.login(&mut lc, cx);
-        if matches!(step, LoginStep::Ready) && !node.configured {
-            node.configure(&self.params[self.node_param_count..], false);
-            step = node.login(&mut lc, cx);
-        }
-        match step {
-            LoginStep::Ready if node.configured => {
+        let settings = &self.params[self.node_param_count..];
+        match node.login_and_configure(&mut lc, settings, cx) {
+            LoginStep::Ready => {
                 cx.cancel(&mut self.connect_timer);
                 Ok(true)
             }
-            LoginStep::Ready | LoginStep::Pending => Ok(false),
+            LoginStep::Pending => Ok(false),
             LoginStep::Failed { reason, .. } => {
                 self.fatal(cx, "08006", &reason);
                 Err(Transition::Close(reason))
