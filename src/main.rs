@@ -4,7 +4,6 @@ use std::net::ToSocketAddrs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use pgmulti::auth::userlist::Secret;
 use pgmulti::auth::userlist::UserList;
 use pgmulti::cluster::{self, Cluster};
 use pgmulti::config::{self, CommitProtocol, Config, Mode};
@@ -168,14 +167,7 @@ fn run(config: Config, parts: Parts) -> Result<(), String> {
     if config.mode == Mode::Replication && config.commit_protocol == CommitProtocol::TwoPhase {
         // Before any client: nodes must allow PREPARE TRANSACTION, and what a previous run
         // left prepared is finished.
-        let password = match (
-            config.health_check_password.as_str(),
-            parts.users.get(&config.health_check_user),
-        ) {
-            ("", Some(Secret::Plain(p))) => Some(p.clone()),
-            ("", _) => None,
-            (p, _) => Some(p.to_string()),
-        };
+        let password = cluster::direct::own_password(&config, &parts.users);
         // Microseconds: two runs started within one second must not share identifiers.
         let (secs, micros) = pgmulti::timestamp::now();
         let epoch = secs * 1_000_000 + u64::from(micros);

@@ -16,6 +16,22 @@ use crate::net::tls::NodeTls;
 use crate::protocol::backend::{self, Authentication};
 use crate::protocol::frontend;
 
+/// The password pgmulti logs in with on its own: `health_check_password`, else the
+/// auth_file entry of `health_check_user` when it is plaintext, else none (trust).
+pub fn own_password(
+    config: &crate::config::Config,
+    users: &crate::auth::userlist::UserList,
+) -> Option<String> {
+    match (
+        config.health_check_password.as_str(),
+        users.get(&config.health_check_user),
+    ) {
+        ("", Some(crate::auth::userlist::Secret::Plain(p))) => Some(p.clone()),
+        ("", _) => None,
+        (p, _) => Some(p.to_string()),
+    }
+}
+
 trait Stream: Read + Write + Send {}
 impl<T: Read + Write + Send> Stream for T {}
 

@@ -498,19 +498,10 @@ fn targets(shared: &Shared, ids: Vec<u8>) -> Vec<Target> {
 
 /// How pgmulti logs in on its own: `health_check_user` with `health_check_password`, or
 /// the auth_file entry.
-pub fn login(shared: &Shared) -> Login {
-    let c = &shared.config;
-    let password = match (
-        c.health_check_password.as_str(),
-        shared.users.get(&c.health_check_user),
-    ) {
-        ("", Some(crate::auth::userlist::Secret::Plain(p))) => Some(p.clone()),
-        ("", _) => None,
-        (p, _) => Some(p.to_string()),
-    };
+fn login(shared: &Shared) -> Login {
     Login {
-        user: c.health_check_user.clone(),
-        password,
+        user: shared.config.health_check_user.clone(),
+        password: crate::cluster::direct::own_password(&shared.config, &shared.users),
         tls: shared.node_tls.clone(),
     }
 }
