@@ -271,3 +271,118 @@ fn transaction_pooling_shares_few_node_connections_among_many_clients() {
         "{out}{err}"
     );
 }
+
+/// `pool_mode = transaction`: a key never has more than `max_pool_size` node connections.
+/// Clients beyond that wait in line (SHOW POOLS counts them) and go on, in order, as
+/// transactions end; a waiting client that hangs up leaves the line without stalling it.
+#[test]
+fn transaction_pooling_queues_clients_beyond_max_pool_size() {
+    let node = Node::start(NodeOptions::default());
+    let pm = Pgmulti::start(
+        &PgmultiConf::relay(&node)
+            .line("pool_mode = transaction")
+            .line("max_pool_size = 2")
+            .line("admin_users = 'postgres'")
+            .line("connect_timeout = 1s"),
+    );
+    node.psql(
+        "postgres",
+        "postgres",
+        "CREATE TABLE q (id serial, who text)",
+    );
+    let conn = pm.conn_str("postgres", "postgres");
+    let pools = || {
+        let out = pm.psql("postgres", "pgmulti", None, "SHOW POOLS");
+        assert!(out.success(), "{}", out.stderr);
+        out.stdout
+            .lines()
+            .find(|l| l.starts_with("0|postgres|postgres|"))
+            .map(|l| l.split('|').skip(3).map(str::to_string).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    // Four clients log in; idle, they hold no connection.
+    let mut clients: Vec<postgres::Client> = (0..4).map(|_| connect(&conn)).collect();
+    let mut waiters = clients.split_off(2);
+    let mut holders = clients;
+    // Two open transactions: both connections are lent.
+    for (i, c) in holders.iter_mut().enumerate() {
+        c.batch_execute(&format!("BEGIN; INSERT INTO q (who) VALUES ('holder {i}')"))
+            .unwrap();
+    }
+    // The other two want one: they wait (in threads, their statements block).
+    let wait = |mut c: postgres::Client, name: &'static str| {
+        std::thread::spawn(move || {
+            c.batch_execute(&format!("INSERT INTO q (who) VALUES ('{name}')"))
+                .map(|_| c)
+        })
+    };
+    let second = waiters.pop().unwrap();
+    let first = wait(waiters.pop().unwrap(), "first");
+    wait_for("a client waiting", || pools() == ["0", "2", "1"]);
+    let second = wait(second, "second");
+    wait_for("two clients waiting", || pools() == ["0", "2", "2"]);
+    let inserted = || {
+        node.psql(
+            "postgres",
+            "postgres",
+            "SELECT coalesce(string_agg(who, ',' ORDER BY id), '') FROM q",
+        )
+    };
+    assert_eq!(inserted(), "", "a waiting client ran its statement");
+    // A third client, logging in, waits too (a login needs a node connection), then gives
+    // up (closes its socket): the line goes on without it.
+    let mut quitter = std::net::TcpStream::connect(("127.0.0.1", pm.port())).unwrap();
+    {
+        use std::io::Write;
+        // StartupMessage for user postgres, database postgres (trust on the test node).
+        let mut body = Vec::new();
+        body.extend_from_slice(&196608u32.to_be_bytes());
+        for s in ["user", "postgres", "database", "postgres", ""] {
+            body.extend_from_slice(s.as_bytes());
+            body.push(0);
+        }
+        let mut msg = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        msg.extend_from_slice(&body);
+        quitter.write_all(&msg).unwrap();
+    }
+    wait_for("three clients waiting", || pools() == ["0", "2", "3"]);
+    drop(quitter);
+    wait_for("the quitter to leave the line", || {
+        pools() == ["0", "2", "2"]
+    });
+    // A transaction that ends lets the waiting clients in, first come first served: the
+    // first hands the connection on to the second.
+    holders[0].batch_execute("COMMIT").unwrap();
+    let mut first = first.join().unwrap().expect("first waiter");
+    let _second = second.join().unwrap().expect("second waiter");
+    assert_eq!(inserted(), "holder 0,first,second");
+    holders[1].batch_execute("COMMIT").unwrap();
+    assert_eq!(inserted(), "holder 0,holder 1,first,second");
+    // Idle longer than connect_timeout after taking a connection: still logged in.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    for c in holders.iter_mut().chain([&mut first]) {
+        c.batch_execute("SELECT 1").unwrap();
+    }
+    wait_for("nobody waiting", || pools() == ["2", "0", "0"]);
+    // Under load the node never sees more than max_pool_size connections from pgmulti.
+    let (ok, out, err) = pgbench(
+        &["-i", "-s", "1", &node.conn_str("postgres", "postgres")],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let (ok, out2, err2) = pgbench(&["-S", "-c", "16", "-j", "2", "-T", "3", "-n", &conn], &[]);
+    assert!(
+        ok && parse_pgbench_summary(&out2).is_some_and(|s| s.failed == 0),
+        "{out}{out2}{err2}"
+    );
+    let backends = node.psql(
+        "postgres",
+        "postgres",
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' \
+         AND client_addr IS NOT NULL",
+    );
+    assert_eq!(
+        backends, "2",
+        "pgmulti's node connections after pgbench -c 16"
+    );
+}

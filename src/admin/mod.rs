@@ -186,11 +186,25 @@ fn show_nodes(shared: &Shared, out: &mut Vec<u8>) {
 fn show_pools(shared: &Shared, out: &mut Vec<u8>) {
     let rows: Vec<Vec<String>> = shared
         .pool
-        .idle_counts()
+        .counts()
         .into_iter()
-        .map(|(k, idle)| vec![k.node.to_string(), k.database, k.user, idle.to_string()])
+        .map(|(k, [idle, active, waiting])| {
+            vec![
+                k.node.to_string(),
+                k.database,
+                k.user,
+                idle.to_string(),
+                active.to_string(),
+                waiting.to_string(),
+            ]
+        })
         .collect();
-    table(out, &["node_id", "database", "user", "idle"], &rows, "SHOW");
+    table(
+        out,
+        &["node_id", "database", "user", "idle", "active", "waiting"],
+        &rows,
+        "SHOW",
+    );
 }
 
 /// Per node and in total: requests, reads, writes, bytes each way, errors, and the

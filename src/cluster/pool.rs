@@ -6,7 +6,7 @@
 //! anything unexpected, is dropped. Pooled connections have tokens of their own
 //! (`POOL_TOKEN_BASE + slot`); the loop passes their events here.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use mio::{Registry, Token};
 use slab::Slab;
@@ -14,6 +14,7 @@ use slab::Slab;
 use crate::net::endpoint::Broken;
 use crate::protocol::framing::message_header;
 use crate::protocol::frontend;
+use crate::reactor::token::ConnKey;
 use crate::reactor::token::POOL_TOKEN_BASE;
 use crate::session::node::NodeConn;
 
@@ -42,11 +43,23 @@ struct Pooled {
 }
 
 #[derive(Default)]
+struct Lending {
+    lent: usize,
+    waiting: VecDeque<ConnKey>,
+}
+
+#[derive(Default)]
 pub struct Pool {
     slots: Slab<Pooled>,
     idle: HashMap<PoolKey, Vec<usize>>,
     /// Connections being opened ahead of clients, per key.
     opening: HashMap<PoolKey, usize>,
+    /// Connections being reset, per key.
+    resetting: HashMap<PoolKey, usize>,
+    /// `pool_mode = transaction`: connections sessions hold, and sessions waiting for one.
+    lending: HashMap<PoolKey, Lending>,
+    /// Waiting sessions to run again: a connection of their key came back or went away.
+    pub woken: Vec<ConnKey>,
     /// Connections handed out and taken back, for SHOW POOLS later and the tests' logs.
     pub reused: u64,
 }
@@ -95,13 +108,7 @@ impl Pool {
         max: usize,
         registry: &Registry,
     ) {
-        let kept = self.idle.get(&key).map_or(0, Vec::len)
-            + self
-                .slots
-                .iter()
-                .filter(|(_, p)| p.key == key && matches!(p.state, State::Resetting(_)))
-                .count();
-        if kept >= max {
+        if self.total(&key) >= max {
             conn.terminate();
             return;
         }
@@ -123,7 +130,14 @@ impl Pool {
             answers += 1;
         }
         conn.send(&reset);
-        if let Some(slot) = self.insert(key, conn, State::Resetting(answers), settings, registry) {
+        if let Some(slot) = self.insert(
+            key.clone(),
+            conn,
+            State::Resetting(answers),
+            settings,
+            registry,
+        ) {
+            *self.resetting.entry(key).or_default() += 1;
             self.drive(slot, registry);
         }
     }
@@ -169,6 +183,89 @@ impl Pool {
         Some(slot)
     }
 
+    fn reset_done(&mut self, key: &PoolKey) {
+        if let Some(n) = self.resetting.get_mut(key) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// Connections of `key` idle, being reset, being opened ahead of clients, and (in
+    /// transaction pooling) held by sessions.
+    fn total(&self, key: &PoolKey) -> usize {
+        self.idle.get(key).map_or(0, Vec::len)
+            + self.resetting.get(key).copied().unwrap_or(0)
+            + self.opening.get(key).copied().unwrap_or(0)
+            + self.lending.get(key).map_or(0, |l| l.lent)
+    }
+
+    /// `pool_mode = transaction`: whether a session may take a connection of `key` now — one
+    /// is idle, or fewer than `max` exist — without jumping the queue (a session the pool
+    /// `woken` is at its head). If so it is counted as lent until `give_back`.
+    pub fn lend(&mut self, key: &PoolKey, max: usize, woken: bool) -> bool {
+        let queue_empty = self.lending.get(key).is_none_or(|l| l.waiting.is_empty());
+        let room = self.idle.get(key).is_some_and(|l| !l.is_empty()) || self.total(key) < max;
+        if room && (woken || queue_empty) {
+            self.lending.entry(key.clone()).or_default().lent += 1;
+            return true;
+        }
+        false
+    }
+
+    /// A lent connection is no longer held (it is about to be `put` back, or closed).
+    pub fn give_back(&mut self, key: &PoolKey) {
+        if let Some(l) = self.lending.get_mut(key) {
+            l.lent = l.lent.saturating_sub(1);
+        }
+        self.wake_one(key);
+    }
+
+    /// Queue `session` for a connection of `key`: at the head when it was woken and lost the
+    /// connection to a newcomer, else at the tail.
+    pub fn wait(&mut self, key: &PoolKey, session: ConnKey, head: bool) {
+        let l = self.lending.entry(key.clone()).or_default();
+        if head {
+            l.waiting.push_front(session);
+        } else {
+            l.waiting.push_back(session);
+        }
+    }
+
+    /// Whether `session` is still queued for `key` (not woken yet).
+    pub fn is_waiting(&self, key: &PoolKey, session: ConnKey) -> bool {
+        self.lending
+            .get(key)
+            .is_some_and(|l| l.waiting.contains(&session))
+    }
+
+    /// A queued session leaves (its client went away). If it had been woken already, the
+    /// wake-up passes to the next in line.
+    pub fn leave_queue(&mut self, key: &PoolKey, session: ConnKey) {
+        let Some(l) = self.lending.get_mut(key) else {
+            return;
+        };
+        match l.waiting.iter().position(|&s| s == session) {
+            Some(at) => {
+                l.waiting.remove(at);
+            }
+            None => self.wake_one(key),
+        }
+    }
+
+    /// Sessions waiting for `key`.
+    fn waiting(&self, key: &PoolKey) -> usize {
+        self.lending.get(key).map_or(0, |l| l.waiting.len())
+    }
+
+    fn wake_one(&mut self, key: &PoolKey) {
+        if let Some(session) = self
+            .lending
+            .get_mut(key)
+            .and_then(|l| l.waiting.pop_front())
+        {
+            self.woken.push(session);
+        }
+    }
+
     /// Count connections being opened for `key` (+1 started, -1 finished).
     pub fn opening(&mut self, key: &PoolKey, delta: isize) {
         let n = self.opening.entry(key.clone()).or_default();
@@ -206,14 +303,21 @@ impl Pool {
             if let Some(list) = self.idle.get_mut(&p.key) {
                 list.retain(|&s| s != slot);
             }
+            if let State::Resetting(_) = p.state {
+                self.reset_done(&p.key);
+            }
             log::debug!("pooled connection to node {} dropped", p.key.node);
             p.conn.ep.transport.deregister(registry);
+            self.wake_one(&p.key);
             return;
         }
         if let State::Resetting(0) = p.state {
             p.state = State::Idle;
             p.conn.ep.release_buffers();
-            self.idle.entry(p.key.clone()).or_default().push(slot);
+            let key = p.key.clone();
+            self.reset_done(&key);
+            self.wake_one(&key);
+            self.idle.entry(key).or_default().push(slot);
         }
     }
 
@@ -238,17 +342,19 @@ impl Pool {
         }
     }
 
-    /// Idle connections per key, for SHOW POOLS.
-    pub fn idle_counts(&self) -> Vec<(PoolKey, usize)> {
-        let mut v: Vec<_> = self
-            .idle
-            .iter()
-            .map(|(k, s)| (k.clone(), s.len()))
-            .collect();
-        v.sort_by(|a, b| {
-            (a.0.node, &a.0.database, &a.0.user).cmp(&(b.0.node, &b.0.database, &b.0.user))
-        });
-        v
+    /// Per key: idle connections, connections sessions hold (transaction pooling) and
+    /// sessions waiting for one, for SHOW POOLS.
+    pub fn counts(&self) -> Vec<(PoolKey, [usize; 3])> {
+        let mut keys: Vec<&PoolKey> = self.idle.keys().chain(self.lending.keys()).collect();
+        keys.sort_by(|a, b| (a.node, &a.database, &a.user).cmp(&(b.node, &b.database, &b.user)));
+        keys.dedup();
+        keys.into_iter()
+            .map(|k| {
+                let idle = self.idle.get(k).map_or(0, Vec::len);
+                let lent = self.lending.get(k).map_or(0, |l| l.lent);
+                (k.clone(), [idle, lent, self.waiting(k)])
+            })
+            .collect()
     }
 }
 
@@ -277,5 +383,85 @@ fn read_replies(p: &mut Pooled) -> bool {
     match filled {
         Ok(_) => true,
         Err(Broken::Closed) | Err(Broken::Error(_)) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> PoolKey {
+        PoolKey {
+            node: 0,
+            database: "db".into(),
+            user: "u".into(),
+        }
+    }
+
+    fn session(index: u32) -> ConnKey {
+        ConnKey {
+            index,
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn lending_stops_at_max_and_wakes_the_queue_in_order() {
+        let mut pool = Pool::default();
+        let k = key();
+        assert!(pool.lend(&k, 2, false));
+        assert!(pool.lend(&k, 2, false));
+        assert!(!pool.lend(&k, 2, false), "a third connection beyond max 2");
+        pool.wait(&k, session(1), false);
+        pool.wait(&k, session(2), false);
+        assert!(pool.is_waiting(&k, session(1)));
+        assert_eq!(pool.counts()[0].1, [0, 2, 2]);
+        // One comes back: the head of the line is woken, and only it.
+        pool.give_back(&k);
+        assert_eq!(pool.woken, vec![session(1)]);
+        assert!(!pool.is_waiting(&k, session(1)));
+        // A newcomer does not jump the line while someone waits ...
+        assert!(!pool.lend(&k, 2, false));
+        // ... the woken session goes first.
+        assert!(pool.lend(&k, 2, true));
+        assert_eq!(pool.counts()[0].1, [0, 2, 1]);
+    }
+
+    #[test]
+    fn a_woken_session_that_leaves_passes_the_wake_up_on() {
+        let mut pool = Pool::default();
+        let k = key();
+        assert!(pool.lend(&k, 1, false));
+        pool.wait(&k, session(1), false);
+        pool.wait(&k, session(2), false);
+        pool.wait(&k, session(3), false);
+        // A queued session leaving is simply taken out of the line.
+        pool.leave_queue(&k, session(2));
+        assert!(!pool.is_waiting(&k, session(2)));
+        assert!(pool.woken.is_empty());
+        pool.give_back(&k);
+        assert_eq!(std::mem::take(&mut pool.woken), vec![session(1)]);
+        // Woken but gone before it ran: the next in line is woken instead.
+        pool.leave_queue(&k, session(1));
+        assert_eq!(pool.woken, vec![session(3)]);
+        assert!(pool.lend(&k, 1, true));
+    }
+
+    #[test]
+    fn a_woken_session_that_lost_the_race_waits_at_the_head() {
+        let mut pool = Pool::default();
+        let k = key();
+        assert!(pool.lend(&k, 1, false));
+        pool.wait(&k, session(1), false);
+        pool.give_back(&k);
+        assert_eq!(std::mem::take(&mut pool.woken), vec![session(1)]);
+        // Before session 1 runs, a newcomer finds the line empty and room: it takes it.
+        assert!(pool.lend(&k, 1, false));
+        pool.wait(&k, session(2), false);
+        // Session 1 runs, finds no room, and goes back in line ahead of session 2.
+        assert!(!pool.lend(&k, 1, true));
+        pool.wait(&k, session(1), true);
+        pool.give_back(&k);
+        assert_eq!(pool.woken, vec![session(1)]);
     }
 }

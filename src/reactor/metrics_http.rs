@@ -190,18 +190,31 @@ pub fn render(shared: &Shared) -> String {
         e.family(name, Kind::Gauge, help);
         e.sample(name, &[], value as f64);
     }
-    e.family(
-        "pgmulti_pool_idle_connections",
-        Kind::Gauge,
-        "Idle pooled node connections.",
-    );
-    for (k, idle) in shared.pool.idle_counts() {
-        let id = k.node.to_string();
-        e.sample(
+    let counts = shared.pool.counts();
+    let families = [
+        (
             "pgmulti_pool_idle_connections",
-            &[("node", &id), ("database", &k.database), ("user", &k.user)],
-            idle as f64,
-        );
+            "Idle pooled node connections.",
+        ),
+        (
+            "pgmulti_pool_active_connections",
+            "Node connections sessions hold (pool_mode = transaction).",
+        ),
+        (
+            "pgmulti_pool_waiting_clients",
+            "Sessions waiting for a node connection (pool_mode = transaction).",
+        ),
+    ];
+    for (i, (name, help)) in families.into_iter().enumerate() {
+        e.family(name, Kind::Gauge, help);
+        for (k, n) in &counts {
+            let id = k.node.to_string();
+            e.sample(
+                name,
+                &[("node", &id), ("database", &k.database), ("user", &k.user)],
+                n[i] as f64,
+            );
+        }
     }
     let totals = [
         (

@@ -183,6 +183,7 @@ impl Reactor {
         self.ask_preconnects();
         self.schedule_health_checks(Instant::now());
         loop {
+            self.next_pass.append(&mut self.shared.pool.woken);
             let timeout = if !self.next_pass.is_empty() {
                 Some(Duration::ZERO)
             } else {
@@ -308,8 +309,19 @@ impl Reactor {
     }
 
     fn run_queue_until_empty(&mut self, now: Instant) {
-        while let Some((key, event)) = self.run_queue.pop_front() {
+        loop {
+            self.wake_pool_waiters();
+            let Some((key, event)) = self.run_queue.pop_front() else {
+                break;
+            };
             self.dispatch(key, event, now);
+        }
+    }
+
+    /// Sessions the pool woke (a connection of their key came back) run in this pass.
+    fn wake_pool_waiters(&mut self) {
+        while let Some(key) = self.shared.pool.woken.pop() {
+            self.enqueue(key, Event::ClientIo);
         }
     }
 

@@ -21,6 +21,9 @@ impl Session {
             self.fatal(cx, "08006", "no node is available: every node is detached");
             return Transition::Close("no node available".into());
         }
+        if !self.may_take_node(cx) {
+            return Transition::Stay; // woken by the pool (`on_client_during_login`)
+        }
         self.nodes.reserve_exact(targets.len());
         for id in targets {
             match self.open_node(id, cx) {
@@ -155,8 +158,10 @@ impl Session {
 
     /// The client should be waiting; read only to notice it hanging up (bytes it pipelined
     /// stay buffered for later).
-    pub(super) fn on_client_during_login(&mut self, _cx: &mut Context) -> Transition {
+    /// Also where a session queued for a node connection (`pool_mode = transaction`) is woken.
+    pub(super) fn on_client_during_login(&mut self, cx: &mut Context) -> Transition {
         match self.client.fill() {
+            Ok(_) if self.pool_queued => self.start_node_login(cx),
             Ok(_) => Transition::Stay,
             Err(Broken::Closed) => {
                 Transition::Close("client closed the connection during node login".into())

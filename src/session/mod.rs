@@ -111,6 +111,10 @@ pub struct Session {
     repl: replicate::LazyReplication,
     /// Waiting at the gate (see `reactor::context::Gate`) with a request not yet started.
     at_gate: bool,
+    /// `pool_mode = transaction`: holds a node connection counted against `max_pool_size`
+    /// (see `Pool::lend`), or is queued for one.
+    lent: bool,
+    pool_queued: bool,
     /// Logged in, its first request not started yet (see `handle`).
     just_logged_in: bool,
     /// The admin console is waiting for the loop to finish a command.
@@ -154,6 +158,8 @@ impl Session {
             open_batch: false,
             repl: Default::default(),
             at_gate: false,
+            lent: false,
+            pool_queued: false,
             just_logged_in: false,
             admin_waiting: false,
             connected_at: std::time::SystemTime::now(),
@@ -523,6 +529,7 @@ impl Session {
             State::Replicating => self.repl.is_idle(),
             _ => false,
         };
+        self.leave_lending(cx);
         let max = cx.shared.config.max_pool_size;
         for mut node in std::mem::take(&mut self.nodes) {
             let key = self.pool_key(node.index);

@@ -7,7 +7,7 @@
 
 use super::node::{LoginContext, LoginStep};
 use super::{Session, Transition};
-use crate::config::PoolMode;
+use crate::config::{Mode, PoolMode};
 use crate::net::buffer::Buf;
 use crate::net::endpoint::Broken;
 use crate::protocol::framing::message_header;
@@ -158,7 +158,7 @@ impl Session {
                 Some(b'X') => return Err(Transition::Close("client sent Terminate".into())),
                 Some(_) => {}
             }
-            if !self.gate_open(cx) {
+            if !self.gate_open(cx) || !self.may_take_node(cx) {
                 return Ok(false);
             }
             match self.open_node(0, cx) {
@@ -178,6 +178,7 @@ impl Session {
             return Ok(false);
         };
         if node.is_ready() && node.configured {
+            cx.cancel(&mut self.connect_timer);
             return Ok(true);
         }
         // Messages of the login are not the client's: it was logged in long ago.
@@ -204,14 +205,61 @@ impl Session {
         }
     }
 
+    /// `pool_mode = transaction`: whether this session may take a node connection now. A pool
+    /// key has at most `max_pool_size` connections (PgBouncer's pool_size); a session that
+    /// finds none idle and no room queues, and the pool wakes it when one comes back.
+    pub(super) fn may_take_node(&mut self, cx: &mut Context) -> bool {
+        let config = &cx.shared.config;
+        if config.pool_mode != PoolMode::Transaction || config.mode != Mode::Relay {
+            return true;
+        }
+        let max = config.max_pool_size.max(1);
+        let Some(key) = self.pool_key(0) else {
+            return true;
+        };
+        let pool = &mut cx.shared.pool;
+        if self.pool_queued && pool.is_waiting(&key, cx.key) {
+            return false;
+        }
+        let woken = std::mem::take(&mut self.pool_queued);
+        if pool.lend(&key, max, woken) {
+            self.lent = true;
+            return true;
+        }
+        pool.wait(&key, cx.key, woken);
+        self.pool_queued = true;
+        if !woken {
+            log::debug!("{} waits for a node connection ({max} in use)", self.prefix);
+        }
+        false
+    }
+
+    /// The session no longer holds a lent connection (it goes back to the pool or is closed)
+    /// nor waits for one.
+    pub(super) fn leave_lending(&mut self, cx: &mut Context) {
+        if !self.lent && !self.pool_queued {
+            return;
+        }
+        let Some(key) = self.pool_key(0) else {
+            return;
+        };
+        if std::mem::take(&mut self.lent) {
+            cx.shared.pool.give_back(&key);
+        }
+        if std::mem::take(&mut self.pool_queued) {
+            cx.shared.pool.leave_queue(&key, cx.key);
+        }
+    }
+
     /// `pool_mode = transaction`: the node connection taken for the next transaction did not
     /// get ready within `connect_timeout`.
     pub(super) fn on_relay_connect_timeout(&mut self, cx: &mut Context) -> Transition {
         self.connect_timer = None;
+        // Already back in the pool, or ready: the timer is stale.
         if self
             .nodes
             .first()
-            .is_some_and(|n| n.is_ready() && n.configured)
+            .is_none_or(|n| n.is_ready() && n.configured)
         {
             return Transition::Stay;
         }
@@ -241,6 +289,7 @@ impl Session {
         let Some(key) = self.pool_key(0) else {
             return;
         };
+        self.leave_lending(cx);
         if let Some(node) = self.nodes.pop() {
             let max = cx.shared.config.max_pool_size.max(1);
             cx.shared.pool.put(
