@@ -444,7 +444,14 @@ write_pgmulti_conf() { # FILE PORT MODE LOG_LEVEL LOGFILE [WRITE_ACK [COMMIT_PRO
         echo "port = $2"
         echo "unix_socket_directories = ''"
         echo "mode = $mode"
-        [ "$3" = relay_tx ] && echo "pool_mode = transaction"
+        # Pool sizes as PgBouncer's: transaction pooling 20 connections, session pooling
+        # (and replication, as pgpool-II's num_init_children) room for every client.
+        if [ "$3" = relay_tx ]; then
+            echo "pool_mode = transaction"
+            echo "max_pool_size = 20"
+        else
+            echo "max_pool_size = $((MAX_CLIENTS + 8))"
+        fi
         [ -n "${6:-}" ] && echo "write_ack = $6"
         [ -n "${7:-}" ] && echo "commit_protocol = $7"
         for ((n = 0; n < nodes; n++)); do

@@ -251,12 +251,15 @@ def main():
       f"`load_balance_mode = on` (weights 1/1/1), `num_init_children = {meta.get('pgpool_children')}`, "
       "`max_pool = 1`, `enable_pool_hba = off`, no pool_passwd (trust to the nodes), health checks, "
       "failover, watchdog and query cache off, started in the foreground with `-n -D`.")
-    o("- pgmulti: `mode = relay` to node 0 with `log_level = info`, and a second instance with "
-      "`log_level = trace` (the trace goes to a file in the work folder, emptied after each run). "
+    o("- pgmulti: `mode = relay` to node 0 with `log_level = info`, a second instance with "
+      "`log_level = trace` (the trace goes to a file in the work folder, emptied after each run), and a "
+      "third with `pool_mode = transaction`, `max_pool_size = 20` (PgBouncer's transaction pool size); "
+      "`mode = replication` over the 3 nodes with `write_ack = sync` and `async`. Session pooling and "
+      f"replication have `max_pool_size = {meta.get('pool_size_session')}`, as PgBouncer's session pool. "
       "`backend_sslmode = disable` (the nodes have no TLS; PgBouncer and pgpool-II don't try TLS either), "
       "`health_check_period = 0`.")
     o("- TPC-B runs only on the replicating targets and on the direct connection (the reference); pgmulti "
-      "relay (single node, **not replicated**) is included too while replication mode does not exist. "
+      "relay (single node, **not replicated**) is included too, as a reference for the cost of the hop. "
       "PgBouncer is not run on TPC-B.\n")
 
     # --- issue 6 goals ----------------------------------------------------------------------
