@@ -299,7 +299,7 @@ impl Session {
         }
         let t = self.table(event, cx);
         let closed = self.apply(event, t, cx);
-        if closed.is_none() && !self.client.tx.is_empty() {
+        if closed.is_none() && !self.client.tx.is_empty() && !self.holds_client_output() {
             // Whatever a handler queued for the client (auth requests, errors) goes out now.
             if let Err(e) = self.client.flush() {
                 return Some(format!("client write error: {e}"));

@@ -27,6 +27,10 @@ use crate::trace::{trace_message, Peer};
 /// Passes over client and nodes per wakeup before yielding to other sessions.
 const PASSES: usize = 8;
 
+/// The client's share of an answer held back while other nodes finish (see
+/// `Session::holds_client_output`) is sent at once beyond this size.
+const HOLD_MAX: usize = 16 * 1024;
+
 /// The largest client message accepted in replication mode: a statement is kept whole
 /// until every node has run it.
 pub const MAX_REPLICATED_MESSAGE: usize = 64 * 1024 * 1024;
@@ -219,6 +223,19 @@ struct Probe {
 }
 
 impl Request {
+    /// The voice has given its whole answer to this phase and other nodes are still running
+    /// theirs (sync replicas after the lead). Not while COPY data or a Flush batch needs the
+    /// client to act on what it has.
+    fn waits_for_others(&self) -> bool {
+        !self.copy_in
+            && self.flush_replies.is_none()
+            && self
+                .running
+                .iter()
+                .all(|run| run.node != self.voice || run.pending.is_empty())
+            && self.running.iter().any(|run| !run.pending.is_empty())
+    }
+
     fn new(main: Vec<u8>, text: String, plan: Plan, lead: u8, voice: u8, now: Instant) -> Request {
         Request {
             main,
@@ -264,6 +281,18 @@ struct Running {
 }
 
 impl Session {
+    /// The voice's answer waits in the client's send buffer until the replicas have answered
+    /// too: it goes out with pgmulti's ReadyForQuery in one write, and the client wakes once
+    /// per statement instead of twice.
+    pub(super) fn holds_client_output(&self) -> bool {
+        self.client.tx.len() < HOLD_MAX
+            && self
+                .repl
+                .request
+                .as_ref()
+                .is_some_and(|r| r.waits_for_others())
+    }
+
     pub(super) fn on_replicate(&mut self, cx: &mut Context) -> Transition {
         let mut exhausted = true;
         for _ in 0..PASSES {
@@ -293,9 +322,11 @@ impl Session {
                 Ok(p) => progress |= p,
                 Err(t) => return t,
             }
-            match self.client.flush() {
-                Ok(n) => progress |= n > 0,
-                Err(e) => return Transition::Close(format!("client write error: {e}")),
+            if !self.holds_client_output() {
+                match self.client.flush() {
+                    Ok(n) => progress |= n > 0,
+                    Err(e) => return Transition::Close(format!("client write error: {e}")),
+                }
             }
             if !progress {
                 exhausted = false;
