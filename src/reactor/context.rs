@@ -117,6 +117,8 @@ pub struct Shared {
     pub preconnect_asks: Vec<crate::cluster::pool::PoolKey>,
     /// Reused for building messages pgmulti sends itself.
     pub out: Vec<u8>,
+    /// Reused for each node message replication mode reads (see `session::replicate`).
+    pub node_msg: Vec<u8>,
     pub gate: Gate,
     /// Nodes whose failed health check is to be retried.
     pub health_retries: Vec<u8>,

@@ -914,6 +914,7 @@ impl Shared {
             two_phase: None,
             admin_asks: Default::default(),
             out: Vec::with_capacity(4096),
+            node_msg: Vec::with_capacity(4096),
             gate: Default::default(),
             health_retries: Vec::new(),
             secrets: Vec::new(),

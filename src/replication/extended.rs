@@ -563,8 +563,8 @@ mod tests {
             n << 40
         };
         let mut values = Values {
-            transaction_ts: "2026-11-21 06:00:00.000001+00",
-            statement_ts: "2026-11-21 06:00:05+00",
+            transaction_ts: (1795240800, 1),
+            statement_ts: (1795240805, 0),
             random: &mut random,
         };
         match prepare(messages, st, &|_| Some(Vec::new()), &|_| true, &mut values) {
@@ -709,8 +709,8 @@ mod tests {
         frontend::sync(&mut m);
         let mut r = || 1u64;
         let mut values = Values {
-            transaction_ts: "x",
-            statement_ts: "y",
+            transaction_ts: (0, 0),
+            statement_ts: (0, 0),
             random: &mut r,
         };
         assert!(matches!(

@@ -134,9 +134,11 @@ pub struct Refusal {
     pub hint: String,
 }
 
-/// pgmulti's clock as the body of a timestamptz literal (UTC, microseconds).
-pub fn timestamp_now() -> String {
-    let (secs, micros) = crate::timestamp::now();
+/// A moment on pgmulti's clock: seconds since the Unix epoch, and microseconds.
+pub type Moment = (u64, u32);
+
+/// `moment` as the body of a timestamptz literal (UTC, microseconds).
+pub fn timestamp_literal((secs, micros): Moment) -> String {
     format!("{}+00", crate::timestamp::format_utc(secs, micros))
 }
 
@@ -173,8 +175,8 @@ pub trait Substitute {
 /// Values a rewrite draws on: the transaction's timestamp (now() & co), this statement's
 /// (statement_timestamp(), clock_timestamp()), and a source of random bytes.
 pub struct Values<'a> {
-    pub transaction_ts: &'a str,
-    pub statement_ts: &'a str,
+    pub transaction_ts: Moment,
+    pub statement_ts: Moment,
     pub random: &'a mut dyn FnMut() -> u64,
 }
 
@@ -182,8 +184,9 @@ impl Values<'_> {
     /// The text of a value (as a Bind parameter or inside a literal).
     pub fn text(&mut self, v: Value) -> String {
         match v {
-            Value::TransactionTs => self.transaction_ts.to_string(),
-            Value::StatementTs => self.statement_ts.to_string(),
+            // Formatted only here: most statements use neither.
+            Value::TransactionTs => timestamp_literal(self.transaction_ts),
+            Value::StatementTs => timestamp_literal(self.statement_ts),
             Value::Random => {
                 let r = (self.random)() >> 11; // 53 random bits
                 format!("{:.17}", r as f64 / (1u64 << 53) as f64)
@@ -480,8 +483,8 @@ mod tests {
             n << 40
         };
         let mut v = Values {
-            transaction_ts: "2026-11-21 06:00:00.000001+00",
-            statement_ts: "2026-11-21 06:00:05.000002+00",
+            transaction_ts: (1795240800, 1),
+            statement_ts: (1795240805, 2),
             random: &mut random,
         };
         rewrite(sql, &analyse(sql), &mut v)

@@ -31,6 +31,9 @@ const PASSES: usize = 8;
 /// `Session::holds_client_output`) is sent at once beyond this size.
 const HOLD_MAX: usize = 16 * 1024;
 
+/// A node message buffer larger than this (after a big row) is not kept for reuse.
+const NODE_MSG_KEEP: usize = 64 * 1024;
+
 /// The largest client message accepted in replication mode: a statement is kept whole
 /// until every node has run it.
 pub const MAX_REPLICATED_MESSAGE: usize = 64 * 1024 * 1024;
@@ -103,7 +106,7 @@ struct Tx {
     /// The node a transaction's reads go to until it writes.
     read_node: Option<u8>,
     /// The transaction's timestamp for rewritten now() & co.
-    timestamp: Option<String>,
+    timestamp: Option<request::Moment>,
     /// `write_ack = async`: every node's answers to the statements that ran behind, compared
     /// at COMMIT.
     async_answers: Vec<(u8, Vec<Outcome>)>,
@@ -516,10 +519,17 @@ impl Session {
                 if voice == Some(id) && self.client.tx.free() < len {
                     break;
                 }
-                let msg = data[..len].to_vec();
+                // Copied out of the node's buffer into a reused one: no allocation per message.
+                let mut msg = std::mem::take(&mut cx.shared.node_msg);
+                msg.clear();
+                msg.extend_from_slice(&data[..len]);
                 node.ep.rx.consume(len);
                 progress = true;
-                self.on_node_message(id, tag, &msg, cx)?;
+                let handled = self.on_node_message(id, tag, &msg, cx);
+                if msg.capacity() <= NODE_MSG_KEEP {
+                    cx.shared.node_msg = msg;
+                }
+                handled?;
                 if self.nodes.get(i).is_none_or(|n| n.index != id) {
                     break; // the node was dropped
                 }
@@ -996,8 +1006,14 @@ impl Session {
                 progress = true;
                 continue;
             }
-            let msg = self.take_client_message(len);
             progress = true;
+            if matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'S')
+                && self.repl.large.is_empty()
+            {
+                self.add_to_batch(tag, len, None, cx)?;
+                continue;
+            }
+            let msg = self.take_client_message(len);
             trace_message(
                 &self.prefix,
                 Peer::Client,
@@ -1016,25 +1032,9 @@ impl Session {
                     ));
                 }
                 b'X' => return Err(Transition::Close("client sent Terminate".into())),
-                // Extended protocol: collect up to Sync, then run the batch as one request.
-                b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => {
-                    if self.repl.batch.len() + msg.len() > MAX_REPLICATED_MESSAGE {
-                        return Err(self.protocol_violation(
-                            cx,
-                            "extended-protocol batch without Sync exceeds 64 MB",
-                        ));
-                    }
-                    self.repl.batch.extend_from_slice(&msg);
-                    // Flush: the client waits for the answers so far (JDBC's describe).
-                    if tag == b'H' {
-                        let batch = std::mem::take(&mut self.repl.batch);
-                        self.start_request(batch, cx)?;
-                    }
-                }
-                b'S' => {
-                    let mut batch = std::mem::take(&mut self.repl.batch);
-                    batch.extend_from_slice(&msg);
-                    self.start_request(batch, cx)?;
+                // A message larger than the receive buffer, collected in `large`.
+                b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'S' => {
+                    self.add_to_batch(tag, msg.len(), Some(&msg), cx)?;
                 }
                 b'F' => {
                     self.repl.tx.fail();
@@ -1136,6 +1136,50 @@ impl Session {
             Ok(_) => Ok(None),
             Err(e) => Err(self.protocol_violation(cx, &e.to_string())),
         }
+    }
+
+    /// Extended protocol: collect messages up to Sync (or Flush: the client waits for the
+    /// answers so far, as JDBC's describe), then run the batch as one request. `large` is
+    /// the message when it was collected whole beside the receive buffer; otherwise it is
+    /// copied straight from there (no allocation per message).
+    fn add_to_batch(
+        &mut self,
+        tag: u8,
+        len: usize,
+        large: Option<&[u8]>,
+        cx: &mut Context,
+    ) -> Result<(), Transition> {
+        if self.repl.batch.len() + len > MAX_REPLICATED_MESSAGE {
+            return Err(
+                self.protocol_violation(cx, "extended-protocol batch without Sync exceeds 64 MB")
+            );
+        }
+        let batch = &mut self.repl.batch;
+        if batch.is_empty() {
+            batch.reserve(len.max(256));
+        }
+        match large {
+            Some(msg) => batch.extend_from_slice(msg),
+            None => {
+                let msg = &self.client.rx.data()[..len];
+                trace_message(
+                    &self.prefix,
+                    Peer::Client,
+                    Peer::Pgmulti,
+                    tag,
+                    &msg[5..],
+                    len,
+                    &mut cx.shared.scratch,
+                );
+                batch.extend_from_slice(msg);
+                self.client.rx.consume(len);
+            }
+        }
+        if matches!(tag, b'H' | b'S') {
+            let batch = std::mem::take(&mut self.repl.batch);
+            self.start_request(batch, cx)?;
+        }
+        Ok(())
     }
 
     fn take_client_message(&mut self, len: usize) -> Vec<u8> {
@@ -1382,13 +1426,9 @@ impl Session {
 
     /// The transaction's timestamp (taken at its first write, kept until it ends) and this
     /// statement's, for rewritten now() & co.
-    fn timestamps(&mut self) -> (String, String) {
-        let transaction = self
-            .repl
-            .tx
-            .timestamp
-            .get_or_insert_with(request::timestamp_now);
-        (transaction.clone(), request::timestamp_now())
+    fn timestamps(&mut self) -> (request::Moment, request::Moment) {
+        let now = crate::timestamp::now();
+        (*self.repl.tx.timestamp.get_or_insert(now), now)
     }
 
     /// An extended-protocol batch (messages up to Sync): prepared, then planned like a Query.
@@ -1410,8 +1450,8 @@ impl Session {
         let cache = &repl.defaults;
         let mut random = random_u64;
         let mut values = request::Values {
-            transaction_ts: &transaction_ts,
-            statement_ts: &statement_ts,
+            transaction_ts,
+            statement_ts,
             random: &mut random,
         };
         let sequenced = &repl.sequenced;
@@ -1588,8 +1628,8 @@ impl Session {
         let (transaction_ts, statement_ts) = self.timestamps();
         let mut random = random_u64;
         let mut values = request::Values {
-            transaction_ts: &transaction_ts,
-            statement_ts: &statement_ts,
+            transaction_ts,
+            statement_ts,
             random: &mut random,
         };
         match request::rewrite(text, &analysed, &mut values) {
