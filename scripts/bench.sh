@@ -253,7 +253,10 @@ node_psql() { # NODE DB ARGS...
 # Nodes
 # ---------------------------------------------------------------------------------------------
 declare -a NODE_PORT
-NODE_MAX_CONN=1000
+# Room for every pool at once: pgpool-II's children, PgBouncer's two pools and each pgmulti
+# instance keep up to (clients + 8) idle connections to node 0 between runs, plus direct.
+NODE_MAX_CONN=$(( 8 * (MAX_CLIENTS + 8) + 100 ))
+[ "$NODE_MAX_CONN" -lt 1000 ] && NODE_MAX_CONN=1000
 start_node() { # N [extra pg_ctl -o options]
     local n=$1
     as_pg "$PG_BIN/pg_ctl" -D "$PGROOT/node$n" -l "$PGROOT/node$n.log" ${2:+-o "$2"} -w -t 120 start >/dev/null ||
