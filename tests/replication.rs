@@ -654,6 +654,45 @@ fn async_acks_keep_every_table_identical() {
     assert_identical("tpcb_async", &[0, 1, 2]);
 }
 
+/// `write_ack = async`: inside a transaction the replicas get its statements only when
+/// something needs them (here the COMMIT), in one write, or when they fill half a send
+/// buffer; either way every node ends up with the same rows.
+#[test]
+fn async_replicas_run_a_transaction_at_commit() {
+    fresh_db("async_defer");
+    let pm = Pgmulti::start(&replication_conf().line("write_ack = async"));
+    sql(&pm, "async_defer", "CREATE TABLE t (id int PRIMARY KEY, v int, pad text); INSERT INTO t SELECT g, 0 FROM generate_series(1, 5) g");
+    let mut c = connect(&pm.conn_str("postgres", "async_defer"));
+    c.batch_execute("BEGIN").unwrap();
+    c.batch_execute("UPDATE t SET v = 1 WHERE id = 1").unwrap();
+    // The lead holds the row lock; the replica has not run the UPDATE yet.
+    let lock = |node: usize| {
+        nodes()[node].psql(
+            "postgres",
+            "async_defer",
+            "SET lock_timeout = '100ms'; SELECT v FROM t WHERE id = 1 FOR UPDATE",
+        )
+    };
+    assert_eq!(lock(1), "0", "the replica ran the UPDATE before COMMIT");
+    // A transaction larger than half a send buffer goes out as it grows.
+    for i in 0..2000 {
+        c.batch_execute(&format!(
+            "INSERT INTO t VALUES ({}, {i}, repeat('x', 200))",
+            i + 100
+        ))
+        .unwrap();
+    }
+    c.batch_execute("COMMIT").unwrap();
+    for n in 0..3 {
+        assert_eq!(
+            nodes()[n].psql("postgres", "async_defer", "SELECT count(*), sum(v) FROM t"),
+            "2005|1999001",
+            "node {n}"
+        );
+    }
+    assert_identical("async_defer", &[0, 1, 2]);
+}
+
 #[test]
 fn async_disagreement_fails_the_commit_everywhere() {
     fresh_db("async_diverge");

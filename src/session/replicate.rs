@@ -347,13 +347,38 @@ impl Session {
         self.close_if_drained(cx)
     }
 
+    /// `write_ack = async`, inside a transaction: the statements replicas run behind stay in
+    /// their send buffers (up to half of one) until something needs them — the COMMIT,
+    /// parked until they are done, or a request for that node. Each replica then gets the
+    /// transaction's statements in one write and wakes once instead of once per statement.
+    /// A bit per node id.
+    fn held_replicas(&self, cx: &Context) -> u128 {
+        if cx.shared.config.write_ack != crate::config::WriteAck::Async
+            || self.repl.parked.is_some()
+        {
+            return 0;
+        }
+        let mut held = 0u128;
+        for b in &self.repl.behind {
+            held |= 1 << b.node;
+        }
+        if let Some(r) = &self.repl.request {
+            for run in &r.running {
+                held &= !(1 << run.node);
+            }
+        }
+        held
+    }
+
     /// Flush and fill every node connection. A node whose connection broke is detached.
     fn node_io(&mut self, cx: &mut Context) -> Result<bool, Transition> {
         let mut progress = false;
         let mut lost = Vec::new();
+        let held = self.held_replicas(cx);
         for n in &mut self.nodes {
             let stats = &mut cx.shared.cluster.nodes[n.index as usize];
-            match n.flush() {
+            let hold = held & (1 << n.index) != 0 && n.has_room(n.ep.tx.capacity() / 2);
+            match if hold { Ok(0) } else { n.flush() } {
                 Ok(k) => {
                     progress |= k > 0;
                     stats.bytes_out += k as u64;
