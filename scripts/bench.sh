@@ -106,7 +106,8 @@ define_targets() {
     add_target repl_async  pgmulti yes "select select_prep tpcb tpcb_prep connect" "pgmulti replication async, 3 nodes" start_pgmulti replication info async
     # Cells a target can't run, with the reason shown in the report.
     na_note pgb_tx select_prep "PgBouncer 1.18 transaction pooling does not support prepared statements (PgBouncer 1.21+ does)"
-    # add_target repl_2pc  pgmulti yes "select select_prep tpcb tpcb_prep connect" "pgmulti replication sync two_phase, 3 nodes" start_pgmulti replication info sync two_phase
+    # Two-phase commit changes only what a COMMIT does: reads run as with repl_sync.
+    add_target repl_2pc    pgmulti yes "tpcb tpcb_prep"                            "pgmulti replication sync, two_phase commit, 3 nodes" start_pgmulti replication info sync two_phase
 }
 
 # Workloads: pgbench options (-n: no vacuum before select-only runs; TPC-B runs keep pgbench's
@@ -276,6 +277,7 @@ listen_addresses = '127.0.0.1'
 unix_socket_directories = '$PGROOT'
 port = ${NODE_PORT[$n]}
 max_connections = $NODE_MAX_CONN
+max_prepared_transactions = $((MAX_CLIENTS + 8))
 shared_buffers = $SHARED_BUFFERS
 fsync = off
 synchronous_commit = off
@@ -456,7 +458,7 @@ write_pgmulti_conf() { # FILE PORT MODE LOG_LEVEL LOGFILE [WRITE_ACK [COMMIT_PRO
             echo "max_pool_size = $((MAX_CLIENTS + 8))"
         fi
         [ -n "${6:-}" ] && echo "write_ack = $6"
-        [ -n "${7:-}" ] && echo "commit_protocol = $7"
+        [ -n "${7:-}" ] && echo "commit_protocol = $7" && echo "two_phase_log = '${1%.conf}.2pc'"
         for ((n = 0; n < nodes; n++)); do
             echo "backend_hostname$n = '127.0.0.1'"
             echo "backend_port$n = ${NODE_PORT[$n]}"

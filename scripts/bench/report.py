@@ -254,7 +254,9 @@ def main():
     o("- pgmulti: `mode = relay` to node 0 with `log_level = info`, a second instance with "
       "`log_level = trace` (the trace goes to a file in the work folder, emptied after each run), and a "
       "third with `pool_mode = transaction`, `max_pool_size = 20` (PgBouncer's transaction pool size); "
-      "`mode = replication` over the 3 nodes with `write_ack = sync` and `async`. Session pooling and "
+      "`mode = replication` over the 3 nodes with `write_ack = sync` and `async`, and sync with "
+      "`commit_protocol = two_phase` (nodes with `max_prepared_transactions` = clients + 8; the decision log "
+      "in the work folder). Session pooling and "
       f"replication have `max_pool_size = {meta.get('pool_size_session')}`, as PgBouncer's session pool. "
       "`backend_sslmode = disable` (the nodes have no TLS; PgBouncer and pgpool-II don't try TLS either), "
       "`health_check_period = 0`.")
