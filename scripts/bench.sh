@@ -4,8 +4,9 @@
 #   scripts/bench.sh [--quick] [--out FILE] [--keep] [--dir DIR] [--rev REV]
 #
 #   --quick      scale 10, 2 rounds of 1 s runs, clients 8 and 64, 1,000 idle clients for the
-#                memory test: 3 to 4 minutes on 2 cores. Default (full): scale 50, 5 rounds x
-#                20 s, clients 1 8 64 256, 5,000 idle clients: about 3.5 hours on 2 cores.
+#                memory test: 3 to 4 minutes on 2 cores. Default (full): scale 50, 3 rounds x
+#                10 s, clients 1 8 64 256, 5,000 idle clients: about 75 minutes on 2 cores
+#                (3 rounds x 5 s: 42 minutes).
 #   --out FILE   where the Markdown report goes (default docs/benchmarks.md); the chart is
 #                written next to it as <name>-select.svg (docs/benchmarks-select.svg)
 #   --keep       keep the work folder (node data, configs, logs, raw results)
@@ -62,7 +63,7 @@ if [ "$QUICK" = 1 ]; then
     CLIENTS=${BENCH_CLIENTS:-"8 64"} MEM_CLIENTS=${BENCH_MEM_CLIENTS:-1000}
     SHARED_BUFFERS=128MB
 else
-    SCALE=${BENCH_SCALE:-50} ROUNDS=${BENCH_ROUNDS:-5} DURATION=${BENCH_DURATION:-20}
+    SCALE=${BENCH_SCALE:-50} ROUNDS=${BENCH_ROUNDS:-3} DURATION=${BENCH_DURATION:-10}
     CLIENTS=${BENCH_CLIENTS:-"1 8 64 256"} MEM_CLIENTS=${BENCH_MEM_CLIENTS:-5000}
     SHARED_BUFFERS=256MB
 fi
@@ -744,7 +745,7 @@ done
     echo "pool_size_session=$((MAX_CLIENTS + 8))"
     echo "pgpool_children=$((MAX_CLIENTS + 4))"
     echo "loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "invocation=scripts/bench.sh ${ORIG_ARGS[*]}"
+    echo "invocation=$(env | grep '^BENCH_' | sort | tr '\n' ' ')scripts/bench.sh ${ORIG_ARGS[*]}"
 } >"$WORK/meta.env"
 {
     for t in "${TARGET_NAMES[@]}"; do

@@ -321,6 +321,13 @@ fn transaction_pooling_queues_clients_beyond_max_pool_size() {
     wait_for("a client waiting", || pools() == ["0", "2", "1"]);
     let second = wait(second, "second");
     wait_for("two clients waiting", || pools() == ["0", "2", "2"]);
+    let clients = pm.psql("postgres", "pgmulti", None, "SHOW CLIENTS");
+    assert_eq!(
+        clients.stdout.matches("|waiting (pool)|").count(),
+        2,
+        "{}",
+        clients.stdout
+    );
     let inserted = || {
         node.psql(
             "postgres",

@@ -44,17 +44,30 @@ transaction counts, pgmulti and PgBouncer run back to back on the same nodes (20
   transaction than a direct connection) bounds relay/direct near 0.7×.
 - **Replication, TPC-B.** Every node runs every write, and the three nodes' PostgreSQL
   processes take about 63% of the CPU: at a direct TPC-B rate X, three nodes cannot exceed
-  about X/3 here. `-M simple`: 2× pgpool-II lies above that bound. `-M prepared`: the bound is
-  above 3× pgpool-II; pgmulti spends about 340 µs of CPU per transaction, 80% of it in the
-  kernel (about 26 socket calls for 19 node round trips), which is what is left to win.
-  Reading the SQL is not: `cargo bench --bench classify` puts `request::analyse` at about
-  0.1–2 µs per statement (0.85 µs on average over its sample), about 1% of that.
+  about X/3 here. `-M simple`: 2× pgpool-II lies above that bound. `-M prepared`: the bound
+  is near 3× pgpool-II. pgmulti now spends about 265 µs of CPU per sync transaction (`-c 8`,
+  4,000 transactions; 340 µs earlier in this work), 80% of it in the kernel: 23 reads and 23
+  writes per transaction, the minimum for 7 client requests and 16 node round trips (lead
+  first, then the replicas; COMMIT on the replicas, then the lead). What was cut: a second
+  write to the client per statement (the lead's answer went out before the replicas had
+  answered; 27 → 23 writes), and heap allocations, counted with `valgrind --tool=dhat` over
+  a fixed number of transactions: 308 → 157 per transaction (no copy per node message or
+  per batched client message, timestamps formatted only when a rewrite uses them). With
+  `write_ack = async` a replica gets a transaction's statements in one write at COMMIT
+  instead of one per statement: 215–245 µs per transaction. Reading the SQL costs little:
+  `cargo bench --bench classify` puts `request::analyse` at about 0.1–2 µs per statement
+  (0.85 µs on average over its sample), about 1% of a transaction's CPU.
   Found and fixed on the way: an advisory lock serialised every INSERT into a table, sequence
   or not (TPC-B's history), and BEGIN cost a round trip to every node.
 - **Connect per transaction.** In session pooling a pooled connection is reset with
   `DISCARD ALL` between clients (and gets the next client's settings, pipelined with the
   reset when they match the last client's); in transaction pooling, as PgBouncer's, nothing
-  is reset. Both modes are measured; the goal takes the better.
+  is reset. Both modes are measured; the goal takes the better. Both pgmulti modes get the
+  pool sizes PgBouncer gets: with fewer idle connections than clients connecting (the
+  default `max_pool_size = 20` against 64 clients) pgmulti's session pooling closed and
+  reopened node connections and fell to a fifth of PgBouncer's rate. In transaction pooling
+  clients beyond `max_pool_size` connections now wait in line, as PgBouncer's; before, they
+  opened extra connections (select-only at 64 clients: a third of PgBouncer's rate).
 - **Memory per idle client.** Compared in transaction pooling on both sides (`pool_mode =
   transaction`: an idle pgmulti client holds no node connection, as PgBouncer's). What is
   left per client is the session (about 600 bytes; its replication state is made only in
@@ -195,7 +208,7 @@ def main():
 
     o("## How to run\n")
     o("```sh\nscripts/bench.sh --quick            # ~4 min: scale 10, 2 rounds x 1 s, clients 8 and 64\n"
-      "scripts/bench.sh                    # full, ~3.5 h: scale 50, 5 rounds x 20 s, clients 1 8 64 256\n"
+      "scripts/bench.sh                    # full, ~75 min: scale 50, 3 rounds x 10 s, clients 1 8 64 256\n"
       "scripts/bench.sh --quick --rev HEAD # a committed revision instead of the working tree\n"
       "scripts/bench.sh --keep --out /tmp/b.md   # keep the work folder (configs, logs, raw TSV)\n```\n")
     o("The script installs `pgbouncer` and `pgpool2` with apt-get when run as root and they are "

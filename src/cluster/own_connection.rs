@@ -12,7 +12,7 @@ use crate::session::node::{Credentials, LoginContext, LoginStep, NodeConn};
 pub struct OwnConnection {
     pub conn: Option<NodeConn>,
     user: String,
-    params: Vec<(String, String)>,
+    params: Vec<crate::session::node::Param>,
     credentials: Credentials,
     prefix: String,
 }

@@ -16,7 +16,7 @@ use crate::protocol::framing::message_header;
 use crate::protocol::frontend;
 use crate::reactor::token::ConnKey;
 use crate::reactor::token::POOL_TOKEN_BASE;
-use crate::session::node::NodeConn;
+use crate::session::node::{NodeConn, Param};
 
 /// Which clients a pooled connection can serve. It was logged in with user and database
 /// only; a client's other startup parameters are SET when it takes the connection, and
@@ -39,7 +39,7 @@ struct Pooled {
     conn: NodeConn,
     state: State,
     /// The client settings applied again after the reset (the last client's).
-    settings: Vec<(String, String)>,
+    settings: Vec<Param>,
 }
 
 #[derive(Default)]
@@ -71,7 +71,7 @@ impl Pool {
     pub fn take(
         &mut self,
         key: &PoolKey,
-        settings: &[(String, String)],
+        settings: &[Param],
         registry: &Registry,
         token: Token,
     ) -> Option<NodeConn> {
@@ -103,7 +103,7 @@ impl Pool {
         &mut self,
         key: PoolKey,
         mut conn: NodeConn,
-        settings: &[(String, String)],
+        settings: &[Param],
         reset: bool,
         max: usize,
         registry: &Registry,
@@ -160,7 +160,7 @@ impl Pool {
         key: PoolKey,
         mut conn: NodeConn,
         state: State,
-        settings: &[(String, String)],
+        settings: &[Param],
         registry: &Registry,
     ) -> Option<usize> {
         let entry = self.slots.vacant_entry();

@@ -9,30 +9,33 @@
 /// Memory a buffer starts with: enough for a login and short queries.
 const INITIAL: usize = 1024;
 
+/// 32 bytes: every idle connection carries two of them.
 pub struct Buf {
-    data: Vec<u8>,
-    start: usize,
-    end: usize,
-    cap: usize,
+    /// The allocation; its length is the memory held.
+    data: Box<[u8]>,
+    start: u32,
+    end: u32,
+    cap: u32,
 }
 
 impl Buf {
-    pub const fn new(cap: usize) -> Buf {
+    /// `cap` is at most 4 GiB − 1 (buffers here are tens of KiB).
+    pub fn new(cap: usize) -> Buf {
         Buf {
-            data: Vec::new(),
+            data: Box::new([]),
             start: 0,
             end: 0,
-            cap,
+            cap: cap as u32,
         }
     }
 
     /// The bytes not yet consumed.
     pub fn data(&self) -> &[u8] {
-        &self.data[self.start..self.end]
+        &self.data[self.start as usize..self.end as usize]
     }
 
     pub fn len(&self) -> usize {
-        self.end - self.start
+        (self.end - self.start) as usize
     }
 
     pub fn is_empty(&self) -> bool {
@@ -40,22 +43,22 @@ impl Buf {
     }
 
     pub fn capacity(&self) -> usize {
-        self.cap
+        self.cap as usize
     }
 
     /// How many more bytes fit (after compaction).
     pub fn free(&self) -> usize {
-        self.cap - self.len()
+        self.capacity() - self.len()
     }
 
     pub fn is_full(&self) -> bool {
-        self.len() == self.cap
+        self.len() == self.capacity()
     }
 
     /// Drop `n` bytes from the front.
     pub fn consume(&mut self, n: usize) {
         debug_assert!(n <= self.len());
-        self.start += n.min(self.len());
+        self.start += n.min(self.len()) as u32;
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -65,14 +68,14 @@ impl Buf {
     /// Writable space at the end, compacting or growing first when that makes room. Empty
     /// when full.
     pub fn space(&mut self) -> &mut [u8] {
-        if self.end == self.data.len() {
+        if self.end as usize == self.data.len() {
             if self.start > 0 {
                 self.compact();
             } else {
-                self.grow(self.end + 1);
+                self.grow(self.end as usize + 1);
             }
         }
-        &mut self.data[self.end..]
+        &mut self.data[self.end as usize..]
     }
 
     /// Make the allocation at least `needed` bytes (doubling, never beyond the capacity).
@@ -82,16 +85,18 @@ impl Buf {
         while new < needed {
             new *= 2;
         }
-        let new = new.max(INITIAL).min(self.cap);
+        let new = new.max(INITIAL).min(self.capacity());
         if new > self.data.len() {
-            self.data.resize(new, 0);
+            let mut bigger = vec![0u8; new].into_boxed_slice();
+            bigger[..self.end as usize].copy_from_slice(&self.data[..self.end as usize]);
+            self.data = bigger;
         }
     }
 
     /// Mark `n` bytes of `space()` as filled.
     pub fn commit(&mut self, n: usize) {
-        debug_assert!(self.end + n <= self.data.len());
-        self.end = (self.end + n).min(self.data.len());
+        debug_assert!(self.end as usize + n <= self.data.len());
+        self.end = (self.end as usize + n).min(self.data.len()) as u32;
     }
 
     /// Append `bytes` if they fit whole; false (and nothing written) otherwise.
@@ -99,12 +104,14 @@ impl Buf {
         if bytes.len() > self.free() {
             return false;
         }
-        if self.end + bytes.len() > self.data.len() {
+        let end = self.end as usize;
+        if end + bytes.len() > self.data.len() {
             self.compact();
-            self.grow(self.end + bytes.len());
+            self.grow(self.end as usize + bytes.len());
         }
-        self.data[self.end..self.end + bytes.len()].copy_from_slice(bytes);
-        self.end += bytes.len();
+        let end = self.end as usize;
+        self.data[end..end + bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len() as u32;
         true
     }
 
@@ -112,7 +119,8 @@ impl Buf {
     /// bytes can be completed in place.
     pub fn compact(&mut self) {
         if self.start > 0 {
-            self.data.copy_within(self.start..self.end, 0);
+            self.data
+                .copy_within(self.start as usize..self.end as usize, 0);
             self.end -= self.start;
             self.start = 0;
         }
@@ -121,13 +129,13 @@ impl Buf {
     /// Free the memory of an empty buffer (an idle connection keeps only the struct).
     pub fn release(&mut self) {
         if self.is_empty() && !self.data.is_empty() {
-            self.data = Vec::new();
+            self.data = Box::new([]);
         }
     }
 
     /// Bytes of memory held.
     pub fn allocated(&self) -> usize {
-        self.data.capacity()
+        self.data.len()
     }
 }
 

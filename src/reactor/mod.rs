@@ -70,9 +70,10 @@ const HEALTH_RETRY_BASE: u32 = u32::MAX - 2;
 /// Called on SIGHUP: re-reads the configuration and applies what can change live.
 pub type ReloadFn = fn(&mut Shared, &mut LogDrain);
 
+/// Boxed variants keep every slab entry small (an entry per client connection).
 enum Conn {
     Session(Box<Session>),
-    Cancel(CancelConn),
+    Cancel(Box<CancelConn>),
     Preconnect(Box<Preconnect>),
     Health(Box<HealthCheck>),
     Metrics(Box<MetricsConn>),
@@ -503,7 +504,7 @@ impl Reactor {
                     Ok(c) => {
                         self.entries.insert(Entry {
                             generation: key.generation,
-                            conn: Conn::Cancel(c),
+                            conn: Conn::Cancel(Box::new(c)),
                             queued: false,
                             closed: false,
                         });
@@ -919,5 +920,14 @@ impl Shared {
             health_retries: Vec::new(),
             secrets: Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The loop keeps an entry per client connection (see `Conn`).
+    #[test]
+    fn a_connection_entry_stays_small() {
+        assert!(std::mem::size_of::<super::Entry>() <= 24);
     }
 }

@@ -20,13 +20,14 @@ const NIL: usize = usize::MAX;
 /// been cancelled harmless, even after its slab entry is reused by a newer timer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TimerId {
-    index: usize,
-    generation: u64,
+    // u32: sessions hold several ids, and 8 bytes each keep them small.
+    index: u32,
+    generation: u32,
 }
 
 /// One slab entry: a pending timer while `item` is `Some`, otherwise a link in the free list.
 struct Entry<T> {
-    generation: u64,
+    generation: u32,
     item: Option<T>,
     deadline: Instant,
     /// Absolute tick number of the bucket the timer is in (never before the cursor it was
@@ -129,7 +130,7 @@ impl<T> TimerWheel<T> {
             _ => deadline,
         });
         TimerId {
-            index,
+            index: index as u32,
             generation: self.entries[index].generation,
         }
     }
@@ -137,12 +138,12 @@ impl<T> TimerWheel<T> {
     /// Cancels a pending timer and returns its item; `None` if it already fired or was
     /// cancelled. O(1).
     pub fn cancel(&mut self, id: TimerId) -> Option<T> {
-        let entry = self.entries.get(id.index)?;
+        let entry = self.entries.get(id.index as usize)?;
         if entry.generation != id.generation || entry.item.is_none() {
             return None;
         }
         let deadline = entry.deadline;
-        let item = self.remove(id.index);
+        let item = self.remove(id.index as usize);
         if self.len == 0 {
             self.earliest = None;
             self.earliest_stale = false;

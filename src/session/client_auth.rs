@@ -31,7 +31,7 @@ const MAX_AUTH_MESSAGE: usize = 8 * 1024;
 
 impl Session {
     fn secret(&self, cx: &Context) -> Option<Secret> {
-        cx.shared.users.get(&self.user).cloned()
+        cx.shared.users.get(self.user()).cloned()
     }
 
     pub(super) fn begin_authentication(&mut self, cx: &mut Context) -> Transition {
@@ -123,7 +123,10 @@ impl Session {
                 Transition::Goto(State::NodeLogin)
             }
             Err(why) => {
-                let msg = format!("password authentication failed for user \"{}\"", self.user);
+                let msg = format!(
+                    "password authentication failed for user \"{}\"",
+                    self.user()
+                );
                 self.fatal(cx, "28P01", &msg);
                 Transition::Close(format!("{msg}: {why}"))
             }
@@ -144,7 +147,7 @@ impl Session {
                     Some(Secret::Plain(p)) => ct_eq(p.as_bytes(), given.as_bytes()),
                     Some(Secret::Md5(h)) => ct_eq(
                         h.as_bytes(),
-                        md5::password_hash(&self.user, given).as_bytes(),
+                        md5::password_hash(self.user(), given).as_bytes(),
                     ),
                     Some(Secret::Scram(s)) => {
                         let derived = ScramSecret::from_password(given, &s.salt, s.iterations);
@@ -165,7 +168,16 @@ impl Session {
             ClientAuth::Md5 { salt } => {
                 let given = parse_password_message(body).map_err(|e| e.to_string())?;
                 match &secret {
-                    Some(s) if md5::verify(s, &self.user, *salt, given) => Ok(true),
+                    Some(s)
+                        if md5::verify(
+                            s,
+                            super::startup::find_param(&self.params, "user").unwrap_or_default(),
+                            *salt,
+                            given,
+                        ) =>
+                    {
+                        Ok(true)
+                    }
                     Some(_) => Err("wrong password".into()),
                     None => Err("user not in auth_file".into()),
                 }
@@ -189,7 +201,8 @@ impl Session {
                 let client_key = server.client_key();
                 match &secret {
                     Some(Secret::Scram(s)) => {
-                        self.credentials.scram_keys = client_key.map(|k| (k, s.server_key));
+                        self.credentials.scram_keys =
+                            client_key.map(|k| Box::new((k, s.server_key)));
                     }
                     Some(Secret::Plain(_)) => {}
                     _ => {

@@ -115,7 +115,7 @@ impl Session {
             let mut discard = Buf::new(64 * 1024);
             let mut lc = LoginContext {
                 prefix: &self.prefix,
-                user: &self.user,
+                user: super::startup::find_param(&self.params, "user").unwrap_or_default(),
                 params: &self.params[..self.node_param_count],
                 credentials: &self.credentials,
                 client_tx: &mut discard,

@@ -118,7 +118,7 @@ impl Session {
         };
         let mut lc = LoginContext {
             prefix: &self.prefix,
-            user: &self.user,
+            user: super::startup::find_param(&self.params, "user").unwrap_or_default(),
             params: &self.params[..self.node_param_count],
             credentials: &self.credentials,
             client_tx: &mut self.client.tx,

@@ -18,13 +18,38 @@ use crate::protocol::{frontend, MAX_MESSAGE_LEN};
 use crate::reactor::context::Context;
 use crate::trace::{self, Peer};
 
+/// A startup parameter: name and value. Common names are static strings: an idle session
+/// keeps its parameters, and a heap string costs 32 bytes.
+pub type Param = (std::borrow::Cow<'static, str>, String);
+
+/// The name of a startup parameter, static for the usual ones.
+pub fn param_name(name: &str) -> std::borrow::Cow<'static, str> {
+    const KNOWN: &[&str] = &[
+        "user",
+        "database",
+        "application_name",
+        "client_encoding",
+        "DateStyle",
+        "TimeZone",
+        "extra_float_digits",
+        "search_path",
+        "options",
+        "replication",
+    ];
+    match KNOWN.iter().find(|k| **k == name) {
+        Some(k) => std::borrow::Cow::Borrowed(k),
+        None => std::borrow::Cow::Owned(name.to_string()),
+    }
+}
+
 /// What pgmulti can present to a node for a user: from auth_file, or left by the client's
 /// own authentication (see `client_auth`).
 #[derive(Default)]
 pub struct Credentials {
     pub password: Option<String>,
     pub md5: Option<String>,
-    pub scram_keys: Option<([u8; 32], [u8; 32])>,
+    /// Boxed: most sessions have none, and every idle session carries the field.
+    pub scram_keys: Option<Box<([u8; 32], [u8; 32])>>,
 }
 
 impl Credentials {
@@ -97,7 +122,7 @@ pub struct NodeConn {
 }
 
 /// `SET "name" = 'value';` for each setting.
-pub fn set_sql(settings: &[(String, String)]) -> String {
+pub fn set_sql(settings: &[Param]) -> String {
     let mut sql = String::new();
     for (name, value) in settings {
         sql.push_str(&format!(
@@ -153,7 +178,7 @@ impl ServerParams {
 pub struct LoginContext<'a> {
     pub prefix: &'a str,
     pub user: &'a str,
-    pub params: &'a [(String, String)],
+    pub params: &'a [Param],
     pub credentials: &'a Credentials,
     pub client_tx: &'a mut Buf,
     /// Whether this node's ParameterStatus and notices reach the client.
@@ -254,7 +279,7 @@ impl NodeConn {
     /// with user and database only, so that any client can use them). `reset`: first undo
     /// the settings another client left (RESET ALL). Nothing to do: the connection is
     /// configured at once.
-    pub fn configure(&mut self, settings: &[(String, String)], reset: bool) {
+    pub fn configure(&mut self, settings: &[Param], reset: bool) {
         if settings.is_empty() && !reset {
             self.configured = true;
             return;
@@ -272,7 +297,7 @@ impl NodeConn {
     pub fn login_and_configure(
         &mut self,
         lc: &mut LoginContext,
-        settings: &[(String, String)],
+        settings: &[Param],
         cx: &mut Context,
     ) -> LoginStep {
         let step = self.login(lc, cx);
@@ -407,7 +432,7 @@ impl NodeConn {
         let params: Vec<(&str, &str)> = lc
             .params
             .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .map(|(k, v)| (k.as_ref(), v.as_str()))
             .collect();
         frontend::startup_message(out, &params);
         log::trace!(
@@ -548,9 +573,9 @@ impl NodeConn {
                 }
                 let credentials = match (&creds.password, &creds.scram_keys) {
                     (Some(p), _) => ScramCredentials::Password(p.clone()),
-                    (None, Some((client_key, server_key))) => ScramCredentials::Keys {
-                        client_key: *client_key,
-                        server_key: *server_key,
+                    (None, Some(keys)) => ScramCredentials::Keys {
+                        client_key: keys.0,
+                        server_key: keys.1,
                     },
                     (None, None) => {
                         return Some(self.no_secret(lc.user, "SCRAM-SHA-256 authentication"))

@@ -74,7 +74,7 @@ impl Session {
                 StartupPacket::Startup { params, .. } => {
                     self.params = params
                         .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .map(|(k, v)| (super::node::param_name(k), v.to_string()))
                         .collect();
                     self.client.rx.consume(len);
                     return self.on_startup_message(cx);
@@ -162,8 +162,7 @@ impl Session {
             self.admin = true;
         }
         let database = self.param("database").unwrap_or_default();
-        self.prefix = format!("C-{} {}/{}@{}", self.id, database, user, self.peer);
-        self.user = user;
+        self.prefix = format!("C-{} {}/{}@{}", self.id, database, user, self.peer());
         log::debug!(
             "{} login ({})",
             self.prefix,
@@ -173,9 +172,20 @@ impl Session {
     }
 
     pub(super) fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        find_param(&self.params, name)
     }
+
+    /// The user name the client logged in with.
+    pub(super) fn user(&self) -> &str {
+        self.param("user").unwrap_or_default()
+    }
+}
+
+/// A startup parameter's value (a function of the list alone, for callers that borrow other
+/// parts of the session at the same time).
+pub(super) fn find_param<'a>(params: &'a [super::node::Param], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
