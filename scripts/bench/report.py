@@ -70,9 +70,16 @@ transaction counts, pgmulti and PgBouncer run back to back on the same nodes (20
   opened extra connections (select-only at 64 clients: a third of PgBouncer's rate).
 - **Memory per idle client.** Compared in transaction pooling on both sides (`pool_mode =
   transaction`: an idle pgmulti client holds no node connection, as PgBouncer's). What is
-  left per client is the session (about 600 bytes; its replication state is made only in
-  replication mode), its startup parameters and names; a logged-in session frees its
-  buffers at once. With session pooling each client also keeps its node connection.
+  left per client is its session (392 bytes; its replication state is made only in
+  replication mode), its startup parameters (the usual names are static strings) and log
+  prefix, and a 24-byte slot in the loop's table; a logged-in session frees its buffers at
+  once. At 5,000 clients this took pgmulti from 1.3 to 0.9 KiB per client. With session
+  pooling each client also keeps its node connection.
+- **Instruction counts** (`valgrind --tool=callgrind`, pgmulti's user-space instructions per
+  transaction, from runs of N and 3N transactions with `-c 1`, repeatable to 0.5%): relay
+  select-only about 5,200; replication TPC-B `-M prepared` about 204,000 (244,000 before
+  this work's changes), of which allocation is about 12%. The kernel's share of pgmulti's
+  CPU (about 80%) is not in these counts.
 """
 
 
