@@ -1039,15 +1039,7 @@ impl Session {
                 continue;
             }
             let msg = self.take_client_message(len);
-            trace_message(
-                &self.prefix,
-                Peer::Client,
-                Peer::Pgmulti,
-                tag,
-                &msg[5..],
-                msg.len(),
-                &mut cx.shared.scratch,
-            );
+            trace_from_client(&self.prefix, tag, &msg, &mut cx.shared.scratch);
             match tag {
                 b'Q' if self.repl.batch.is_empty() => self.start_request(msg, cx)?,
                 b'Q' => {
@@ -1187,15 +1179,7 @@ impl Session {
             Some(msg) => batch.extend_from_slice(msg),
             None => {
                 let msg = &self.client.rx.data()[..len];
-                trace_message(
-                    &self.prefix,
-                    Peer::Client,
-                    Peer::Pgmulti,
-                    tag,
-                    &msg[5..],
-                    len,
-                    &mut cx.shared.scratch,
-                );
+                trace_from_client(&self.prefix, tag, msg, &mut cx.shared.scratch);
                 batch.extend_from_slice(msg);
                 self.client.rx.consume(len);
             }
@@ -1244,15 +1228,7 @@ impl Session {
             if let Some(r) = self.repl.request.as_mut() {
                 r.copy_in = !ends;
             }
-            trace_message(
-                &self.prefix,
-                Peer::Client,
-                Peer::Pgmulti,
-                tag,
-                &msg[5..],
-                msg.len(),
-                &mut cx.shared.scratch,
-            );
+            trace_from_client(&self.prefix, tag, &msg, &mut cx.shared.scratch);
         }
         for n in self.nodes.iter_mut().filter(|n| targets.contains(&n.index)) {
             n.send(&msg);
@@ -1673,6 +1649,19 @@ fn message_len(header: &[u8]) -> usize {
 }
 
 /// The row count in a CommandComplete message's tag.
+/// Trace a whole client message replication mode took in (it handles them, not relays them).
+fn trace_from_client(prefix: &str, tag: u8, msg: &[u8], scratch: &mut String) {
+    trace_message(
+        prefix,
+        Peer::Client,
+        Peer::Pgmulti,
+        tag,
+        &msg[5..],
+        msg.len(),
+        scratch,
+    );
+}
+
 fn command_rows(msg: &[u8]) -> Option<u64> {
     let tag = msg.get(5..)?.split(|&b| b == 0).next()?;
     backend::command_tag_rows(std::str::from_utf8(tag).ok()?)
