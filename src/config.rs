@@ -390,6 +390,7 @@ impl Parser<'_> {
         let mut client_auth_line = None;
         let mut ssl_line = 0;
         let mut sslmode_line = 0;
+        let mut max_pool_line = 0;
         let mut backends: BTreeMap<usize, BackendSettings> = BTreeMap::new();
 
         for (name, setting) in ordered {
@@ -539,6 +540,7 @@ impl Parser<'_> {
                         .map_err(|_| bad("expected a non-negative integer"))?;
                 }
                 "max_pool_size" => {
+                    max_pool_line = line;
                     config.max_pool_size = value
                         .trim()
                         .parse::<usize>()
@@ -624,6 +626,15 @@ impl Parser<'_> {
                 format_args!(
                     "backend_sslmode = {} requires backend_ssl_ca_file to be set",
                     config.backend_sslmode.as_str()
+                ),
+            ));
+        }
+        if config.pool_mode == PoolMode::Transaction && config.max_pool_size == 0 {
+            return Err(self.error(
+                max_pool_line,
+                format_args!(
+                    "max_pool_size = 0 (no pooling) cannot be used with pool_mode = \
+                     transaction: there it is the number of node connections clients share"
                 ),
             ));
         }
@@ -1423,6 +1434,11 @@ mod tests {
 
     #[test]
     fn dependent_settings() {
+        assert_eq!(
+            parse_err("backend_hostname0 = h\nmax_pool_size = 0\npool_mode = transaction\n"),
+            "test.conf:2: max_pool_size = 0 (no pooling) cannot be used with pool_mode = \
+             transaction: there it is the number of node connections clients share"
+        );
         assert_eq!(
             parse_err("backend_hostname0 = h\nclient_auth = scram-sha-256\n"),
             "test.conf:2: client_auth = scram-sha-256 requires auth_file to be set"
