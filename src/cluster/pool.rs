@@ -5,6 +5,11 @@
 //! connecting and logging in. An idle connection that the node closes, or that says
 //! anything unexpected, is dropped. Pooled connections have tokens of their own
 //! (`POOL_TOKEN_BASE + slot`); the loop passes their events here.
+//!
+//! With `pool_mode = transaction` the pool also lends: it counts the connections sessions
+//! hold per key, keeps the total at `max_pool_size`, and queues the sessions that find no
+//! room (`lend`, `give_back`, `wait`); a connection coming back wakes the head of the line
+//! through `woken`, which the loop runs in the same pass.
 
 use std::collections::{HashMap, VecDeque};
 
