@@ -77,7 +77,8 @@ transaction counts, pgmulti and PgBouncer run back to back on the same nodes (20
   pooling each client also keeps its node connection.
 - **Instruction counts** (`valgrind --tool=callgrind`, pgmulti's user-space instructions per
   transaction, from runs of N and 3N transactions with `-c 1`, repeatable to 0.5%): relay
-  select-only about 5,200, with no heap allocation (dhat); replication TPC-B `-M prepared`
+  select-only about 5,200, with no heap allocation per transaction in session pooling and 7
+  in transaction pooling (copies of the pool key; dhat); replication TPC-B `-M prepared`
   about 204,000 (244,000 before
   this work's changes), of which allocation is about 12%. The kernel's share of pgmulti's
   CPU (about 80%) is not in these counts.

@@ -118,9 +118,15 @@ impl Pool {
             return;
         }
         if !reset {
-            conn.ep.release_buffers();
-            if let Some(slot) = self.insert(key.clone(), conn, State::Idle, settings, registry) {
-                self.idle.entry(key).or_default().push(slot);
+            // Buffers kept: between transactions the connection is taken again at once.
+            if let Some(slot) = self.insert(key, conn, State::Idle, settings, registry) {
+                let key = &self.slots[slot].key;
+                match self.idle.get_mut(key) {
+                    Some(list) => list.push(slot),
+                    None => {
+                        self.idle.insert(key.clone(), vec![slot]);
+                    }
+                }
             }
             return;
         }
@@ -210,10 +216,19 @@ impl Pool {
         let queue_empty = self.lending.get(key).is_none_or(|l| l.waiting.is_empty());
         let room = self.idle.get(key).is_some_and(|l| !l.is_empty()) || self.total(key) < max;
         if room && (woken || queue_empty) {
-            self.lending.entry(key.clone()).or_default().lent += 1;
+            self.lending_mut(key).lent += 1;
             return true;
         }
         false
+    }
+
+    /// The key's lending state, made on first use (no key copy once it exists: this runs
+    /// per transaction).
+    fn lending_mut(&mut self, key: &PoolKey) -> &mut Lending {
+        if !self.lending.contains_key(key) {
+            self.lending.insert(key.clone(), Lending::default());
+        }
+        self.lending.get_mut(key).expect("just inserted")
     }
 
     /// A lent connection is no longer held (it is about to be `put` back, or closed).
@@ -227,7 +242,7 @@ impl Pool {
     /// Queue `session` for a connection of `key`: at the head when it was woken and lost the
     /// connection to a newcomer, else at the tail.
     pub fn wait(&mut self, key: &PoolKey, session: ConnKey, head: bool) {
-        let l = self.lending.entry(key.clone()).or_default();
+        let l = self.lending_mut(key);
         if head {
             l.waiting.push_front(session);
         } else {

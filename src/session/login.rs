@@ -5,6 +5,7 @@
 
 use super::node::{LoginContext, LoginStep, NodeConn};
 use super::{Session, State, Transition};
+use crate::cluster::pool::PoolKey;
 use crate::config::Mode;
 use crate::net::endpoint::Broken;
 use crate::protocol::backend;
@@ -21,7 +22,7 @@ impl Session {
             self.fatal(cx, "08006", "no node is available: every node is detached");
             return Transition::Close("no node available".into());
         }
-        if !self.may_take_node(cx) {
+        if !self.may_take_node(self.pool_key(0).as_ref(), cx) {
             return Transition::Stay; // woken by the pool (`on_client_during_login`)
         }
         self.nodes.reserve_exact(targets.len());
@@ -60,8 +61,18 @@ impl Session {
     /// A connection to node `id` for this session, registered with the poller: from the
     /// pool (its SETs for the session's settings queued), or a new one starting to connect.
     pub(super) fn open_node(&mut self, id: u8, cx: &mut Context) -> Result<NodeConn, String> {
-        let node_token = token(cx.key, Side::Node(id));
         let key = self.pool_key(id);
+        self.open_node_keyed(id, key, cx)
+    }
+
+    /// `open_node` with the session's pool key for node `id` already made.
+    pub(super) fn open_node_keyed(
+        &mut self,
+        id: u8,
+        key: Option<PoolKey>,
+        cx: &mut Context,
+    ) -> Result<NodeConn, String> {
+        let node_token = token(cx.key, Side::Node(id));
         if let Some(mut conn) = key.as_ref().and_then(|k| {
             cx.shared.pool.take(
                 k,

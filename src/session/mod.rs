@@ -530,7 +530,9 @@ impl Session {
             State::Replicating => self.repl.is_idle(),
             _ => false,
         };
-        self.leave_lending(cx);
+        if self.lent || self.pool_queued {
+            self.leave_lending(self.pool_key(0).as_ref(), cx);
+        }
         let max = cx.shared.config.max_pool_size;
         for mut node in std::mem::take(&mut self.nodes) {
             let key = self.pool_key(node.index);

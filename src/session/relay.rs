@@ -7,6 +7,7 @@
 
 use super::node::{LoginContext, LoginStep};
 use super::{Session, Transition};
+use crate::cluster::pool::PoolKey;
 use crate::config::{Mode, PoolMode};
 use crate::net::buffer::Buf;
 use crate::net::endpoint::Broken;
@@ -158,10 +159,12 @@ impl Session {
                 Some(b'X') => return Err(Transition::Close("client sent Terminate".into())),
                 Some(_) => {}
             }
-            if !self.gate_open(cx) || !self.may_take_node(cx) {
+            // Made once: this runs for every transaction.
+            let key = self.pool_key(0);
+            if !self.gate_open(cx) || !self.may_take_node(key.as_ref(), cx) {
                 return Ok(false);
             }
-            match self.open_node(0, cx) {
+            match self.open_node_keyed(0, key, cx) {
                 Ok(conn) => self.nodes.push(conn),
                 Err(e) => {
                     self.fatal(cx, "08006", &e);
@@ -208,25 +211,26 @@ impl Session {
     /// `pool_mode = transaction`: whether this session may take a node connection now. A pool
     /// key has at most `max_pool_size` connections (PgBouncer's pool_size); a session that
     /// finds none idle and no room queues, and the pool wakes it when one comes back.
-    pub(super) fn may_take_node(&mut self, cx: &mut Context) -> bool {
+    /// `key`: the session's pool key for node 0.
+    pub(super) fn may_take_node(&mut self, key: Option<&PoolKey>, cx: &mut Context) -> bool {
         let config = &cx.shared.config;
         if config.pool_mode != PoolMode::Transaction || config.mode != Mode::Relay {
             return true;
         }
         let max = config.max_pool_size.max(1);
-        let Some(key) = self.pool_key(0) else {
+        let Some(key) = key else {
             return true;
         };
         let pool = &mut cx.shared.pool;
-        if self.pool_queued && pool.is_waiting(&key, cx.key) {
+        if self.pool_queued && pool.is_waiting(key, cx.key) {
             return false;
         }
         let woken = std::mem::take(&mut self.pool_queued);
-        if pool.lend(&key, max, woken) {
+        if pool.lend(key, max, woken) {
             self.lent = true;
             return true;
         }
-        pool.wait(&key, cx.key, woken);
+        pool.wait(key, cx.key, woken);
         self.pool_queued = true;
         if !woken {
             log::debug!("{} waits for a node connection ({max} in use)", self.prefix);
@@ -235,19 +239,17 @@ impl Session {
     }
 
     /// The session no longer holds a lent connection (it goes back to the pool or is closed)
-    /// nor waits for one.
-    pub(super) fn leave_lending(&mut self, cx: &mut Context) {
-        if !self.lent && !self.pool_queued {
-            return;
-        }
-        let Some(key) = self.pool_key(0) else {
+    /// nor waits for one. `key`: this session's pool key (None: its connections are not
+    /// pooled, so never lent).
+    pub(super) fn leave_lending(&mut self, key: Option<&PoolKey>, cx: &mut Context) {
+        let Some(key) = key else {
             return;
         };
         if std::mem::take(&mut self.lent) {
-            cx.shared.pool.give_back(&key);
+            cx.shared.pool.give_back(key);
         }
         if std::mem::take(&mut self.pool_queued) {
-            cx.shared.pool.leave_queue(&key, cx.key);
+            cx.shared.pool.leave_queue(key, cx.key);
         }
     }
 
@@ -289,7 +291,7 @@ impl Session {
         let Some(key) = self.pool_key(0) else {
             return;
         };
-        self.leave_lending(cx);
+        self.leave_lending(Some(&key), cx);
         if let Some(node) = self.nodes.pop() {
             let max = cx.shared.config.max_pool_size.max(1);
             cx.shared.pool.put(
