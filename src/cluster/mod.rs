@@ -55,6 +55,9 @@ pub struct Node {
     pub note: String,
     /// Health checks failed in a row.
     pub health_failures: usize,
+    /// Votes in a row (in any session) in which this node's answer differed from the
+    /// majority's and the transaction was rolled back (`Cluster::disagreed`).
+    pub disagreements: u32,
 }
 
 impl Node {
@@ -82,6 +85,7 @@ impl Node {
             latency: Default::default(),
             note: String::new(),
             health_failures: 0,
+            disagreements: 0,
         }
     }
 }
@@ -96,6 +100,11 @@ pub struct Cluster {
     /// Bumped by every status change: sessions compare it to notice attached nodes.
     pub changes: u64,
 }
+
+/// A node whose answers differ from the majority's in this many votes in a row is detached:
+/// once is a race between clients, again and again is a node that no longer holds the same
+/// data.
+pub const DISAGREEMENTS_BEFORE_DETACH: u32 = 3;
 
 /// Weight of a new latency sample in the moving average.
 const LATENCY_ALPHA: f64 = 0.2;
@@ -218,6 +227,36 @@ impl Cluster {
         }
         self.run_failover_command(id, old_lead);
         true
+    }
+
+    /// A vote on a write found `differ` outside the majority `agree`, and the transaction
+    /// was rolled back on every node (a race between clients looks like this too). The
+    /// nodes that have now differed `DISAGREEMENTS_BEFORE_DETACH` times in a row are
+    /// returned, to be detached — never all the live nodes.
+    pub fn disagreed(&mut self, differ: &[u8], agree: &[u8]) -> Vec<u8> {
+        self.agreed(agree);
+        let mut out = Vec::new();
+        for &id in differ {
+            if let Some(n) = self.nodes.get_mut(id as usize) {
+                n.disagreements += 1;
+                if n.disagreements >= DISAGREEMENTS_BEFORE_DETACH {
+                    out.push(id);
+                }
+            }
+        }
+        if out.len() >= self.live().count() {
+            out.clear();
+        }
+        out
+    }
+
+    /// These nodes' answers agreed with the majority.
+    pub fn agreed(&mut self, agree: &[u8]) {
+        for &id in agree {
+            if let Some(n) = self.nodes.get_mut(id as usize) {
+                n.disagreements = 0;
+            }
+        }
     }
 
     /// Start `failover_command` for a detached node, without waiting for it.

@@ -337,6 +337,55 @@ pub fn parse_error_fields(body: &[u8]) -> Result<ErrorFields<'_>, ProtocolError>
     Ok(fields)
 }
 
+/// One field of a DataRow: its value (None for NULL) and the offset just past it.
+pub type RowField<'a> = (Option<&'a [u8]>, usize);
+
+/// The fields of a DataRow body, so that a row can be read and cut after any field
+/// (`cut_row`).
+pub fn data_row_fields(body: &[u8]) -> Result<Vec<RowField<'_>>, ProtocolError> {
+    let mut r = Reader::new(body);
+    let count = r.count16()?;
+    let mut fields = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = r.i32()?;
+        let value = match usize::try_from(len) {
+            Ok(n) => Some(r.bytes(n)?),
+            Err(_) if len == -1 => None,
+            Err(_) => {
+                return Err(ProtocolError(format!(
+                    "invalid field length {len} in DataRow"
+                )))
+            }
+        };
+        fields.push((value, body.len() - r.remaining()));
+    }
+    r.finish()?;
+    Ok(fields)
+}
+
+/// The offset in a RowDescription body just past each field's description.
+pub fn row_description_ends(body: &[u8]) -> Result<Vec<usize>, ProtocolError> {
+    let mut r = Reader::new(body);
+    let count = r.count16()?;
+    let mut ends = Vec::with_capacity(count);
+    for _ in 0..count {
+        r.cstr_bytes()?;
+        r.bytes(18)?; // table OID, attribute number, type OID, typlen, typmod, format
+        ends.push(body.len() - r.remaining());
+    }
+    r.finish()?;
+    Ok(ends)
+}
+
+/// A DataRow or RowDescription (`tag`) with only its first `keep` fields, which end at `end`
+/// in `body` (from `data_row_fields` or `row_description_ends`; 2 when `keep` is 0).
+pub fn cut_row(out: &mut Vec<u8>, tag: u8, body: &[u8], keep: usize, end: usize) {
+    let start = begin_message(out, tag);
+    put_i16(out, keep as i16);
+    out.extend_from_slice(&body[2..end]);
+    finish_message(out, start);
+}
+
 /// The number of rows a CommandComplete tag reports: "INSERT 0 5" → 5, "UPDATE 3" → 3,
 /// "SELECT 10" → 10, "COPY 7" → 7; `None` for tags without a row count ("CREATE TABLE").
 pub fn command_tag_rows(tag: &str) -> Option<u64> {

@@ -11,6 +11,9 @@ pub enum Outcome {
     Complete(Option<u64>),
     /// ErrorResponse with its SQLSTATE.
     Error(String),
+    /// A replica's effect check failed (`effects`): it changed this many rows, or other ones
+    /// than the lead did; its statement was undone.
+    Differs(u64),
 }
 
 impl fmt::Display for Outcome {
@@ -19,6 +22,7 @@ impl fmt::Display for Outcome {
             Outcome::Complete(Some(n)) => write!(f, "ok {n}"),
             Outcome::Complete(None) => f.write_str("ok"),
             Outcome::Error(code) => write!(f, "error {code}"),
+            Outcome::Differs(n) => write!(f, "other rows than the lead's ({n})"),
         }
     }
 }
@@ -56,6 +60,39 @@ pub fn vote(answers: &[(u8, Vec<Outcome>)], lead: u8) -> Verdict {
     Verdict {
         agree: agree.into_iter().map(|(i, _)| *i).collect(),
         differ: differ.into_iter().map(|(i, _)| *i).collect(),
+    }
+}
+
+/// What pgmulti's own COMMIT of an autocommit write does, given the answers so far.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BeforeCommit {
+    /// The nodes agree.
+    Commit,
+    /// They disagree, and no node has committed yet: roll back on every node (the client
+    /// gets 40001 and may retry).
+    RollBack,
+    /// They disagree, but replicas have committed already (their phase ended with COMMIT):
+    /// commit; the minority is detached.
+    CommitAnyway,
+}
+
+/// `replicas_committed`: the replicas' phase ended with COMMIT (a replica whose statement
+/// failed rolled back instead; one that succeeded has committed).
+pub fn before_commit(
+    answers: &[(u8, Vec<Outcome>)],
+    lead: u8,
+    replicas_committed: bool,
+) -> BeforeCommit {
+    if vote(answers, lead).differ.is_empty() {
+        return BeforeCommit::Commit;
+    }
+    let committed = |(n, o): &(u8, Vec<Outcome>)| {
+        *n != lead && !o.is_empty() && o.iter().all(|x| matches!(x, Outcome::Complete(_)))
+    };
+    if replicas_committed && answers.iter().any(committed) {
+        BeforeCommit::CommitAnyway
+    } else {
+        BeforeCommit::RollBack
     }
 }
 
@@ -142,6 +179,23 @@ mod tests {
             0,
         );
         assert_eq!(v.agree, vec![0]);
+    }
+
+    #[test]
+    fn a_disagreement_is_rolled_back_unless_a_replica_committed() {
+        let lead_ok = a(0, &[Complete(Some(1))]);
+        let checked_out = a(1, &[Error("22P02".into())]);
+        let agrees = a(2, &[Complete(Some(1))]);
+        let all = [lead_ok.clone(), agrees.clone()];
+        assert_eq!(before_commit(&all, 0, true), BeforeCommit::Commit);
+        // The only replica failed its check: it rolled back, so the lead must too.
+        let race = [lead_ok.clone(), checked_out.clone()];
+        assert_eq!(before_commit(&race, 0, true), BeforeCommit::RollBack);
+        // Another replica committed the lead's effect: the one that differs is the fault.
+        let fault = [lead_ok.clone(), checked_out.clone(), agrees.clone()];
+        assert_eq!(before_commit(&fault, 0, true), BeforeCommit::CommitAnyway);
+        // Replicas that wait for the vote to commit: any disagreement rolls back.
+        assert_eq!(before_commit(&fault, 0, false), BeforeCommit::RollBack);
     }
 
     #[test]

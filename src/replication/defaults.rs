@@ -1,7 +1,7 @@
 //! Column defaults that are not deterministic (`DEFAULT now()`, `DEFAULT gen_random_uuid()`,
 //! …): invisible in an INSERT's text, they would let every node store a different value.
-//! pgmulti asks the lead which columns of an inserted table have such defaults (`probe_sql`,
-//! cached per session), then writes the default expression into the INSERT itself
+//! pgmulti learns from the lead which columns of an inserted table have such defaults
+//! (`catalog`, cached per session), then writes the default expression into the INSERT itself
 //! (`fill`) so that the usual rewrite turns it into one literal for every node. Forms it
 //! cannot fill (INSERT … SELECT, DEFAULT VALUES, no column list) are refused with a hint.
 //! Sequence defaults (SERIAL, IDENTITY) are left alone: the ordering lock handles them.
@@ -118,32 +118,6 @@ pub fn insert_shape(statement: &str, offset: usize) -> Option<InsertShape> {
     }
     Some(shape)
 }
-
-/// The catalog query that finds the defaults of `tables` (as written) on the lead.
-/// Columns: the table as asked, column name, default expression; an identity column
-/// reads as `nextval(identity)`.
-pub fn probe_sql(tables: &[&str]) -> String {
-    let list: Vec<String> = tables
-        .iter()
-        .map(|t| format!("('{}')", t.replace('\'', "''")))
-        .collect();
-    let list = list.join(", ");
-    format!(
-        "SELECT t.name, a.attname, pg_get_expr(d.adbin, d.adrelid) \
-         FROM (VALUES {list}) AS t(name) \
-         JOIN pg_attrdef d ON d.adrelid = to_regclass(t.name) \
-         JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum \
-         WHERE NOT a.attisdropped AND a.attgenerated = '' \
-         UNION ALL \
-         SELECT t.name, a.attname, '{IDENTITY}' \
-         FROM (VALUES {list}) AS t(name) \
-         JOIN pg_attribute a ON a.attrelid = to_regclass(t.name) \
-         WHERE NOT a.attisdropped AND a.attidentity <> ''"
-    )
-}
-
-/// How the probe reports an identity column's default.
-const IDENTITY: &str = "nextval(identity)";
 
 /// Whether a default may draw from a sequence — SERIAL, IDENTITY, an explicit nextval, or a
 /// call pgmulti does not fill in itself (a function may call nextval): inserts that may use
@@ -334,9 +308,7 @@ mod tests {
         assert!(is_volatile("(now() + '1 day'::interval)"));
         assert!(is_volatile("gen_random_uuid()"));
         assert!(!is_volatile("nextval('t_id_seq'::regclass)"));
-        assert!(!is_volatile(IDENTITY));
         assert!(draws_from_sequence("nextval('t_id_seq'::regclass)"));
-        assert!(draws_from_sequence(IDENTITY));
         assert!(!draws_from_sequence("now()"));
         assert!(!draws_from_sequence("'none'::text"));
         assert!(
@@ -345,10 +317,5 @@ mod tests {
         );
         assert!(!is_volatile("'x'::text"));
         assert!(!is_volatile("0"));
-    }
-
-    #[test]
-    fn probe_quotes_names() {
-        assert!(probe_sql(&["a", "o'x"]).contains("VALUES ('a'), ('o''x')"));
     }
 }

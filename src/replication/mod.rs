@@ -4,15 +4,18 @@
 //! `lexer` turns SQL text into borrowed tokens and splits a query string into statements;
 //! `classify` says what one statement is (read, write, transaction control, session state,
 //! DDL, …) and which non-deterministic constructs it contains; `request` classifies a whole
-//! Query and rewrites non-deterministic values into literals; `defaults` finds and writes in
-//! non-deterministic column defaults; `plan` turns a request and the
+//! Query and rewrites non-deterministic values into literals; `catalog` reads what the lead's catalog says of a table
+//! (defaults, key, triggers); `defaults` writes non-deterministic column defaults into INSERTs;
+//! `effects` replicates UPDATE/DELETE/INSERT … SELECT by what the lead did; `plan` turns a request and the
 //! transaction state into phases (lead first, replicas after, commit order); `compare` votes
 //! over the nodes' answers; `extended` prepares extended-protocol batches (Parse/Bind up to
 //! Sync) the same way.
 
+pub mod catalog;
 pub mod classify;
 pub mod compare;
 pub mod defaults;
+pub mod effects;
 pub mod extended;
 pub mod lexer;
 pub mod plan;

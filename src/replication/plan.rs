@@ -69,6 +69,9 @@ pub struct Phase {
     /// With `write_ack = async` the request does not wait for this phase: the client gets
     /// the lead's answer and these nodes run behind; their answers are checked at COMMIT.
     pub behind_in_async: bool,
+    /// pgmulti's own COMMIT of an autocommit write: the answers so far are voted on first,
+    /// and the COMMIT becomes ROLLBACK when the nodes disagree (see `compare::before_commit`).
+    pub after_vote: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +107,7 @@ pub fn phase(targets: Targets, segments: &[Segment]) -> Phase {
         skip_if_lead_failed: false,
         only_if_lead_failed: false,
         behind_in_async: false,
+        after_vote: false,
     }
 }
 
@@ -168,7 +172,9 @@ pub fn plan(class: Class, tx: TxView, two_phase: bool) -> Planned {
                 &[Wrapper("BEGIN"), Main],
                 &[Wrapper("BEGIN"), Main, Wrapper("COMMIT")],
             );
-            phases.push(phase(Targets::Lead, &[Wrapper("COMMIT")]));
+            let mut commit = phase(Targets::Lead, &[Wrapper("COMMIT")]);
+            commit.after_vote = true;
+            phases.push(commit);
             run(phases, true)
         }
         Class::CopyIn if tx.open => run(vec![phase(Targets::All, &[Main])], true),
@@ -205,6 +211,22 @@ pub fn plan(class: Class, tx: TxView, two_phase: bool) -> Planned {
         }
         Class::LeadOnly => run(vec![phase(Targets::Lead, &[Main])], false),
     }
+}
+
+/// An autocommit write whose replicas may see something else than the lead did (a statement
+/// re-run there, `effects::Apply::Rerun`): the replicas commit only after the vote too, so a
+/// disagreement can still be rolled back on every node. One round trip more.
+pub fn replicas_commit_after_vote(plan: &mut Plan) {
+    let Some(at) = plan.phases.iter().position(|p| {
+        p.targets == Targets::Replicas && p.segments.last() == Some(&Segment::Wrapper("COMMIT"))
+    }) else {
+        return;
+    };
+    plan.phases[at].segments.pop();
+    let mut commit = phase(Targets::Replicas, &[Segment::Wrapper("COMMIT")]);
+    commit.skip_if_lead_failed = true;
+    commit.after_vote = true;
+    plan.phases.insert(at + 1, commit);
 }
 
 fn everywhere(segments: &[Segment], writes: bool) -> Plan {
@@ -256,6 +278,25 @@ mod tests {
                 (Targets::Lead, vec![Wrapper("COMMIT")]),
             ]
         );
+    }
+
+    #[test]
+    fn a_rerun_write_commits_nowhere_before_the_vote() {
+        let Planned::Run(mut p) = plan(Class::Write, IDLE, false) else {
+            panic!()
+        };
+        replicas_commit_after_vote(&mut p);
+        let votes: Vec<bool> = p.phases.iter().map(|p| p.after_vote).collect();
+        assert_eq!(
+            phases(Planned::Run(p)),
+            vec![
+                (Targets::Lead, vec![Wrapper("BEGIN"), Main]),
+                (Targets::Replicas, vec![Wrapper("BEGIN"), Main]),
+                (Targets::Replicas, vec![Wrapper("COMMIT")]),
+                (Targets::Lead, vec![Wrapper("COMMIT")]),
+            ]
+        );
+        assert_eq!(votes, vec![false, false, true, true]);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 
 use super::classify::{classify, Kind, Nondeterminism, Tx};
 use super::defaults::{insert_shape, InsertShape};
-use super::lexer::{split_statements, Lexer, Token, TokenKind};
+use super::effects::{self, Command};
+use super::lexer::{fold_ident, split_statements, Lexer, Token, TokenKind, NAMEDATALEN};
 use super::plan::Class;
 
 pub struct Analysed {
@@ -16,6 +17,11 @@ pub struct Analysed {
     pub inserts: Vec<InsertShape>,
     /// It changes the schema (DDL, temp tables).
     pub ddl: bool,
+    /// UPDATE and DELETE targets: (table as written, folded key), for the catalog lookup.
+    pub written: Vec<(String, String)>,
+    /// A table this request defines (defaults, sequences, triggers) and then writes to: the
+    /// catalog lookup cannot see it yet, so the request is refused.
+    pub defines_then_writes: Option<String>,
 }
 
 /// Classify a whole Query (one or more statements). Unsure means write.
@@ -24,10 +30,23 @@ pub fn analyse(sql: &str) -> Analysed {
     let mut nondeterminism = Nondeterminism::default();
     let mut inserts = Vec::new();
     let mut ddl = false;
+    let mut written = Vec::new();
+    let mut defined: Vec<String> = Vec::new();
+    let mut defines_then_writes = None;
     for statement in split_statements(sql) {
         let c = classify(statement);
         if c.kind == Kind::Empty {
             continue;
+        }
+        if matches!(c.kind, Kind::Ddl | Kind::SessionState) {
+            defined.extend(defined_table(statement, c.nondeterministic));
+        } else if let Some(shape) = effects::shape(statement) {
+            if defined.contains(&shape.key) {
+                defines_then_writes.get_or_insert(shape.table.clone());
+            }
+            if shape.command != Command::Insert {
+                written.push((shape.table, shape.key));
+            }
         }
         nondeterminism.merge(c.nondeterministic);
         ddl |= matches!(
@@ -59,7 +78,46 @@ pub fn analyse(sql: &str) -> Analysed {
         nondeterminism,
         inserts,
         ddl,
+        written,
+        defines_then_writes,
     }
+}
+
+/// The folded name of the table a DDL statement gives non-deterministic column defaults
+/// (`CREATE TABLE t (… DEFAULT now())`, `ALTER TABLE t … SET DEFAULT random()`) or a
+/// trigger (`CREATE TRIGGER … ON t`). Sequences need nothing: nobody else sees the new table
+/// before the request commits, so every node draws the same values.
+fn defined_table(statement: &str, n: Nondeterminism) -> Option<String> {
+    let tokens: Vec<Token> = Lexer::new(statement).collect();
+    let defines = n.now || n.clock || n.random || n.uuid || n.maybe_now;
+    let trigger = tokens.iter().take(4).any(|t| t.is_kw("TRIGGER"));
+    let at = if trigger {
+        tokens.iter().position(|t| t.is_kw("ON"))? + 1
+    } else if defines {
+        let table = tokens.iter().position(|t| t.is_kw("TABLE"))?;
+        let mut i = table + 1;
+        while tokens
+            .get(i)
+            .is_some_and(|t| ["IF", "NOT", "EXISTS", "ONLY"].iter().any(|k| t.is_kw(k)))
+        {
+            i += 1;
+        }
+        i
+    } else {
+        return None;
+    };
+    let mut key = String::new();
+    let mut i = at;
+    while let Some(t) = tokens.get(i).filter(|t| t.is_name()) {
+        let mut buf = [0u8; NAMEDATALEN];
+        key.push_str(fold_ident(t.text, &mut buf));
+        if !tokens.get(i + 1).is_some_and(|t| t.is_punct(b'.')) {
+            break;
+        }
+        key.push('.');
+        i += 2;
+    }
+    (!key.is_empty()).then_some(key)
 }
 
 /// `BEGIN`, `BEGIN WORK`, `BEGIN TRANSACTION` or `START TRANSACTION` without options: it

@@ -7,7 +7,7 @@
 //! What a statement is comes from `replication::request`; how phases are chosen from
 //! `replication::plan`; the vote from `replication::compare`. This file only moves messages.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use super::node::NodeConn;
@@ -17,9 +17,12 @@ use crate::protocol::backend;
 use crate::protocol::framing::message_header;
 use crate::protocol::frontend;
 use crate::reactor::context::Context;
+use crate::replication::catalog::{self, TableInfo};
 use crate::replication::compare::{self, Outcome};
-use crate::replication::defaults::{self, VolatileDefault};
+use crate::replication::defaults;
+use crate::replication::effects::{self, Effects, LeadRows};
 use crate::replication::extended::{self, Statements};
+use crate::replication::lexer::split_statements;
 use crate::replication::plan::{self, Plan, Planned, Segment, Targets, TxView};
 use crate::replication::request;
 use crate::trace::{trace_message, Peer};
@@ -45,12 +48,10 @@ pub struct Replication {
     tx: Tx,
     /// A client message larger than the receive buffer, being collected.
     large: Vec<u8>,
-    /// Non-deterministic column defaults of tables this session inserted into, by folded
-    /// name; valid while `defaults_epoch` equals the cluster-wide DDL epoch.
-    defaults: HashMap<String, Vec<VolatileDefault>>,
-    /// Of those tables, the ones with a column drawing from a sequence (SERIAL, IDENTITY).
-    sequenced: HashSet<String>,
-    defaults_epoch: u64,
+    /// What the lead's catalog says of the tables this session wrote to, by folded name;
+    /// valid while `tables_epoch` equals the cluster-wide DDL epoch.
+    tables: HashMap<String, TableInfo>,
+    tables_epoch: u64,
     /// `write_ack = async`: replicas still running statements whose answer the client has.
     behind: Vec<Running>,
     /// Extended-protocol messages received since the last Sync.
@@ -213,15 +214,29 @@ struct Request {
     committed: bool,
     rolling_back: bool,
     voice_prepare_failed: bool,
+    /// The write is replicated by its effect (see `replication::effects`).
+    effects: Option<Box<EffectRun>>,
+    /// The nodes disagreed and pgmulti's own transaction was rolled back on every node.
+    rolled_back: bool,
 }
 
-/// Looking up column defaults on the lead before an INSERT (see `replication::defaults`).
+/// A write replicated by its effect: what the lead returned, and the replicas' statement
+/// made from it when their phase starts.
+struct EffectRun {
+    effects: Effects,
+    lead: LeadRows,
+    replica: Option<Vec<u8>>,
+    /// The lead's hidden columns could not be read: the replicas must not run.
+    unreadable: Option<String>,
+}
+
+/// Looking up tables in the lead's catalog before a write (see `replication::catalog`).
 struct Probe {
     original: Vec<u8>,
     /// (table as written, folded key) asked about.
     tables: Vec<(String, String)>,
-    /// (table as written, column, default expression) rows of the answer.
-    rows: Vec<(String, String, String)>,
+    /// The rows of the answer (table as written, kind, name, detail).
+    rows: Vec<[String; 4]>,
     error: Option<String>,
 }
 
@@ -272,6 +287,8 @@ impl Request {
             committed: false,
             rolling_back: false,
             voice_prepare_failed: false,
+            effects: None,
+            rolled_back: false,
         }
     }
 }
@@ -281,6 +298,9 @@ struct Running {
     pending: VecDeque<Segment>,
     /// Flush batches: messages that ended an answer so far.
     replies: usize,
+    /// The node runs an effect-checked statement: when it succeeds, it did what the lead
+    /// did, and this (the lead's outcome) is recorded for it.
+    checked: Option<Outcome>,
 }
 
 impl Session {
@@ -532,6 +552,18 @@ impl Session {
                         node.passing = len;
                         node.passing_to_client =
                             voice == Some(id) && !matches!(tag, b'C' | b'E' | b'Z');
+                        if let Some(fx) = self
+                            .repl
+                            .request
+                            .as_mut()
+                            .and_then(|r| r.effects.as_mut())
+                            .filter(|_| matches!(tag, b'D' | b'T'))
+                        {
+                            // Its hidden columns cannot be read from a streamed row.
+                            node.passing_to_client = false;
+                            fx.unreadable
+                                .get_or_insert_with(|| format!("a row of {len} bytes"));
+                        }
                         continue;
                     }
                     Ok(_) => break,
@@ -604,11 +636,7 @@ impl Session {
                 }
                 b'C' | b'I' if !main => {}
                 b'C' | b'I' | b'E' => {
-                    let outcome = match tag {
-                        b'C' => Outcome::Complete(command_rows(msg)),
-                        b'I' => Outcome::Complete(None),
-                        _ => Outcome::Error(error_code(msg)),
-                    };
+                    let outcome = node_outcome(tag, msg, main.then_some(&b.checked));
                     record(&mut self.repl.tx.async_answers, id, outcome);
                 }
                 _ => {}
@@ -651,7 +679,7 @@ impl Session {
         if let Some(probe) = r.probe.as_mut() {
             // pgmulti's own query: its answer is kept, never shown to the client.
             match tag {
-                b'D' => probe.rows.extend(data_row_3(msg)),
+                b'D' => probe.rows.extend(data_row_4(msg)),
                 b'E' => probe.error = Some(error_message(msg)),
                 b'Z' => {
                     run.pending.pop_front();
@@ -660,6 +688,24 @@ impl Session {
                 _ => {}
             }
             return Ok(());
+        }
+        if main && matches!(tag, b'T' | b'D') {
+            if let Some(fx) = r.effects.as_mut() {
+                // The rows of a write replicated by its effect: the lead's hidden columns are
+                // kept, the client gets the rest if it asked for rows; a replica's check row
+                // is nobody's.
+                if id == r.lead {
+                    let out = &mut cx.shared.out;
+                    out.clear();
+                    if let Err(e) = lead_row(fx, tag, msg, out) {
+                        fx.unreadable.get_or_insert(e);
+                    }
+                    if voice && !out.is_empty() {
+                        self.client.tx.extend(out);
+                    }
+                }
+                return Ok(());
+            }
         }
         // A batch ending with Flush gets no ReadyForQuery: count the answers instead.
         let mut flush_done = false;
@@ -692,11 +738,7 @@ impl Session {
                 return Ok(());
             }
             b'C' | b'I' | b'E' => {
-                let outcome = match tag {
-                    b'C' => Outcome::Complete(command_rows(msg)),
-                    b'I' => Outcome::Complete(None),
-                    _ => Outcome::Error(error_code(msg)),
-                };
+                let outcome = node_outcome(tag, msg, main.then_some(&run.checked));
                 if main || (tag == b'E' && !two_phase_step) {
                     if main && id == r.lead && tag == b'E' {
                         r.lead_failed = true;
@@ -754,6 +796,25 @@ impl Session {
             if phase.only_if_lead_failed && !r.lead_failed {
                 continue;
             }
+            if let Some(why) = r.effects.as_ref().and_then(|fx| fx.unreadable.as_ref()) {
+                if phase.targets == Targets::Replicas && phase.segments.contains(&Segment::Main) {
+                    // The replicas cannot be told what the lead did: the write fails.
+                    log::warn!(
+                        "{} the lead's answer to \"{}\" could not be read: {why}",
+                        self.prefix,
+                        r.text
+                    );
+                    r.rolled_back = true;
+                    r.error.get_or_insert((
+                        "40001",
+                        format!("the write could not be replicated: the lead's answer could not be read ({why}); it was rolled back"),
+                    ));
+                    continue;
+                }
+            }
+            if phase.after_vote {
+                Self::vote_before_commit(r, &mut phase, &self.prefix);
+            }
             let mut only = None;
             if phase.segments.contains(&Segment::CommitPrepared) {
                 only = Some(Self::decide_two_phase(r, cx));
@@ -778,6 +839,7 @@ impl Session {
                     continue;
                 };
                 let mut out = Vec::new();
+                let mut checked = None;
                 let mut pending = VecDeque::with_capacity(phase.segments.len() + 2);
                 let tx = &mut repl.tx;
                 if let Some(begin) = tx.begin.as_deref().filter(|_| !tx.begun.contains(&id)) {
@@ -793,7 +855,23 @@ impl Session {
                                 frontend::query(&mut out, lock);
                                 pending.push_back(Segment::Wrapper("ordering lock"));
                             }
-                            out.extend_from_slice(&r.main)
+                            match r.effects.as_mut().filter(|_| id != r.lead) {
+                                Some(fx) => {
+                                    let lead = &fx.lead;
+                                    let effects = &fx.effects;
+                                    out.extend_from_slice(fx.replica.get_or_insert_with(|| {
+                                        let mut m = Vec::new();
+                                        frontend::query(&mut m, &effects.replica_sql(lead));
+                                        m
+                                    }));
+                                    checked = r
+                                        .answers
+                                        .iter()
+                                        .find(|(n, _)| *n == r.lead)
+                                        .and_then(|(_, o)| o.last().cloned());
+                                }
+                                None => out.extend_from_slice(&r.main),
+                            }
                         }
                         Segment::Wrapper(text) | Segment::MainAs(text) => {
                             frontend::query(&mut out, text)
@@ -832,12 +910,14 @@ impl Session {
                         node: id,
                         pending,
                         replies: 0,
+                        checked,
                     });
                 } else {
                     r.running.push(Running {
                         node: id,
                         pending,
                         replies: 0,
+                        checked,
                     });
                 }
                 let stats = &mut cx.shared.cluster.nodes[id as usize];
@@ -854,11 +934,60 @@ impl Session {
         }
     }
 
+    /// pgmulti's own COMMIT of an autocommit write (`Phase::after_vote`): it becomes
+    /// ROLLBACK when the nodes' answers so far disagree and nothing is committed yet.
+    fn vote_before_commit(r: &mut Request, phase: &mut plan::Phase, prefix: &str) {
+        let replicas_commit_later = r
+            .plan
+            .phases
+            .iter()
+            .any(|p| p.after_vote && p.targets == Targets::Replicas);
+        let roll_back = r.rolled_back
+            || compare::before_commit(&r.answers, r.lead, !replicas_commit_later)
+                == compare::BeforeCommit::RollBack;
+        if !roll_back {
+            return;
+        }
+        if !r.rolled_back {
+            r.rolled_back = true;
+            log::info!(
+                "{prefix} nodes disagree on \"{}\": {}; rolled back on every node",
+                r.text,
+                compare::describe(&r.answers)
+            );
+            r.error.get_or_insert(("40001", race_message(&r.text)));
+        }
+        for seg in &mut phase.segments {
+            if *seg == Segment::Wrapper("COMMIT") {
+                *seg = Segment::Wrapper("ROLLBACK");
+            }
+        }
+    }
+
+    /// Detach nodes that differed from the majority too many times in a row.
+    fn detach_disagreeing(&mut self, faulty: &[u8], cx: &mut Context) {
+        for &id in faulty {
+            let why = format!(
+                "its answers differed from the majority's {} times in a row",
+                crate::cluster::DISAGREEMENTS_BEFORE_DETACH
+            );
+            cx.shared.cluster.detach(id, &why);
+            self.drop_node(id);
+        }
+    }
+
     /// Before COMMIT PREPARED: if every node prepared, write the decision down (durably) and
     /// commit everywhere; otherwise roll back what was prepared and fail the request. Returns
     /// the nodes the last phase goes to.
     fn decide_two_phase(r: &mut Request, cx: &mut Context) -> Vec<u8> {
         let gid = r.gid.clone().unwrap_or_default();
+        if r.prepare_error.is_none() && !compare::vote(&r.answers, r.lead).differ.is_empty() {
+            r.rolled_back = true;
+            r.prepare_error = Some(format!(
+                "the nodes' results differed ({})",
+                compare::describe(&r.answers)
+            ));
+        }
         let everyone = r.prepare_error.is_none() && !r.prepared.is_empty();
         let decided = match (everyone, cx.shared.two_phase.as_mut()) {
             (true, Some(log)) => log.decide_commit(&gid).map_err(|e| {
@@ -917,7 +1046,29 @@ impl Session {
         r.answers.retain(|(n, _)| cx.shared.cluster.is_up(*n));
         if r.answers.len() > 1 {
             let verdict = compare::vote(&r.answers, r.lead);
-            if !verdict.differ.is_empty() {
+            // Nothing of the write is committed anywhere when pgmulti rolled its own
+            // transaction back or the client's is still open (it fails now): a race between
+            // clients looks like this, so the nodes are not at fault yet.
+            let contained =
+                r.rolled_back || (self.repl.tx.view.open && r.class == plan::Class::Write);
+            if verdict.differ.is_empty() {
+                // Only agreeing on data ends a run of disagreements (not SET or ROLLBACK).
+                if matches!(r.class, plan::Class::Write | plan::Class::CopyIn) {
+                    cx.shared.cluster.agreed(&verdict.agree);
+                }
+            } else if contained {
+                if !r.rolled_back {
+                    log::info!(
+                        "{} nodes disagree on \"{}\": {}; the transaction fails",
+                        self.prefix,
+                        r.text,
+                        compare::describe(&r.answers)
+                    );
+                }
+                r.error.get_or_insert(("40001", race_message(&r.text)));
+                let faulty = cx.shared.cluster.disagreed(&verdict.differ, &verdict.agree);
+                self.detach_disagreeing(&faulty, cx);
+            } else {
                 log::warn!(
                     "{} nodes disagree on \"{}\": {}; detaching node(s) {:?}",
                     self.prefix,
@@ -1089,7 +1240,7 @@ impl Session {
                 cx,
                 "ERROR",
                 "XX000",
-                &format!("looking up column defaults failed: {e}"),
+                &format!("looking up the written tables in the catalog failed: {e}"),
                 None,
             );
             if status == b'E' {
@@ -1099,23 +1250,8 @@ impl Session {
             return Ok(());
         }
         for (table, key) in &probe.tables {
-            let volatile = probe
-                .rows
-                .iter()
-                .filter(|(t, _, expr)| t == table && defaults::is_volatile(expr))
-                .map(|(_, column, expression)| VolatileDefault {
-                    column: column.clone(),
-                    expression: expression.clone(),
-                })
-                .collect();
-            self.repl.defaults.insert(key.clone(), volatile);
-            if probe
-                .rows
-                .iter()
-                .any(|(t, _, expr)| t == table && defaults::draws_from_sequence(expr))
-            {
-                self.repl.sequenced.insert(key.clone());
-            }
+            let info = catalog::read_probe(table, &probe.rows);
+            self.repl.tables.insert(key.clone(), info);
         }
         self.start_request(probe.original, cx)
     }
@@ -1314,42 +1450,59 @@ impl Session {
         let Some(plan) = self.plan_or_refuse(analysed.class, cx) else {
             return Ok(());
         };
-        if plan.writes && !analysed.inserts.is_empty() {
-            if self.repl.defaults_epoch != cx.shared.ddl_epoch {
-                self.repl.defaults.clear();
-                self.repl.sequenced.clear();
-                self.repl.defaults_epoch = cx.shared.ddl_epoch;
+        let mut plan = plan;
+        if plan.writes {
+            if let Some(table) = &analysed.defines_then_writes {
+                let message = format!("this query defines a non-deterministic default or a trigger for {table} and writes to it: pgmulti cannot see the new definition before it runs, so the nodes could store different values");
+                let hint = "send the CREATE/ALTER TABLE or CREATE TRIGGER and the statements that write to the table as separate queries";
+                return self.refuse_statement(&message, hint, cx);
             }
+            self.tables_current(cx);
             let mut unknown: Vec<(String, String)> = analysed
                 .inserts
                 .iter()
-                .filter(|i| !self.repl.defaults.contains_key(&i.key))
                 .map(|i| (i.table.clone(), i.key.clone()))
+                .chain(analysed.written.iter().cloned())
+                .filter(|(_, key)| !self.repl.tables.contains_key(key))
                 .collect();
-            unknown.dedup();
+            unknown.sort_unstable_by(|a, b| a.1.cmp(&b.1));
+            unknown.dedup_by(|a, b| a.1 == b.1);
             if !unknown.is_empty() {
                 return self.start_probe(msg.clone(), unknown, lead, cx);
             }
         }
+        let mut effects = None;
         let main = if plan.writes {
-            match self.replicated_text(sql, &analysed) {
-                Ok(Some(rewritten)) => {
-                    log::debug!(
-                        "{} rewritten for replication: {}",
-                        self.prefix,
-                        short(&rewritten)
-                    );
-                    let mut m = Vec::with_capacity(rewritten.len() + 6);
-                    frontend::query(&mut m, &rewritten);
+            let rewritten = match self.replicated_text(sql, &analysed) {
+                Ok(r) => r,
+                Err((message, hint)) => return self.refuse_statement(&message, &hint, cx),
+            };
+            if let Some(rewritten) = &rewritten {
+                log::debug!(
+                    "{} rewritten for replication: {}",
+                    self.prefix,
+                    short(rewritten)
+                );
+            }
+            match self.effects_of(rewritten.as_deref().unwrap_or(sql)) {
+                Ok(e) => effects = e,
+                Err(refusal) => return self.refuse_statement(&refusal.message, &refusal.hint, cx),
+            }
+            match (&effects, &rewritten) {
+                (Some(e), _) => {
+                    if e.reruns() && !self.repl.tx.view.open {
+                        plan::replicas_commit_after_vote(&mut plan);
+                    }
+                    let mut m = Vec::with_capacity(e.lead_sql.len() + 6);
+                    frontend::query(&mut m, &e.lead_sql);
                     m
                 }
-                Ok(None) => msg.clone(),
-                Err((message, hint)) => {
-                    self.send_error(cx, "ERROR", "0A000", &message, Some(&hint));
-                    self.repl.tx.fail();
-                    self.ready_for_query(self.repl.tx.status(), cx);
-                    return Ok(());
+                (None, Some(rewritten)) => {
+                    let mut m = Vec::with_capacity(rewritten.len() + 6);
+                    frontend::query(&mut m, rewritten);
+                    m
                 }
+                (None, None) => msg.clone(),
             }
         } else {
             msg
@@ -1359,11 +1512,9 @@ impl Session {
             _ => lead,
         };
         let ordering_lock = if plan.writes {
-            let repl = &self.repl;
+            let tables = &self.repl.tables;
             // A table not probed (it is always probed first) counts as drawing from one.
-            request::ordering_lock(&analysed, &|k| {
-                repl.sequenced.contains(k) || !repl.defaults.contains_key(k)
-            })
+            request::ordering_lock(&analysed, &|k| tables.get(k).is_none_or(|t| t.sequenced))
         } else {
             None
         };
@@ -1374,6 +1525,14 @@ impl Session {
             r.ordering_lock = ordering_lock;
             r.ddl = analysed.ddl;
             r.class = analysed.class;
+            r.effects = effects.map(|effects| {
+                Box::new(EffectRun {
+                    effects,
+                    lead: LeadRows::default(),
+                    replica: None,
+                    unreadable: None,
+                })
+            });
         }
         self.advance(cx)
     }
@@ -1406,7 +1565,7 @@ impl Session {
             writes: false,
         };
         let mut r = Request::new(Vec::new(), text.to_string(), plan, lead, lead, cx.now);
-        r.error = Some(("40003", error));
+        r.error = Some(("40001", error));
         r.final_status = Some(b'I');
         self.repl.request = Some(Box::new(r));
         Some(self.advance(cx))
@@ -1446,31 +1605,27 @@ impl Session {
                 return Ok(());
             }
         }
+        self.tables_current(cx);
         let (transaction_ts, statement_ts) = self.timestamps();
         let repl = &mut *self.repl;
-        let cache = &repl.defaults;
+        let tables = &repl.tables;
         let mut random = random_u64;
         let mut values = request::Values {
             transaction_ts,
             statement_ts,
             random: &mut random,
         };
-        let sequenced = &repl.sequenced;
         let prepared = extended::prepare(
             &msg,
             &mut repl.statements,
-            &|key| cache.get(key).cloned(),
-            &|key| sequenced.contains(key) || !cache.contains_key(key),
+            &|key| tables.get(key).map(|t| t.volatile.clone()),
+            &|key| tables.get(key).is_none_or(|t| t.sequenced),
             &mut values,
         );
         let batch = match prepared {
             extended::Prepared::Ready(b) => b,
             extended::Prepared::NeedDefaults(inserts) => {
-                if self.repl.defaults_epoch != cx.shared.ddl_epoch {
-                    self.repl.defaults.clear();
-                    self.repl.sequenced.clear();
-                    self.repl.defaults_epoch = cx.shared.ddl_epoch;
-                }
+                self.tables_current(cx);
                 let mut tables: Vec<(String, String)> =
                     inserts.into_iter().map(|i| (i.table, i.key)).collect();
                 tables.dedup();
@@ -1549,25 +1704,19 @@ impl Session {
         }
         let verdict = compare::vote(&answers, lead);
         if verdict.differ.is_empty() {
+            cx.shared.cluster.agreed(&verdict.agree);
             return None;
         }
-        log::warn!(
-            "{} nodes disagree on the transaction's statements: {}; detaching node(s) {:?}; COMMIT fails",
+        log::info!(
+            "{} nodes disagree on the transaction's statements: {}; COMMIT becomes ROLLBACK",
             self.prefix,
             compare::describe(&answers),
-            verdict.differ
         );
-        for id in &verdict.differ {
-            cx.shared.cluster.detach(
-                *id,
-                "its answers in an async transaction differed from the majority",
-            );
-            self.drop_node(*id);
-        }
-        Some(format!(
-            "COMMIT failed: node(s) {:?} answered differently from the others during the transaction; it was rolled back everywhere",
-            verdict.differ
-        ))
+        let faulty = cx.shared.cluster.disagreed(&verdict.differ, &verdict.agree);
+        self.detach_disagreeing(&faulty, cx);
+        Some(
+            "COMMIT failed: the nodes' results for the transaction's statements differed (a concurrent transaction changed what they saw); it was rolled back on every node and can be retried".into(),
+        )
     }
 
     /// Ask the lead for the column defaults of `tables` before running `original`.
@@ -1579,7 +1728,7 @@ impl Session {
         cx: &mut Context,
     ) -> Result<(), Transition> {
         let names: Vec<&str> = tables.iter().map(|(t, _)| t.as_str()).collect();
-        let sql = defaults::probe_sql(&names);
+        let sql = catalog::probe_sql(&names);
         let mut main = Vec::with_capacity(sql.len() + 6);
         frontend::query(&mut main, &sql);
         let plan = Plan {
@@ -1587,14 +1736,7 @@ impl Session {
             voice: Targets::Lead,
             writes: false,
         };
-        let mut r = Request::new(
-            main,
-            "column defaults lookup".into(),
-            plan,
-            lead,
-            lead,
-            cx.now,
-        );
+        let mut r = Request::new(main, "catalog lookup".into(), plan, lead, lead, cx.now);
         r.probe = Some(Probe {
             original,
             tables,
@@ -1605,6 +1747,48 @@ impl Session {
         self.advance(cx)
     }
 
+    /// Answer a statement pgmulti will not run with 0A000 and a hint; it fails an open
+    /// transaction, as an error from PostgreSQL would.
+    fn refuse_statement(
+        &mut self,
+        message: &str,
+        hint: &str,
+        cx: &mut Context,
+    ) -> Result<(), Transition> {
+        self.send_error(cx, "ERROR", "0A000", message, Some(hint));
+        self.repl.tx.fail();
+        self.ready_for_query(self.repl.tx.status(), cx);
+        Ok(())
+    }
+
+    /// Forget what the catalog said when DDL ran through pgmulti since it was asked.
+    fn tables_current(&mut self, cx: &Context) {
+        if self.repl.tables_epoch != cx.shared.ddl_epoch {
+            self.repl.tables.clear();
+            self.repl.tables_epoch = cx.shared.ddl_epoch;
+        }
+    }
+
+    /// How the write `sql` (rewritten already) is replicated by its effect; None: as
+    /// written. Only a Query of one statement is; every statement of it is checked for
+    /// triggers that cannot be replicated.
+    fn effects_of(&self, sql: &str) -> Result<Option<Effects>, request::Refusal> {
+        let mut statements = split_statements(sql);
+        let single = statements.clone().nth(1).is_none();
+        let mut found = None;
+        for statement in statements.by_ref() {
+            let Some(info) = effects::shape(statement).and_then(|s| self.repl.tables.get(&s.key))
+            else {
+                continue;
+            };
+            let e = effects::plan(statement, info)?;
+            if single {
+                found = e;
+            }
+        }
+        Ok(found)
+    }
+
     /// The text every node runs for a write: non-deterministic column defaults written in,
     /// then non-deterministic calls replaced by literals. `Ok(None)`: the client's text as is.
     fn replicated_text(
@@ -1612,19 +1796,20 @@ impl Session {
         sql: &str,
         analysed: &request::Analysed,
     ) -> Result<Option<String>, (String, String)> {
-        let cache = &self.repl.defaults;
+        let tables = &self.repl.tables;
         let filled = defaults::fill(sql, &analysed.inserts, &|key| {
-            cache.get(key).cloned().unwrap_or_default()
+            tables
+                .get(key)
+                .map(|t| t.volatile.clone())
+                .unwrap_or_default()
         })?;
+        let reanalysed;
         let (text, analysed) = match &filled {
-            Some(f) => (f.as_str(), request::analyse(f)),
-            None => (
-                sql,
-                request::Analysed {
-                    inserts: Vec::new(),
-                    ..*analysed
-                },
-            ),
+            Some(f) => {
+                reanalysed = request::analyse(f);
+                (f.as_str(), &reanalysed)
+            }
+            None => (sql, analysed),
         };
         let (transaction_ts, statement_ts) = self.timestamps();
         let mut random = random_u64;
@@ -1633,7 +1818,7 @@ impl Session {
             statement_ts,
             random: &mut random,
         };
-        match request::rewrite(text, &analysed, &mut values) {
+        match request::rewrite(text, analysed, &mut values) {
             Ok(Some(r)) => Ok(Some(r)),
             Ok(None) => Ok(filled),
             Err(refusal) => Err((refusal.message, refusal.hint)),
@@ -1662,15 +1847,57 @@ fn trace_from_client(prefix: &str, tag: u8, msg: &[u8], scratch: &mut String) {
     );
 }
 
+/// A node's answer to a statement as the vote sees it. A replica's effect check that
+/// passed (`checked`: the lead's outcome) did what the lead did.
+fn node_outcome(tag: u8, msg: &[u8], checked: Option<&Option<Outcome>>) -> Outcome {
+    match (tag, checked) {
+        (b'C', Some(Some(lead))) => lead.clone(),
+        (b'C', _) => Outcome::Complete(command_rows(msg)),
+        (b'I', _) => Outcome::Complete(None),
+        _ => {
+            let fields = backend::parse_error_fields(msg.get(5..).unwrap_or_default());
+            match fields {
+                Ok(f) => match effects::failed_check(f.message) {
+                    Some(rows) => Outcome::Differs(rows),
+                    None => Outcome::Error(f.code.to_string()),
+                },
+                Err(_) => Outcome::Error("?".into()),
+            }
+        }
+    }
+}
+
+/// One RowDescription or DataRow the lead sent for a write replicated by its effect: its
+/// hidden columns go into `fx.lead`, what the client asked for (if it asked) into `out`.
+fn lead_row(fx: &mut EffectRun, tag: u8, msg: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    let body = &msg[5..];
+    let hidden = fx.effects.hidden;
+    let ends: Vec<usize> = if tag == b'T' {
+        backend::row_description_ends(body).map_err(|e| e.to_string())?
+    } else {
+        let fields = backend::data_row_fields(body).map_err(|e| e.to_string())?;
+        let at = fields.len().checked_sub(hidden).ok_or("too few columns")?;
+        let values: Vec<Option<&[u8]>> = fields[at..].iter().map(|(v, _)| *v).collect();
+        fx.lead.add(&values)?;
+        fields.iter().map(|(_, end)| *end).collect()
+    };
+    let keep = ends.len().checked_sub(hidden).ok_or("too few columns")?;
+    if fx.effects.client_returning {
+        let end = if keep == 0 { 2 } else { ends[keep - 1] };
+        backend::cut_row(out, tag, body, keep, end);
+    }
+    Ok(())
+}
+
+/// What the client is told when the nodes' results for `statement` differed and nothing
+/// was committed: SQLSTATE 40001, so that retry loops retry it.
+fn race_message(statement: &str) -> String {
+    format!("could not replicate \"{statement}\": the nodes' results differed (a concurrent transaction changed what they saw); it was rolled back on every node and can be retried")
+}
+
 fn command_rows(msg: &[u8]) -> Option<u64> {
     let tag = msg.get(5..)?.split(|&b| b == 0).next()?;
     backend::command_tag_rows(std::str::from_utf8(tag).ok()?)
-}
-
-fn error_code(msg: &[u8]) -> String {
-    backend::parse_error_fields(msg.get(5..).unwrap_or_default())
-        .map(|f| f.code.to_string())
-        .unwrap_or_else(|_| "?".into())
 }
 
 /// A statement shortened for log lines.
@@ -1687,25 +1914,14 @@ fn short(sql: &str) -> String {
     }
 }
 
-/// The first three text columns of a DataRow (NULL as empty).
-fn data_row_3(msg: &[u8]) -> Option<(String, String, String)> {
-    let body = msg.get(5..)?;
-    let count = i16::from_be_bytes(body.get(..2)?.try_into().ok()?);
-    let mut at = 2;
-    let mut cols = Vec::with_capacity(3);
-    for _ in 0..count.clamp(0, 3) {
-        let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
-        at += 4;
-        if len < 0 {
-            cols.push(String::new());
-            continue;
-        }
-        let v = body.get(at..at + len as usize)?;
-        cols.push(String::from_utf8_lossy(v).into_owned());
-        at += len as usize;
-    }
-    let mut it = cols.into_iter();
-    Some((it.next()?, it.next()?, it.next()?))
+/// The first four text columns of a DataRow (NULL as empty).
+fn data_row_4(msg: &[u8]) -> Option<[String; 4]> {
+    let fields = backend::data_row_fields(msg.get(5..)?).ok()?;
+    let text = |i: usize| {
+        let v = fields.get(i)?.0.unwrap_or_default();
+        Some(String::from_utf8_lossy(v).into_owned())
+    };
+    Some([text(0)?, text(1)?, text(2)?, text(3)?])
 }
 
 fn error_message(msg: &[u8]) -> String {

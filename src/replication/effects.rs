@@ -1,0 +1,664 @@
+//! Replicating a write by its effect, not by its text. Under READ COMMITTED a statement's
+//! outcome depends on what its node sees: `UPDATE … WHERE id = (SELECT min(id) …)`,
+//! `FOR UPDATE SKIP LOCKED`, `DELETE … WHERE t < now() - …`, `SET n = (SELECT count(*) …)`
+//! pick other rows or values on a replica whose snapshot holds a transaction the lead's did
+//! not (yet). So pgmulti lets the lead decide and the replicas apply, and checks it:
+//!
+//! - The lead runs the statement with hidden RETURNING columns appended (`Effects::lead_sql`):
+//!   the primary key and new values of the rows it changed, and an md5 of each row image.
+//!   The session strips them before the client sees the answer.
+//! - Each replica gets a statement built from those rows (`Effects::replica_sql`): an
+//!   UPDATE/DELETE of exactly those keys with exactly those values (`Apply::ByKey`); for a
+//!   table without a primary key, the statement itself with the lead's values in SET
+//!   (`Apply::Uniform`, when every row got the same ones); otherwise the statement itself
+//!   (`Apply::Rerun`: INSERT … SELECT, tables with triggers).
+//! - Every replica statement is wrapped so that the node itself checks that it changed as
+//!   many rows as the lead, with the same digest of row images; if not, it raises an error,
+//!   so its transaction cannot commit a different effect. The session turns that into 40001
+//!   for the client and rolls the transaction back everywhere.
+//!
+//! INSERT … VALUES needs none of this (which rows it writes does not depend on a snapshot;
+//! unique conflicts wait on the lead) and runs as written. Pure logic, no I/O.
+
+use super::catalog::TableInfo;
+use super::lexer::{fold_ident, Lexer, Token, TokenKind, NAMEDATALEN};
+use super::request::Refusal;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Update,
+    Delete,
+    Insert,
+}
+
+/// What an UPDATE, DELETE or INSERT statement looks like, as far as replication needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shape {
+    pub command: Command,
+    /// `[ONLY] name [*]` as written.
+    pub target: String,
+    /// The table name as written (for the catalog lookup) and folded (the cache key).
+    pub table: String,
+    pub key: String,
+    /// How RETURNING names the row: the alias, or the table's own (last) name.
+    pub row: String,
+    /// UPDATE: byte range of the assignments after SET, and their folded target columns.
+    pub set: Option<(usize, usize)>,
+    pub set_columns: Vec<String>,
+    /// Byte offset of the client's RETURNING, if any.
+    pub returning: Option<usize>,
+    /// End of the statement text, before a trailing `;`.
+    pub end: usize,
+    /// `WHERE CURRENT OF cursor`.
+    pub current_of: bool,
+    /// A SELECT anywhere (INSERT … SELECT, sub-selects).
+    pub selects: bool,
+}
+
+/// The shape of `statement` if it is a single UPDATE, DELETE or INSERT (not one under WITH).
+pub fn shape(statement: &str) -> Option<Shape> {
+    let tokens: Vec<Token> = Lexer::new(statement).collect();
+    let first = tokens.first()?;
+    let (command, mut i) = if first.is_kw("UPDATE") {
+        (Command::Update, 1)
+    } else if first.is_kw("DELETE") && tokens.get(1)?.is_kw("FROM") {
+        (Command::Delete, 2)
+    } else if first.is_kw("INSERT") && tokens.get(1)?.is_kw("INTO") {
+        (Command::Insert, 2)
+    } else {
+        return None;
+    };
+    let target_start = tokens.get(i)?.start;
+    if command != Command::Insert && tokens.get(i)?.is_kw("ONLY") {
+        i += 1;
+    }
+    let mut table = String::new();
+    let mut key = String::new();
+    let mut last;
+    loop {
+        let t = tokens.get(i)?;
+        if !t.is_name() {
+            return None;
+        }
+        table.push_str(t.text);
+        let mut buf = [0u8; NAMEDATALEN];
+        key.push_str(fold_ident(t.text, &mut buf));
+        last = t.text;
+        i += 1;
+        if tokens.get(i).is_some_and(|t| t.is_punct(b'.')) {
+            table.push('.');
+            key.push('.');
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    if tokens
+        .get(i)
+        .is_some_and(|t| t.kind == TokenKind::Operator && t.text == "*")
+    {
+        i += 1;
+    }
+    let target_end = tokens.get(i - 1)?.end();
+    let mut row = last.to_string();
+    if tokens.get(i).is_some_and(|t| t.is_kw("AS")) {
+        i += 1;
+    }
+    let stop = |t: &Token| {
+        [
+            "SET",
+            "WHERE",
+            "USING",
+            "RETURNING",
+            "VALUES",
+            "SELECT",
+            "DEFAULT",
+            "OVERRIDING",
+        ]
+        .iter()
+        .any(|k| t.is_kw(k))
+    };
+    if let Some(t) = tokens.get(i).filter(|t| t.is_name() && !stop(t)) {
+        row = t.text.to_string();
+        i += 1;
+    }
+    let mut s = Shape {
+        command,
+        target: statement[target_start..target_end].to_string(),
+        table,
+        key,
+        row,
+        set: None,
+        set_columns: Vec::new(),
+        returning: None,
+        end: 0,
+        current_of: false,
+        selects: false,
+    };
+    if command == Command::Update {
+        if !tokens.get(i)?.is_kw("SET") {
+            return None;
+        }
+        i += 1;
+        let (columns, end) = assignments(&tokens[i..])?;
+        s.set = Some((tokens.get(i)?.start, end.unwrap_or(statement.len())));
+        s.set_columns = columns;
+    }
+    let mut depth = 0u32;
+    for (n, t) in tokens.iter().enumerate() {
+        match t.kind {
+            TokenKind::Punct(b'(') => depth += 1,
+            TokenKind::Punct(b')') => depth = depth.saturating_sub(1),
+            TokenKind::Punct(b';') if depth == 0 => {
+                if tokens[n..].iter().any(|t| !t.is_punct(b';')) {
+                    return None; // more than one statement
+                }
+                break;
+            }
+            _ => {}
+        }
+        s.end = t.end();
+        s.selects |= t.is_kw("SELECT");
+        if depth == 0 && t.is_kw("RETURNING") {
+            s.returning = Some(t.start);
+        }
+        if depth == 0 && t.is_kw("CURRENT") && tokens.get(n + 1).is_some_and(|t| t.is_kw("OF")) {
+            s.current_of = true;
+        }
+    }
+    Some(s)
+}
+
+/// The folded target columns of an UPDATE's assignments (tokens after SET) and the offset
+/// where they end (FROM, WHERE or RETURNING; None: the end of the statement).
+fn assignments(tokens: &[Token]) -> Option<(Vec<String>, Option<usize>)> {
+    let mut columns = Vec::new();
+    let mut depth = 0u32;
+    let mut expect_target = true;
+    let mut prev: Option<&Token> = None;
+    let mut i = 0;
+    while let Some(t) = tokens.get(i) {
+        if depth == 0 && !expect_target {
+            let distinct_from = t.is_kw("FROM") && prev.is_some_and(|p| p.is_kw("DISTINCT"));
+            if (t.is_kw("FROM") && !distinct_from)
+                || t.is_kw("WHERE")
+                || t.is_kw("RETURNING")
+                || t.is_punct(b';')
+            {
+                return Some((columns, Some(t.start)));
+            }
+        }
+        if expect_target {
+            if t.is_punct(b'(') {
+                // (a, b) = …
+                i += 1;
+                while let Some(t) = tokens.get(i) {
+                    if t.is_punct(b')') {
+                        break;
+                    }
+                    if t.is_name() {
+                        columns.push(fold(t.text));
+                    } else if !t.is_punct(b',') {
+                        return None;
+                    }
+                    i += 1;
+                }
+            } else if t.is_name() {
+                columns.push(fold(t.text));
+            } else {
+                return None;
+            }
+            expect_target = false;
+            // Skip `.field` and `[subscript]` up to the `=`.
+            i += 1;
+            while let Some(t) = tokens.get(i) {
+                if t.kind == TokenKind::Operator && t.text == "=" {
+                    break;
+                }
+                i += 1;
+            }
+        } else {
+            match t.kind {
+                TokenKind::Punct(b'(') | TokenKind::Punct(b'[') => depth += 1,
+                TokenKind::Punct(b')') | TokenKind::Punct(b']') => depth = depth.saturating_sub(1),
+                TokenKind::Punct(b',') if depth == 0 => expect_target = true,
+                _ => {}
+            }
+        }
+        prev = tokens.get(i);
+        i += 1;
+    }
+    (!columns.is_empty()).then_some((columns, None))
+}
+
+fn fold(text: &str) -> String {
+    let mut buf = [0u8; NAMEDATALEN];
+    fold_ident(text, &mut buf).to_string()
+}
+
+/// How the replicas reproduce the lead's effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Apply {
+    /// The rows the lead changed, by primary key: `keys` then `values` are the hidden
+    /// columns (name, type).
+    ByKey {
+        keys: Vec<(String, String)>,
+        values: Vec<(String, String)>,
+    },
+    /// No primary key: the statement with the lead's values in its SET, when every row got
+    /// the same ones.
+    Uniform { values: Vec<(String, String)> },
+    /// The statement itself.
+    Rerun,
+}
+
+/// One write statement replicated by its effect (see the module comment).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Effects {
+    /// What the lead runs.
+    pub lead_sql: String,
+    /// How many columns at the end of each row the lead returns are pgmulti's.
+    pub hidden: usize,
+    /// The client asked for rows (RETURNING) itself.
+    pub client_returning: bool,
+    statement: String,
+    shape: Shape,
+    apply: Apply,
+}
+
+/// The hidden columns of the rows the lead returned: the values of `Apply` (text, None for
+/// NULL) per row, the row count and the digest of row images.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeadRows {
+    pub rows: Vec<Vec<Option<String>>>,
+    pub count: u64,
+    pub digest: i128,
+}
+
+impl LeadRows {
+    /// Take one returned row's hidden columns: values, then the row image's md5 (hex).
+    pub fn add(&mut self, hidden: &[Option<&[u8]>]) -> Result<(), String> {
+        let (md5, values) = hidden.split_last().ok_or("no hidden column")?;
+        self.digest += row_digest(md5.unwrap_or_default())?;
+        self.count += 1;
+        if !values.is_empty() {
+            let row = values
+                .iter()
+                .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
+                .collect();
+            self.rows.push(row);
+        }
+        Ok(())
+    }
+}
+
+/// The first 64 bits of a row's md5 as the signed number the replicas' check adds up
+/// (`('x' || substr(h, 1, 16))::bit(64)::bigint`).
+fn row_digest(md5_hex: &[u8]) -> Result<i128, String> {
+    let hex = std::str::from_utf8(md5_hex.get(..16).ok_or("short md5")?).map_err(|_| "md5")?;
+    let v = u64::from_str_radix(hex, 16).map_err(|_| format!("not an md5: {hex:?}"))?;
+    Ok(v as i64 as i128)
+}
+
+/// How `statement` (already rewritten for non-determinism) must be replicated, given its
+/// table. `Ok(None)`: as written. Refused when a trigger on the table calls a
+/// non-deterministic function.
+pub fn plan(statement: &str, info: &TableInfo) -> Result<Option<Effects>, Refusal> {
+    let Some(shape) = shape(statement) else {
+        return Ok(None);
+    };
+    let event = match shape.command {
+        Command::Update => 'U',
+        Command::Delete => 'D',
+        Command::Insert => 'I',
+    };
+    if let Some((trigger, calls)) = info.volatile_trigger(event) {
+        return Err(Refusal {
+            message: format!(
+                "this statement cannot be replicated: trigger \"{trigger}\" on {} calls {calls}, which gives each node a different value",
+                shape.table
+            ),
+            hint: "compute the value in the statement itself (pgmulti gives now(), random() and gen_random_uuid() in a statement one value on every node), or make the trigger deterministic".into(),
+        });
+    }
+    if !info.exists || shape.current_of || (shape.command == Command::Insert && !shape.selects) {
+        return Ok(None);
+    }
+    let typed = |names: &[String]| -> Option<Vec<(String, String)>> {
+        names
+            .iter()
+            .map(|n| Some((n.clone(), info.type_of(n)?.to_string())))
+            .collect()
+    };
+    let keys = typed(&info.key).filter(|k| !k.is_empty());
+    let set = typed(&shape.set_columns);
+    let apply = match (shape.command, keys, set) {
+        _ if !info.triggers.is_empty() => Apply::Rerun,
+        (Command::Delete, Some(keys), _) => Apply::ByKey {
+            keys,
+            values: Vec::new(),
+        },
+        (Command::Update, Some(keys), Some(values))
+            if !values.iter().any(|(c, _)| info.key.contains(c)) =>
+        {
+            Apply::ByKey { keys, values }
+        }
+        (Command::Update, None, Some(values)) => Apply::Uniform { values },
+        _ => Apply::Rerun,
+    };
+    let hidden_values: Vec<&(String, String)> = match &apply {
+        Apply::ByKey { keys, values } => keys.iter().chain(values).collect(),
+        Apply::Uniform { values } => values.iter().collect(),
+        Apply::Rerun => Vec::new(),
+    };
+    let row = &shape.row;
+    let mut lead_sql = String::with_capacity(statement.len() + 64);
+    lead_sql.push_str(&statement[..shape.end]);
+    lead_sql.push_str(if shape.returning.is_some() {
+        ", "
+    } else {
+        " RETURNING "
+    });
+    for (column, _) in &hidden_values {
+        lead_sql.push_str(&format!("{row}.{}, ", quote(column)));
+    }
+    lead_sql.push_str(&format!("md5(ROW({row}.*)::text)"));
+    Ok(Some(Effects {
+        lead_sql,
+        hidden: hidden_values.len() + 1,
+        client_returning: shape.returning.is_some(),
+        statement: statement.to_string(),
+        shape,
+        apply,
+    }))
+}
+
+impl Effects {
+    /// The replicas run the statement itself: what they see may differ from what the lead
+    /// saw, so a disagreement is possible without any fault.
+    pub fn reruns(&self) -> bool {
+        self.apply == Apply::Rerun
+    }
+
+    /// What every replica runs, once the lead has returned `lead`'s rows.
+    pub fn replica_sql(&self, lead: &LeadRows) -> String {
+        let returning = format!("RETURNING md5(ROW({}.*)::text) AS h", self.shape.row);
+        let mine = "RETURNING md5(ROW(pgm_t.*)::text) AS h";
+        let body = match &self.apply {
+            _ if lead.count == 0 && self.apply != Apply::Rerun => return "SELECT 1".into(),
+            Apply::ByKey { keys, values } => {
+                let columns: Vec<&(String, String)> = keys.iter().chain(values).collect();
+                let names = columns
+                    .iter()
+                    .map(|(c, _)| quote(c))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let rows = lead
+                    .rows
+                    .iter()
+                    .map(|r| format!("({})", typed_values(r, &columns)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let matches = keys
+                    .iter()
+                    .map(|(k, _)| format!("pgm_t.{0} = pgm_v.{0}", quote(k)))
+                    .collect::<Vec<_>>()
+                    .join(" AND ");
+                let source = format!("(VALUES {rows}) AS pgm_v({names})");
+                let target = &self.shape.target;
+                if self.shape.command == Command::Delete {
+                    format!("DELETE FROM {target} AS pgm_t USING {source} WHERE {matches} {mine}")
+                } else {
+                    let sets = values
+                        .iter()
+                        .map(|(c, _)| format!("{0} = pgm_v.{0}", quote(c)))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    format!(
+                        "UPDATE {target} AS pgm_t SET {sets} FROM {source} WHERE {matches} {mine}"
+                    )
+                }
+            }
+            Apply::Uniform { values } if lead.rows.iter().all(|r| *r == lead.rows[0]) => {
+                let (start, end) = self.shape.set.unwrap_or_default();
+                let sets = values
+                    .iter()
+                    .zip(&lead.rows[0])
+                    .map(|((c, ty), v)| format!("{} = {}", quote(c), typed(v.as_deref(), ty)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let tail = &self.statement[end..self.shape.returning.unwrap_or(self.shape.end)];
+                let tail = tail.trim();
+                let gap = if tail.is_empty() { "" } else { " " };
+                format!("{}{sets}{gap}{tail} {returning}", &self.statement[..start])
+            }
+            _ => format!(
+                "{} {returning}",
+                self.statement[..self.shape.returning.unwrap_or(self.shape.end)].trim_end()
+            ),
+        };
+        format!(
+            "WITH pgm_w AS ({body}) SELECT CASE WHEN count(*) = {} AND coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint), 0) = {} THEN 1 ELSE CAST('{CHECK_FAILED}' || count(*) AS int) END FROM pgm_w",
+            lead.count, lead.digest
+        )
+    }
+}
+
+/// How a replica's failed effect check starts its error message; the number of rows it
+/// changed follows.
+const CHECK_FAILED: &str = "pgmulti: this node changed other rows than the lead: ";
+
+/// The row count of a replica's failed effect check, from its error message.
+pub fn failed_check(message: &str) -> Option<u64> {
+    let at = message.find(CHECK_FAILED)? + CHECK_FAILED.len();
+    let digits: String = message[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// `CAST(E'…' AS type)` for each value, joined with ", ".
+fn typed_values(row: &[Option<String>], columns: &[&(String, String)]) -> String {
+    let values: Vec<String> = columns
+        .iter()
+        .zip(row)
+        .map(|((_, ty), v)| typed(v.as_deref(), ty))
+        .collect();
+    values.join(", ")
+}
+
+fn typed(value: Option<&str>, ty: &str) -> String {
+    match value {
+        Some(v) => format!("CAST({} AS {ty})", literal(v)),
+        None => format!("CAST(NULL AS {ty})"),
+    }
+}
+
+/// A string constant that reads the same whatever `standard_conforming_strings` is.
+fn literal(v: &str) -> String {
+    let mut s = String::with_capacity(v.len() + 3);
+    s.push_str("E'");
+    for c in v.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '\'' => s.push_str("''"),
+            c => s.push(c),
+        }
+    }
+    s.push('\'');
+    s
+}
+
+/// A column name as a quoted identifier.
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jobs() -> TableInfo {
+        TableInfo {
+            exists: true,
+            columns: vec![
+                ("id".into(), "integer".into()),
+                ("status".into(), "text".into()),
+                ("worker".into(), "integer".into()),
+            ],
+            key: vec!["id".into()],
+            ..Default::default()
+        }
+    }
+
+    fn rows(values: &[&[Option<&str>]], md5s: &[&str]) -> LeadRows {
+        let mut lead = LeadRows::default();
+        for (v, h) in values.iter().zip(md5s) {
+            let mut hidden: Vec<Option<&[u8]>> = v.iter().map(|x| x.map(str::as_bytes)).collect();
+            hidden.push(Some(h.as_bytes()));
+            lead.add(&hidden).unwrap();
+        }
+        lead
+    }
+
+    #[test]
+    fn shapes() {
+        let s = shape("UPDATE ONLY public.jobs AS j SET status = 'x', (a, \"B\") = (1, 2), c[1] = 3 WHERE id = (SELECT min(id) FROM jobs) RETURNING id;").unwrap();
+        assert_eq!(s.command, Command::Update);
+        assert_eq!(
+            (s.target.as_str(), s.key.as_str(), s.row.as_str()),
+            ("ONLY public.jobs", "public.jobs", "j")
+        );
+        assert_eq!(s.set_columns, vec!["status", "a", "B", "c"]);
+        assert!(s.selects && s.returning.is_some() && !s.current_of);
+        let d = shape("delete from Sess where t < now() - interval '5 ms'").unwrap();
+        assert_eq!(
+            (d.command, d.row.as_str(), d.key.as_str()),
+            (Command::Delete, "Sess", "sess")
+        );
+        let u =
+            shape("UPDATE t SET a = x IS DISTINCT FROM y, b = 2 FROM u WHERE t.id = u.id").unwrap();
+        assert_eq!(u.set_columns, vec!["a", "b"]);
+        assert!(shape("WITH x AS (SELECT 1) UPDATE t SET a = 1").is_none());
+        assert!(shape("UPDATE t SET a = 1; UPDATE t SET a = 2").is_none());
+        assert!(
+            shape("UPDATE t SET a = 1 WHERE CURRENT OF c")
+                .unwrap()
+                .current_of
+        );
+        assert!(shape("INSERT INTO t AS x SELECT 1").unwrap().selects);
+    }
+
+    #[test]
+    fn a_queue_claim_is_decided_by_the_lead_and_applied_by_key() {
+        let sql = "UPDATE jobs SET status = 'running', worker = 3 WHERE id = (SELECT min(id) FROM jobs WHERE status = 'new')";
+        let e = plan(sql, &jobs()).unwrap().unwrap();
+        assert_eq!(
+            e.lead_sql,
+            format!("{sql} RETURNING jobs.\"id\", jobs.\"status\", jobs.\"worker\", md5(ROW(jobs.*)::text)")
+        );
+        assert_eq!((e.hidden, e.client_returning), (4, false));
+        let lead = rows(
+            &[&[Some("7"), Some("it's"), None]],
+            &["ffffffffffffffff0000"],
+        );
+        assert_eq!(lead.digest, -1);
+        assert_eq!(
+            e.replica_sql(&lead),
+            "WITH pgm_w AS (UPDATE jobs AS pgm_t SET \"status\" = pgm_v.\"status\", \"worker\" = pgm_v.\"worker\" \
+             FROM (VALUES (CAST(E'7' AS integer), CAST(E'it''s' AS text), CAST(NULL AS integer))) AS pgm_v(\"id\", \"status\", \"worker\") \
+             WHERE pgm_t.\"id\" = pgm_v.\"id\" RETURNING md5(ROW(pgm_t.*)::text) AS h) \
+             SELECT CASE WHEN count(*) = 1 AND coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint), 0) = -1 THEN 1 \
+             ELSE CAST('pgmulti: this node changed other rows than the lead: ' || count(*) AS int) END FROM pgm_w"
+        );
+        assert_eq!(e.replica_sql(&LeadRows::default()), "SELECT 1");
+        let error = "invalid input syntax for type integer: \"pgmulti: this node changed other rows than the lead: 12\"";
+        assert_eq!(failed_check(error), Some(12));
+        assert_eq!(failed_check("division by zero"), None);
+    }
+
+    #[test]
+    fn deletes_by_key_keep_the_clients_returning() {
+        let e = plan(
+            "DELETE FROM jobs j WHERE status = 'done' RETURNING j.worker;",
+            &jobs(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(e.lead_sql, "DELETE FROM jobs j WHERE status = 'done' RETURNING j.worker, j.\"id\", md5(ROW(j.*)::text)");
+        assert!(e.client_returning);
+        let lead = rows(
+            &[&[Some("1")], &[Some("2")]],
+            &["0000000000000001", "0000000000000002"],
+        );
+        let sql = e.replica_sql(&lead);
+        assert!(sql.starts_with("WITH pgm_w AS (DELETE FROM jobs AS pgm_t USING (VALUES (CAST(E'1' AS integer)), (CAST(E'2' AS integer))) AS pgm_v(\"id\") WHERE pgm_t.\"id\" = pgm_v.\"id\" RETURNING"), "{sql}");
+        assert!(
+            sql.contains("count(*) = 2 AND") && sql.contains(") = 3 THEN"),
+            "{sql}"
+        );
+    }
+
+    #[test]
+    fn without_a_key_the_lead_s_values_go_into_set() {
+        let total = TableInfo {
+            exists: true,
+            columns: vec![("n".into(), "bigint".into())],
+            ..Default::default()
+        };
+        let e = plan("UPDATE total SET n = (SELECT count(*) FROM ev)", &total)
+            .unwrap()
+            .unwrap();
+        let same = rows(
+            &[&[Some("42")], &[Some("42")]],
+            &["0000000000000001", "0000000000000001"],
+        );
+        let sql = e.replica_sql(&same);
+        assert!(sql.starts_with("WITH pgm_w AS (UPDATE total SET \"n\" = CAST(E'42' AS bigint) RETURNING md5(ROW(total.*)::text) AS h)"), "{sql}");
+        // Different values per row: the statement itself, checked.
+        let differ = rows(
+            &[&[Some("1")], &[Some("2")]],
+            &["0000000000000001", "0000000000000001"],
+        );
+        assert!(e.replica_sql(&differ).starts_with(
+            "WITH pgm_w AS (UPDATE total SET n = (SELECT count(*) FROM ev) RETURNING"
+        ));
+    }
+
+    #[test]
+    fn reruns_inserts_that_select_and_refuses_volatile_triggers() {
+        let e = plan("INSERT INTO jobs SELECT max(id) + 1 FROM jobs", &jobs())
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.hidden, 1);
+        assert!(e.replica_sql(&rows(&[&[]], &["0000000000000005"])).starts_with(
+            "WITH pgm_w AS (INSERT INTO jobs SELECT max(id) + 1 FROM jobs RETURNING md5(ROW(jobs.*)::text) AS h)"
+        ));
+        assert_eq!(plan("INSERT INTO jobs VALUES (1)", &jobs()), Ok(None));
+        let mut stamped = jobs();
+        stamped
+            .triggers
+            .push(("stamp".into(), "IU".into(), "clock_timestamp()".into()));
+        let refused = plan("INSERT INTO jobs VALUES (1)", &stamped).unwrap_err();
+        assert!(refused
+            .message
+            .contains("trigger \"stamp\" on jobs calls clock_timestamp()"));
+        assert_eq!(
+            plan("DELETE FROM jobs", &stamped).map(|e| e.is_some()),
+            Ok(true)
+        );
+    }
+
+    #[test]
+    fn updating_the_key_is_rerun() {
+        let e = plan("UPDATE jobs SET id = id + 1", &jobs())
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.apply, Apply::Rerun);
+        assert_eq!(
+            plan("UPDATE nope SET a = 1", &TableInfo::default()),
+            Ok(None)
+        );
+    }
+}
