@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # pgmulti benchmark: pgmulti against what users would pick instead, in one command.
 #
-#   scripts/bench.sh [--quick] [--out FILE] [--keep] [--dir DIR] [--rev REV]
+#   scripts/bench.sh [--quick] [--out FILE] [--keep] [--dir DIR] [--rev REV] [--base REV]
 #
 #   --quick      scale 10, 2 rounds of 1 s runs, clients 8 and 64, 1,000 idle clients for the
 #                memory test: 3 to 4 minutes on 2 cores. Default (full): scale 50, 3 rounds x
@@ -13,6 +13,14 @@
 #   --dir DIR    work folder (default: a new folder under ${TMPDIR:-/tmp}); must not exist
 #   --rev REV    benchmark a committed revision (git archive + cargo build) instead of the
 #                working tree
+#   --base REV   also run replication sync (TPC-B) with the pgmulti of revision REV, side by
+#                side with the benchmarked one in the same rounds: the report gives the ratio
+#
+# After the rounds, the concurrent-write workloads of scripts/bench/concurrency/ (queue
+# claims, predicate deletes, counters by subquery, …) run through every replicating target
+# and a direct connection (pgbench -c 8 --max-tries 10, BENCH_CW_DURATION seconds each,
+# default 10, quick 3); the report says per workload and target whether the nodes ended
+# identical, diverged, a node was detached, or pgbench hung.
 #
 # Environment overrides: BENCH_SCALE, BENCH_ROUNDS, BENCH_DURATION (seconds), BENCH_CLIENTS
 # ("8 64"), BENCH_MEM_CLIENTS, BENCH_WORKLOADS ("select select_prep tpcb tpcb_prep connect"),
@@ -39,6 +47,7 @@ KEEP=0
 OUT=$REPO/docs/benchmarks.md
 WORK=
 REV=
+BASE=
 ORIG_ARGS=("$@")
 while [ $# -gt 0 ]; do
     case $1 in
@@ -49,6 +58,8 @@ while [ $# -gt 0 ]; do
         --dir) WORK=$2; shift ;;
         --rev) REV=$2; shift ;;
         --rev=*) REV=${1#--rev=} ;;
+        --base) BASE=$2; shift ;;
+        --base=*) BASE=${1#--base=} ;;
         --dir=*) WORK=${1#--dir=} ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
@@ -61,11 +72,11 @@ SVG=${OUT%.md}-select.svg
 if [ "$QUICK" = 1 ]; then
     SCALE=${BENCH_SCALE:-10} ROUNDS=${BENCH_ROUNDS:-2} DURATION=${BENCH_DURATION:-1}
     CLIENTS=${BENCH_CLIENTS:-"8 64"} MEM_CLIENTS=${BENCH_MEM_CLIENTS:-1000}
-    SHARED_BUFFERS=128MB
+    SHARED_BUFFERS=128MB CW_DURATION=${BENCH_CW_DURATION:-3}
 else
     SCALE=${BENCH_SCALE:-50} ROUNDS=${BENCH_ROUNDS:-3} DURATION=${BENCH_DURATION:-10}
     CLIENTS=${BENCH_CLIENTS:-"1 8 64 256"} MEM_CLIENTS=${BENCH_MEM_CLIENTS:-5000}
-    SHARED_BUFFERS=256MB
+    SHARED_BUFFERS=256MB CW_DURATION=${BENCH_CW_DURATION:-10}
 fi
 WORKLOADS=${BENCH_WORKLOADS:-"select select_prep tpcb tpcb_prep connect"}
 MAX_CLIENTS=$(printf '%s\n' $CLIENTS | sort -n | tail -1)
@@ -85,7 +96,7 @@ die() { say "error: $*"; exit 1; }
 # their own once mode = replication exists.
 # ---------------------------------------------------------------------------------------------
 TARGET_NAMES=()
-declare -A T_GROUP T_REPL T_WORK T_LABEL T_START T_PORT T_DB T_SKIP T_PID T_NOTE
+declare -A T_GROUP T_REPL T_WORK T_LABEL T_START T_PORT T_DB T_SKIP T_PID T_NOTE T_BIN
 add_target() {
     local name=$1
     TARGET_NAMES+=("$name")
@@ -109,6 +120,10 @@ define_targets() {
     na_note pgb_tx select_prep "PgBouncer 1.18 transaction pooling does not support prepared statements (PgBouncer 1.21+ does)"
     # Two-phase commit changes only what a COMMIT does: reads run as with repl_sync.
     add_target repl_2pc    pgmulti yes "tpcb tpcb_prep"                            "pgmulti replication sync, two_phase commit, 3 nodes" start_pgmulti replication info sync two_phase
+    if [ -n "$PGMULTI_BASE" ]; then
+        add_target repl_sync_base pgmulti yes "tpcb tpcb_prep" "pgmulti $PGMULTI_BASE_REV (--base) replication sync, 3 nodes" start_pgmulti replication info sync
+        T_BIN[repl_sync_base]=$PGMULTI_BASE
+    fi
 }
 
 # Workloads: pgbench options (-n: no vacuum before select-only runs; TPC-B runs keep pgbench's
@@ -156,25 +171,34 @@ ensure_peers
 PGPOOL=$(command -v pgpool || echo /usr/sbin/pgpool)
 PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
 
+# Build committed revision $1 (git archive, the working tree is left alone) in target/$2;
+# prints the binary's path.
+build_rev() {
+    local rev=$1 src
+    src=${TMPDIR:-/tmp}/pgmulti-bench-src.$$
+    rm -rf "$src" && mkdir -p "$src"
+    git -C "$REPO" archive "$rev" | tar -x -C "$src"
+    say "building pgmulti $rev (cargo build --release, from git archive)"
+    (cd "$src" && CARGO_TARGET_DIR=$REPO/target/$2 cargo build --release -q) >&2 ||
+        { rm -rf "$src"; die "cargo build of $rev failed"; }
+    rm -rf "$src"
+    echo "$REPO/target/$2/release/pgmulti"
+}
 PGMULTI_REV=
 if [ -n "${PGMULTI_BIN:-}" ]; then
     PGMULTI=$PGMULTI_BIN   # a prebuilt binary (for a user without the Rust toolchain)
 elif [ -n "$REV" ]; then
-    # A committed revision, exported from git (the working tree is left alone); its own target
-    # folder so that the working tree's build isn't disturbed.
     PGMULTI_REV=$(git -C "$REPO" rev-parse --short "$REV^{commit}") || die "unknown revision $REV"
-    src=${TMPDIR:-/tmp}/pgmulti-bench-src.$$
-    rm -rf "$src" && mkdir -p "$src"
-    git -C "$REPO" archive "$PGMULTI_REV" | tar -x -C "$src"
-    say "building pgmulti $PGMULTI_REV (cargo build --release, from git archive)"
-    (cd "$src" && CARGO_TARGET_DIR=$REPO/target/bench-rev cargo build --release -q) ||
-        { rm -rf "$src"; die "cargo build of $PGMULTI_REV failed"; }
-    rm -rf "$src"
-    PGMULTI=$REPO/target/bench-rev/release/pgmulti
+    PGMULTI=$(build_rev "$PGMULTI_REV" bench-rev)
 else
     say "building pgmulti (cargo build --release)"
     (cd "$REPO" && cargo build --release -q) || die "cargo build failed (or try --rev HEAD)"
     PGMULTI=${CARGO_TARGET_DIR:-$REPO/target}/release/pgmulti
+fi
+PGMULTI_BASE= PGMULTI_BASE_REV=
+if [ -n "$BASE" ]; then
+    PGMULTI_BASE_REV=$(git -C "$REPO" rev-parse --short "$BASE^{commit}") || die "unknown revision $BASE"
+    PGMULTI_BASE=$(build_rev "$PGMULTI_BASE_REV" bench-base)
 fi
 [ -x "$PGMULTI" ] || die "no pgmulti binary at $PGMULTI"
 
@@ -467,12 +491,13 @@ write_pgmulti_conf() { # FILE PORT MODE LOG_LEVEL LOGFILE [WRITE_ACK [COMMIT_PRO
         echo "backend_sslmode = disable        # the nodes have no TLS; as PgBouncer's default"
         echo "health_check_period = 0          # as for pgpool-II"
         echo "max_client_conn = 20000"
+        echo "admin_users = 'postgres'"
         echo "log_file = '$5'"
         echo "log_level = $4"
     } >"$1"
 }
-launch_pgmulti() { # CONF PORT OUTFILE -> LAUNCHED_PID
-    "$PGMULTI" -f "$1" >>"$3" 2>&1 &
+launch_pgmulti() { # CONF PORT OUTFILE [BINARY] -> LAUNCHED_PID
+    "${4:-$PGMULTI}" -f "$1" >>"$3" 2>&1 &
     LAUNCHED_PID=$!
     BG_PIDS+=("$LAUNCHED_PID")
     wait_port "$2" "$LAUNCHED_PID"
@@ -482,7 +507,7 @@ check_pgmulti() { # NAME MODE LOG_LEVEL [WRITE_ACK [COMMIT_PROTOCOL]]: config + 
     T_PORT[$name]=$(free_port)
     conf=$WORK/pgmulti/$name.conf
     write_pgmulti_conf "$conf" "${T_PORT[$name]}" "$mode" "$level" "$WORK/pgmulti/$name.log" "${4:-}" "${5:-}"
-    if ! msg=$("$PGMULTI" --check -f "$conf" 2>&1); then
+    if ! msg=$("${T_BIN[$name]:-$PGMULTI}" --check -f "$conf" 2>&1); then
         msg=$(printf '%s' "$msg" | head -1 | sed "s|$conf: *||")
         if [ "$mode" = replication ]; then
             T_SKIP[$name]="not implemented yet (pgmulti --check: $msg)"
@@ -497,7 +522,7 @@ start_pgmulti() { # NAME MODE LOG_LEVEL [WRITE_ACK [COMMIT_PROTOCOL]]
     local name=$1
     [ -f "$WORK/pgmulti/$name.conf" ] || check_pgmulti "$@"
     [ -z "${T_SKIP[$name]:-}" ] || return 0
-    if ! launch_pgmulti "$WORK/pgmulti/$name.conf" "${T_PORT[$name]}" "$WORK/pgmulti/$name.out"; then
+    if ! launch_pgmulti "$WORK/pgmulti/$name.conf" "${T_PORT[$name]}" "$WORK/pgmulti/$name.out" "${T_BIN[$name]:-}"; then
         T_SKIP[$name]="pgmulti did not start: $(tail -1 "$WORK/pgmulti/$name.out" 2>/dev/null)"
         return 0
     fi
@@ -586,7 +611,76 @@ run_one() { # ROUND TARGET WORKLOAD CLIENTS
     fi
 }
 
-# VmRSS of PID in KiB.
+# The concurrent-write workloads (scripts/bench/concurrency/) through every replicating target
+# and a direct connection: pgbench -c 8 --max-tries 10, then on every node directly the count
+# and md5 of each compared table, and the proxy's SHOW POOL_NODES (pgmulti and pgpool-II both
+# answer it on any connection).
+CONCURRENCY=$WORK/concurrency.tsv   # target workload verdict processed failed retried detail
+concurrency_test() {
+    local t name tables script f out rc verdict nodes down n v first differ processed failed retried
+    printf 'target\tworkload\tverdict\tprocessed\tfailed\tretried\tdetail\n' >"$CONCURRENCY"
+    for t in "${TARGET_NAMES[@]}"; do
+        [ -z "${T_SKIP[$t]:-}" ] || continue
+        [ "${T_REPL[$t]}" = yes ] || [ "$t" = direct ] || continue
+        nodes=$NODES
+        [ "$t" = direct ] && nodes=1
+        while IFS='|' read -r name tables script; do
+            case "$name" in '' | '#'*) continue ;; esac
+            if ! psql -X -q -h 127.0.0.1 -p "${T_PORT[$t]}" -U postgres -d "${T_DB[$t]}" -v ON_ERROR_STOP=1 \
+                -f "$HERE/concurrency/setup.sql" >"$WORK/runs/cw.setup.out" 2>&1; then
+                printf '%s\t%s\tsetup failed\t0\t0\t0\t%s\n' "$t" "$name" "$(grep -m1 ERROR "$WORK/runs/cw.setup.out" | tr '\t' ' ')" >>"$CONCURRENCY"
+                continue
+            fi
+            f=$WORK/runs/cw.$name.sql
+            printf '\\set k random(1, 100000000)\n%b\n' "$script" >"$f"
+            out=$WORK/runs/cw.$t.$name.out
+            rc=0
+            timeout $((CW_DURATION + 60)) pgbench -h 127.0.0.1 -p "${T_PORT[$t]}" -U postgres -n -c 8 -j "$THREADS" \
+                -T "$CW_DURATION" --max-tries 10 -f "$f" "${T_DB[$t]}" >"$out" 2>&1 || rc=$?
+            processed=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out" | head -1)
+            failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$out" | head -1)
+            retried=$(sed -n 's/^number of transactions retried: \([0-9]*\).*/\1/p' "$out" | head -1)
+            differ=""
+            for table in $tables; do
+                first=""
+                for ((n = 0; n < nodes; n++)); do
+                    v=$(node_psql "$n" "${T_DB[$t]}" -c "SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, ',' ORDER BY x::text)), '-') FROM $table x" 2>&1)
+                    if [ $n -eq 0 ]; then first=$v; elif [ "$v" != "$first" ]; then differ="$differ $table"; break; fi
+                done
+            done
+            down=""
+            if [ "$t" != direct ]; then
+                down=$(psql -X -q -At -h 127.0.0.1 -p "${T_PORT[$t]}" -U postgres -d "${T_DB[$t]}" -c "SHOW POOL_NODES" 2>/dev/null |
+                    awk -F'|' '$4 == "down" {printf "%s ", $1}')
+            fi
+            if [ "$rc" = 124 ]; then verdict=hung
+            elif [ -n "$down" ]; then verdict="DETACHED ${down% }"
+            elif [ -n "$differ" ]; then verdict="DIVERGED${differ}"
+            elif [ "${processed:-0}" = 0 ]; then verdict=refused
+            elif [ "$t" = direct ]; then verdict="one node"
+            else verdict=identical; fi
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$name" "$verdict" "${processed:-0}" "${failed:-0}" "${retried:-0}" \
+                "$(grep -m1 -E 'ERROR|error:' "$out" | tr '\t' ' ' | cut -c1-200)" >>"$CONCURRENCY"
+            say "concurrency  $(printf '%-14s %-18s' "$t" "$name")  $verdict  processed=${processed:-0} failed=${failed:-0} retried=${retried:-0}"
+            if [ -n "$down" ]; then
+                # Put the node back for the next workload (setup.sql rebuilds the tables).
+                for n in $down; do
+                    if [ "$t" = pgpool ]; then
+                        # pgpool-II attaches with pcp_attach_node; a restart (-D) does it too.
+                        kill -INT "${T_PID[$t]}" 2>/dev/null || true
+                        for _ in $(seq 1 50); do kill -0 "${T_PID[$t]}" 2>/dev/null || break; sleep 0.1; done
+                        start_pgpool "$t"
+                        break
+                    else
+                        psql -X -q -h 127.0.0.1 -p "${T_PORT[$t]}" -U postgres -d pgmulti -c "ATTACH NODE $n" >/dev/null 2>&1 || true
+                    fi
+                done
+            fi
+        done <"$HERE/concurrency/workloads.txt"
+    done
+}
+
+# VmRSS of PID in KiB.# VmRSS of PID in KiB.
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 # Opens COUNT idle clients in two halves (two helper processes, both held), reading VmRSS before,
@@ -725,6 +819,8 @@ done
     echo "pgbouncer=$("$PGBOUNCER" --version | head -1)"
     echo "pgpool=$("$PGPOOL" --version 2>&1 | head -1)"
     echo "pgmulti=$("$PGMULTI" --version)"
+    [ -z "$PGMULTI_BASE_REV" ] || echo "base=$PGMULTI_BASE_REV (repl_sync_base, built from git archive)"
+    echo "cw_duration=$CW_DURATION"
     if [ -n "$PGMULTI_REV" ]; then
         echo "commit=$PGMULTI_REV (built from git archive)"
     elif [ -n "${PGMULTI_BIN:-}" ]; then
@@ -773,6 +869,9 @@ for ((round = 1; round <= ROUNDS; round++)); do
     done
 done
 echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$WORK/meta.env"
+
+say "concurrent writes: $CW_DURATION s per workload and target"
+concurrency_test
 
 say "memory test: $MEM_CLIENTS idle clients"
 memory_test

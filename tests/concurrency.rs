@@ -54,38 +54,35 @@ fn sums(db: &str, table: &str) -> Vec<String> {
         .collect()
 }
 
-/// Tables of `../shared/concurrency/setup.sql`, one workload each.
-const SETUP: &str = "
-CREATE TABLE jobs (id int PRIMARY KEY, status text NOT NULL DEFAULT 'new', worker int);
-INSERT INTO jobs (id) SELECT g FROM generate_series(1, 3000) g;
-CREATE TABLE sess (id int PRIMARY KEY, t timestamptz NOT NULL);
-CREATE TABLE ev (id int PRIMARY KEY, v int);
-CREATE TABLE ev_total (n bigint);
-INSERT INTO ev_total VALUES (0);
-CREATE TABLE inv (id int PRIMARY KEY, v int);
-CREATE TABLE acct (id int PRIMARY KEY, bal int NOT NULL);
-INSERT INTO acct SELECT g, 100 FROM generate_series(1, 20) g;
-";
-
-/// (name, tables compared, pgbench script).
-const WORKLOADS: &[(&str, &str, &str)] = &[
-    ("queue_min", "jobs", "UPDATE jobs SET status = 'running', worker = :client_id WHERE id = (SELECT min(id) FROM jobs WHERE status = 'new');"),
-    ("queue_skip_locked", "jobs", "UPDATE jobs SET status = 'done', worker = :client_id WHERE id = (SELECT id FROM jobs WHERE status <> 'done' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED);"),
-    ("predicate_delete", "sess", "INSERT INTO sess VALUES (:k, now()) ON CONFLICT DO NOTHING;\nDELETE FROM sess WHERE t < now() - interval '5 ms';"),
-    ("counter_subquery", "ev ev_total", "INSERT INTO ev VALUES (:k, 1) ON CONFLICT DO NOTHING;\nUPDATE ev_total SET n = (SELECT count(*) FROM ev);"),
-    ("max_plus_one", "inv", "INSERT INTO inv SELECT coalesce(max(id), 0) + 1, :k FROM inv;"),
-    ("guarded_transfer", "acct", "BEGIN;\nUPDATE acct SET bal = bal - 7 WHERE id = 1 + :k % 20 AND bal >= 7;\nUPDATE acct SET bal = bal + 7 WHERE id = 1 + (:k / 20) % 20;\nCOMMIT;"),
-];
+/// The workloads of `scripts/bench/concurrency/` (the benchmark runs them too): the tables,
+/// and (name, tables compared, pgbench script) per workload.
+fn workloads() -> (String, Vec<(String, String, String)>) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench/concurrency");
+    let setup = std::fs::read_to_string(dir.join("setup.sql")).unwrap();
+    let list = std::fs::read_to_string(dir.join("workloads.txt")).unwrap();
+    let workloads = list
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let mut parts = l.splitn(3, '|');
+            let mut next = || parts.next().unwrap().to_string();
+            (next(), next(), next().replace("\\n", "\n"))
+        })
+        .collect();
+    (setup, workloads)
+}
 
 fn run_workloads(write_ack: &str) {
     let pm = pgmulti(write_ack);
     let db = format!("cw_{write_ack}");
     let port = pm.port().to_string();
-    for (name, tables, script) in WORKLOADS {
+    let (setup, workloads) = workloads();
+    assert_eq!(workloads.len(), 6, "the six workloads");
+    for (name, tables, script) in &workloads {
         for n in nodes() {
             n.fresh_db(&db, "postgres");
         }
-        sql(&pm, &db, SETUP);
+        sql(&pm, &db, &setup);
         let file = temp_dir(&format!("cw-{write_ack}-{name}")).join("script.sql");
         std::fs::write(&file, format!("\\set k random(1, 100000000)\n{script}\n")).unwrap();
         let (_, out, err) = pgbench(
@@ -118,7 +115,7 @@ fn run_workloads(write_ack: &str) {
             "{write_ack} {name}: nothing processed:\n{out}\n{err}"
         );
         // max()+1 races end in unique violations, as they do on one PostgreSQL.
-        if *name != "max_plus_one" {
+        if name != "max_plus_one" {
             assert!(
                 s.failed * 100 <= s.processed,
                 "{write_ack} {name}: {} of {} failed:\n{out}\n{err}",

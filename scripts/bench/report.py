@@ -328,6 +328,11 @@ def main():
          best(tps("relay_info", "connect", c), tps("relay_tx", "connect", c)), bp, 1.2)
     goal(f"select-only simple, {c} clients: pgmulti trace / pgmulti info",
          tps("relay_trace", "select", c), tps("relay_info", "select", c), 0.7)
+    if "repl_sync_base" in tmap:
+        base = meta.get("base", "base").split()[0]
+        for w in ("tpcb", "tpcb_prep"):
+            goal(f"{WORKLOAD_LABEL.get(w, w)}, {c} clients: pgmulti replication sync / the same at {base} (--base)",
+                 tps("repl_sync", w, c), tps("repl_sync_base", w, c), 0.9, div_flag("repl_sync", w, c))
     mem = {m["target"]: m for m in memory}
     try:
         pm = float(mem["pgmulti"]["kib_per_client"])
@@ -447,6 +452,42 @@ def main():
           "pgbench before every TPC-B run.\n")
     else:
         o("No replicated TPC-B run in this run.\n")
+
+    # --- concurrent writes ------------------------------------------------------------------
+    o("## Concurrent writes\n")
+    cw_path = os.path.join(W, "concurrency.tsv")
+    cw = read_tsv(cw_path) if os.path.exists(cw_path) else []
+    if cw:
+        names = list(dict.fromkeys(r["target"] for r in cw))
+        wls = list(dict.fromkeys(r["workload"] for r in cw))
+        by = {(r["target"], r["workload"]): r for r in cw}
+        o("The OLTP patterns whose outcome depends on what each node sees "
+          "(`scripts/bench/concurrency/workloads.txt`), each with fresh tables, `pgbench -c 8 -j 2 -T "
+          f"{meta.get('cw_duration', '?')} --max-tries 10`, then every node's tables compared directly "
+          "(count and md5 of all rows) and the proxy's `SHOW POOL_NODES` read. **identical**: every node "
+          "holds the same rows and is still attached; **DIVERGED**: the nodes differ; **DETACHED**: the proxy "
+          "took a node out; **hung**: pgbench did not finish within a minute of its run time. Cells: "
+          "verdict, transactions processed / failed / retried.\n")
+        o("| Workload | " + " | ".join(tmap[n]["label"] if n in tmap else n for n in names) + " |")
+        o("|---|" + "---|" * len(names))
+        for w in wls:
+            cells_ = []
+            for n in names:
+                r = by.get((n, w))
+                if not r:
+                    cells_.append("–")
+                    continue
+                v = r["verdict"]
+                v = f"**{v}**" if v.split()[0] in ("DIVERGED", "DETACHED", "hung", "refused") else v
+                cells_.append(f"{v}, {r['processed']} / {r['failed']} / {r['retried']}")
+            o(f"| {w} | " + " | ".join(cells_) + " |")
+        o("\npgpool-II runs as in the TPC-B runs (native replication, `replication_stop_on_mismatch = off`, "
+          "`failover_if_affected_tuples_mismatch = off`): it does not compare the nodes' results. pgmulti "
+          "replicates these statements by their effect on the lead (docs/replication.md, \"Writes whose "
+          "outcome depends on what a node sees\"). Failed transactions of max_plus_one are unique "
+          "violations, as on one PostgreSQL.\n")
+    else:
+        o("Not measured.\n")
 
     # --- memory --------------------------------------------------------------------------------
     o("## Memory: idle client connections\n")

@@ -53,6 +53,10 @@ pub struct Shape {
     pub current_of: bool,
     /// A SELECT anywhere (INSERT … SELECT, sub-selects).
     pub selects: bool,
+    /// Columns the WHERE clause pins to a constant (`col = 5`, `t.col = $1 + 2`), when it is
+    /// a plain AND of conditions on the row itself: no sub-select, no other table (FROM,
+    /// USING), no function call, no OR. Empty otherwise.
+    pub pinned: Vec<String>,
 }
 
 /// The shape of `statement` if it is a single UPDATE, DELETE or INSERT (not one under WITH).
@@ -134,6 +138,7 @@ pub fn shape(statement: &str) -> Option<Shape> {
         end: 0,
         current_of: false,
         selects: false,
+        pinned: Vec::new(),
     };
     if command == Command::Update {
         if !tokens.get(i)?.is_kw("SET") {
@@ -166,7 +171,89 @@ pub fn shape(statement: &str) -> Option<Shape> {
             s.current_of = true;
         }
     }
+    s.pinned = pinned_columns(&tokens, i);
     Some(s)
+}
+
+/// See `Shape::pinned`; `from` is the token after the target (and SET's assignments are
+/// among the tokens checked).
+fn pinned_columns(tokens: &[Token], from: usize) -> Vec<String> {
+    let rest = &tokens[from.min(tokens.len())..];
+    let plain = rest.iter().enumerate().all(|(n, t)| {
+        let call = t.is_name() && rest.get(n + 1).is_some_and(|t| t.is_punct(b'('));
+        !call
+            && !["SELECT", "FROM", "USING", "OR", "BETWEEN", "CURRENT"]
+                .iter()
+                .any(|k| t.is_kw(k))
+    });
+    let Some(at) = rest.iter().position(|t| t.is_kw("WHERE")).filter(|_| plain) else {
+        return Vec::new();
+    };
+    let mut pinned = Vec::new();
+    let mut depth = 0u32;
+    let mut start = at + 1;
+    for n in at + 1..=rest.len() {
+        let t = rest.get(n);
+        let end = match t {
+            None => true,
+            Some(t)
+                if depth == 0 && (t.is_kw("AND") || t.is_kw("RETURNING") || t.is_punct(b';')) =>
+            {
+                true
+            }
+            Some(t) => {
+                match t.kind {
+                    TokenKind::Punct(b'(') => depth += 1,
+                    TokenKind::Punct(b')') => depth = depth.saturating_sub(1),
+                    _ => {}
+                }
+                false
+            }
+        };
+        if end {
+            pinned.extend(pinned_by(&rest[start..n]));
+            start = n + 1;
+            if t.is_some_and(|t| !t.is_kw("AND")) {
+                break;
+            }
+        }
+    }
+    pinned
+}
+
+/// The column a condition `col = constant` (or `constant = t.col`) pins.
+fn pinned_by(cond: &[Token]) -> Option<String> {
+    let eq = cond
+        .iter()
+        .position(|t| t.kind == TokenKind::Operator && t.text == "=")?;
+    let column = |side: &[Token]| -> Option<String> {
+        match side {
+            [c] if c.is_name() => Some(fold(c.text)),
+            [_, dot, c] if dot.is_punct(b'.') && c.is_name() => Some(fold(c.text)),
+            _ => None,
+        }
+    };
+    let constant = |side: &[Token]| {
+        !side.is_empty()
+            && side.iter().enumerate().all(|(n, t)| {
+                matches!(
+                    t.kind,
+                    TokenKind::Number
+                        | TokenKind::String
+                        | TokenKind::Param
+                        | TokenKind::Operator
+                        | TokenKind::Cast
+                ) || t.is_punct(b'(')
+                    || t.is_punct(b')')
+                    || (t.kind == TokenKind::Ident && n > 0 && side[n - 1].kind == TokenKind::Cast)
+            })
+    };
+    let (left, right) = (&cond[..eq], &cond[eq + 1..]);
+    match (column(left), column(right)) {
+        (Some(c), _) if constant(right) => Some(c),
+        (_, Some(c)) if constant(left) => Some(c),
+        _ => None,
+    }
 }
 
 /// The folded target columns of an UPDATE's assignments (tokens after SET) and the offset
@@ -303,10 +390,32 @@ fn row_digest(md5_hex: &[u8]) -> Result<i128, String> {
 /// How `statement` (already rewritten for non-determinism) must be replicated, given its
 /// table. `Ok(None)`: as written. Refused when a trigger on the table calls a
 /// non-deterministic function.
-pub fn plan(statement: &str, info: &TableInfo) -> Result<Option<Effects>, Refusal> {
-    let Some(shape) = shape(statement) else {
-        return Ok(None);
-    };
+///
+/// `in_transaction`: the client's transaction is open, so a disagreement only fails it.
+/// There an UPDATE/DELETE that pins every primary-key column to a constant and otherwise
+/// looks only at the row itself (`UPDATE accounts SET bal = bal - 7 WHERE id = 3 AND
+/// bal >= 7`, TPC-B's statements) runs as written: the lead's row lock gives every node the
+/// same row version, and the one race left — the row inserted or deleted by a transaction
+/// that has committed on the replicas but not yet on the lead — changes the row count,
+/// which the vote sees.
+pub fn plan(
+    statement: &str,
+    info: &TableInfo,
+    in_transaction: bool,
+) -> Result<Option<Effects>, Refusal> {
+    match shape(statement) {
+        Some(shape) => plan_shape(statement, shape, info, in_transaction),
+        None => Ok(None),
+    }
+}
+
+/// `plan` for a statement whose `shape` is known already.
+pub fn plan_shape(
+    statement: &str,
+    shape: Shape,
+    info: &TableInfo,
+    in_transaction: bool,
+) -> Result<Option<Effects>, Refusal> {
     let event = match shape.command {
         Command::Update => 'U',
         Command::Delete => 'D',
@@ -322,6 +431,10 @@ pub fn plan(statement: &str, info: &TableInfo) -> Result<Option<Effects>, Refusa
         });
     }
     if !info.exists || shape.current_of || (shape.command == Command::Insert && !shape.selects) {
+        return Ok(None);
+    }
+    let keyed = !info.key.is_empty() && info.key.iter().all(|k| shape.pinned.contains(k));
+    if keyed && in_transaction && info.triggers.is_empty() && shape.command != Command::Insert {
         return Ok(None);
     }
     let typed = |names: &[String]| -> Option<Vec<(String, String)>> {
@@ -386,6 +499,30 @@ impl Effects {
         let mine = "RETURNING md5(ROW(pgm_t.*)::text) AS h";
         let body = match &self.apply {
             _ if lead.count == 0 && self.apply != Apply::Rerun => return "SELECT 1".into(),
+            Apply::ByKey { keys, values } if lead.rows.len() == 1 => {
+                // One row (the usual OLTP case): no join for the planner to consider.
+                let row = &lead.rows[0];
+                // SET names a column without the alias, WHERE with it.
+                let assign =
+                    |columns: &[(String, String)], values: &[Option<String>], alias, sep| {
+                        columns
+                            .iter()
+                            .zip(values)
+                            .map(|((c, ty), v)| {
+                                format!("{alias}{} = {}", quote(c), typed(v.as_deref(), ty))
+                            })
+                            .collect::<Vec<_>>()
+                            .join(sep)
+                    };
+                let matches = assign(keys, &row[..keys.len()], "pgm_t.", " AND ");
+                let target = &self.shape.target;
+                if self.shape.command == Command::Delete {
+                    format!("DELETE FROM {target} AS pgm_t WHERE {matches} {mine}")
+                } else {
+                    let sets = assign(values, &row[keys.len()..], "", ", ");
+                    format!("UPDATE {target} AS pgm_t SET {sets} WHERE {matches} {mine}")
+                }
+            }
             Apply::ByKey { keys, values } => {
                 let columns: Vec<&(String, String)> = keys.iter().chain(values).collect();
                 let names = columns
@@ -553,7 +690,7 @@ mod tests {
     #[test]
     fn a_queue_claim_is_decided_by_the_lead_and_applied_by_key() {
         let sql = "UPDATE jobs SET status = 'running', worker = 3 WHERE id = (SELECT min(id) FROM jobs WHERE status = 'new')";
-        let e = plan(sql, &jobs()).unwrap().unwrap();
+        let e = plan(sql, &jobs(), false).unwrap().unwrap();
         assert_eq!(
             e.lead_sql,
             format!("{sql} RETURNING jobs.\"id\", jobs.\"status\", jobs.\"worker\", md5(ROW(jobs.*)::text)")
@@ -566,12 +703,24 @@ mod tests {
         assert_eq!(lead.digest, -1);
         assert_eq!(
             e.replica_sql(&lead),
-            "WITH pgm_w AS (UPDATE jobs AS pgm_t SET \"status\" = pgm_v.\"status\", \"worker\" = pgm_v.\"worker\" \
-             FROM (VALUES (CAST(E'7' AS integer), CAST(E'it''s' AS text), CAST(NULL AS integer))) AS pgm_v(\"id\", \"status\", \"worker\") \
-             WHERE pgm_t.\"id\" = pgm_v.\"id\" RETURNING md5(ROW(pgm_t.*)::text) AS h) \
+            "WITH pgm_w AS (UPDATE jobs AS pgm_t SET \"status\" = CAST(E'it''s' AS text), \"worker\" = CAST(NULL AS integer) \
+             WHERE pgm_t.\"id\" = CAST(E'7' AS integer) RETURNING md5(ROW(pgm_t.*)::text) AS h) \
              SELECT CASE WHEN count(*) = 1 AND coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint), 0) = -1 THEN 1 \
              ELSE CAST('pgmulti: this node changed other rows than the lead: ' || count(*) AS int) END FROM pgm_w"
         );
+        // Several rows: joined with a VALUES list.
+        let two = rows(
+            &[
+                &[Some("7"), Some("a"), None],
+                &[Some("8"), Some("b"), Some("1")],
+            ],
+            &["0000000000000000", "0000000000000000"],
+        );
+        assert!(e.replica_sql(&two).starts_with(
+            "WITH pgm_w AS (UPDATE jobs AS pgm_t SET \"status\" = pgm_v.\"status\", \"worker\" = pgm_v.\"worker\" \
+             FROM (VALUES (CAST(E'7' AS integer), CAST(E'a' AS text), CAST(NULL AS integer)), (CAST(E'8' AS integer), CAST(E'b' AS text), CAST(E'1' AS integer))) \
+             AS pgm_v(\"id\", \"status\", \"worker\") WHERE pgm_t.\"id\" = pgm_v.\"id\" RETURNING"
+        ));
         assert_eq!(e.replica_sql(&LeadRows::default()), "SELECT 1");
         let error = "invalid input syntax for type integer: \"pgmulti: this node changed other rows than the lead: 12\"";
         assert_eq!(failed_check(error), Some(12));
@@ -583,6 +732,7 @@ mod tests {
         let e = plan(
             "DELETE FROM jobs j WHERE status = 'done' RETURNING j.worker;",
             &jobs(),
+            false,
         )
         .unwrap()
         .unwrap();
@@ -607,9 +757,13 @@ mod tests {
             columns: vec![("n".into(), "bigint".into())],
             ..Default::default()
         };
-        let e = plan("UPDATE total SET n = (SELECT count(*) FROM ev)", &total)
-            .unwrap()
-            .unwrap();
+        let e = plan(
+            "UPDATE total SET n = (SELECT count(*) FROM ev)",
+            &total,
+            false,
+        )
+        .unwrap()
+        .unwrap();
         let same = rows(
             &[&[Some("42")], &[Some("42")]],
             &["0000000000000001", "0000000000000001"],
@@ -628,36 +782,74 @@ mod tests {
 
     #[test]
     fn reruns_inserts_that_select_and_refuses_volatile_triggers() {
-        let e = plan("INSERT INTO jobs SELECT max(id) + 1 FROM jobs", &jobs())
-            .unwrap()
-            .unwrap();
+        let e = plan(
+            "INSERT INTO jobs SELECT max(id) + 1 FROM jobs",
+            &jobs(),
+            false,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(e.hidden, 1);
         assert!(e.replica_sql(&rows(&[&[]], &["0000000000000005"])).starts_with(
             "WITH pgm_w AS (INSERT INTO jobs SELECT max(id) + 1 FROM jobs RETURNING md5(ROW(jobs.*)::text) AS h)"
         ));
-        assert_eq!(plan("INSERT INTO jobs VALUES (1)", &jobs()), Ok(None));
+        assert_eq!(
+            plan("INSERT INTO jobs VALUES (1)", &jobs(), false),
+            Ok(None)
+        );
         let mut stamped = jobs();
         stamped
             .triggers
             .push(("stamp".into(), "IU".into(), "clock_timestamp()".into()));
-        let refused = plan("INSERT INTO jobs VALUES (1)", &stamped).unwrap_err();
+        let refused = plan("INSERT INTO jobs VALUES (1)", &stamped, false).unwrap_err();
         assert!(refused
             .message
             .contains("trigger \"stamp\" on jobs calls clock_timestamp()"));
         assert_eq!(
-            plan("DELETE FROM jobs", &stamped).map(|e| e.is_some()),
+            plan("DELETE FROM jobs", &stamped, false).map(|e| e.is_some()),
             Ok(true)
         );
     }
 
     #[test]
+    fn keyed_statements_in_a_transaction_run_as_written() {
+        let accounts = TableInfo {
+            exists: true,
+            columns: vec![
+                ("aid".into(), "integer".into()),
+                ("abalance".into(), "integer".into()),
+            ],
+            key: vec!["aid".into()],
+            ..Default::default()
+        };
+        for sql in [
+            "UPDATE accounts SET abalance = abalance + -1234 WHERE aid = 77;",
+            "UPDATE accounts a SET abalance = abalance - 7 WHERE a.aid = 1 + 12345 % 20 AND abalance >= 7",
+            "DELETE FROM accounts WHERE $1::int = aid RETURNING abalance",
+        ] {
+            assert_eq!(plan(sql, &accounts, true), Ok(None), "{sql}");
+            assert!(plan(sql, &accounts, false).unwrap().is_some(), "{sql}: autocommit");
+        }
+        for sql in [
+            "UPDATE accounts SET abalance = 0 WHERE aid = 1 OR aid = 2",
+            "UPDATE accounts SET abalance = (SELECT 1) WHERE aid = 1",
+            "UPDATE accounts SET abalance = f(abalance) WHERE aid = 1",
+            "UPDATE accounts SET abalance = 0 WHERE aid = abalance",
+            "UPDATE accounts SET abalance = 0 WHERE aid > 1",
+            "DELETE FROM accounts USING b WHERE aid = 1",
+        ] {
+            assert!(plan(sql, &accounts, true).unwrap().is_some(), "{sql}");
+        }
+    }
+
+    #[test]
     fn updating_the_key_is_rerun() {
-        let e = plan("UPDATE jobs SET id = id + 1", &jobs())
+        let e = plan("UPDATE jobs SET id = id + 1", &jobs(), false)
             .unwrap()
             .unwrap();
         assert_eq!(e.apply, Apply::Rerun);
         assert_eq!(
-            plan("UPDATE nope SET a = 1", &TableInfo::default()),
+            plan("UPDATE nope SET a = 1", &TableInfo::default(), false),
             Ok(None)
         );
     }

@@ -1777,11 +1777,13 @@ impl Session {
         let single = statements.clone().nth(1).is_none();
         let mut found = None;
         for statement in statements.by_ref() {
-            let Some(info) = effects::shape(statement).and_then(|s| self.repl.tables.get(&s.key))
-            else {
+            let Some(shape) = effects::shape(statement) else {
                 continue;
             };
-            let e = effects::plan(statement, info)?;
+            let Some(info) = self.repl.tables.get(&shape.key) else {
+                continue;
+            };
+            let e = effects::plan_shape(statement, shape, info, self.repl.tx.view.open)?;
             if single {
                 found = e;
             }
