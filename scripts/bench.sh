@@ -115,15 +115,17 @@ define_targets() {
     add_target relay_tx    pgmulti no  "select connect"                            "pgmulti relay, transaction pooling → node 0" start_pgmulti relay_tx info
     add_target relay_trace pgmulti no  "select select_prep connect"                "pgmulti relay → node 0 (log trace)" start_pgmulti relay trace
     add_target repl_sync   pgmulti yes "select select_prep tpcb tpcb_prep connect" "pgmulti replication sync, 3 nodes" start_pgmulti replication info sync
+    # Right after repl_sync, so that every round runs the two back to back (a run right
+    # after the two-phase target, for one, is slowed by its I/O).
+    if [ -n "$PGMULTI_BASE" ]; then
+        add_target repl_sync_base pgmulti yes "tpcb tpcb_prep" "pgmulti $PGMULTI_BASE_REV (--base) replication sync, 3 nodes" start_pgmulti replication info sync
+        T_BIN[repl_sync_base]=$PGMULTI_BASE
+    fi
     add_target repl_async  pgmulti yes "select select_prep tpcb tpcb_prep connect" "pgmulti replication async, 3 nodes" start_pgmulti replication info async
     # Cells a target can't run, with the reason shown in the report.
     na_note pgb_tx select_prep "PgBouncer 1.18 transaction pooling does not support prepared statements (PgBouncer 1.21+ does)"
     # Two-phase commit changes only what a COMMIT does: reads run as with repl_sync.
     add_target repl_2pc    pgmulti yes "tpcb tpcb_prep"                            "pgmulti replication sync, two_phase commit, 3 nodes" start_pgmulti replication info sync two_phase
-    if [ -n "$PGMULTI_BASE" ]; then
-        add_target repl_sync_base pgmulti yes "tpcb tpcb_prep" "pgmulti $PGMULTI_BASE_REV (--base) replication sync, 3 nodes" start_pgmulti replication info sync
-        T_BIN[repl_sync_base]=$PGMULTI_BASE
-    fi
 }
 
 # Workloads: pgbench options (-n: no vacuum before select-only runs; TPC-B runs keep pgbench's

@@ -398,6 +398,24 @@ mod tests {
     }
 
     #[test]
+    fn a_node_is_at_fault_only_after_disagreeing_again_and_again() {
+        let mut c = cluster(&[1.0, 1.0, 1.0]);
+        // Two races, then an agreement: the run starts over.
+        assert!(c.disagreed(&[2], &[0, 1]).is_empty());
+        assert!(c.disagreed(&[2], &[0, 1]).is_empty());
+        c.agreed(&[0, 1, 2]);
+        assert!(c.disagreed(&[2], &[0, 1]).is_empty());
+        assert!(c.disagreed(&[2], &[0, 1]).is_empty());
+        assert_eq!(c.disagreed(&[2], &[0, 1]), vec![2]);
+        // Never every live node, whoever disagreed.
+        let mut two = cluster(&[1.0, 1.0]);
+        assert!(two.detach(1, "test"));
+        for _ in 0..DISAGREEMENTS_BEFORE_DETACH {
+            assert!(two.disagreed(&[0], &[]).is_empty());
+        }
+    }
+
+    #[test]
     fn lead_is_lowest_live_id() {
         let mut c = cluster(&[1.0, 1.0, 1.0]);
         assert_eq!(c.lead(), Some(0));
