@@ -354,13 +354,24 @@ pub struct Effects {
 }
 
 /// The hidden columns of the rows the lead returned: the values of `Apply` (text, None for
-/// NULL) per row, the row count and the digest of row images.
+/// NULL) per row, up to `KEEP_ROWS` rows and `KEEP_BYTES` of values; the row count and the
+/// digest of row images of all of them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LeadRows {
     pub rows: Vec<Vec<Option<String>>>,
     pub count: u64,
     pub digest: i128,
+    /// More rows than are kept: the replicas re-run the statement (checked as always).
+    pub overflow: bool,
+    /// Every row had the values of the first (`Apply::Uniform`).
+    pub uniform: bool,
+    bytes: usize,
 }
+
+/// A bulk UPDATE or DELETE beyond this many rows (or bytes of values) is not applied by key:
+/// the replicas re-run it, and check count and digest. Bounds pgmulti's memory per statement.
+const KEEP_ROWS: usize = 10_000;
+const KEEP_BYTES: usize = 4 << 20;
 
 impl LeadRows {
     /// Take one returned row's hidden columns: values, then the row image's md5 (hex).
@@ -368,11 +379,25 @@ impl LeadRows {
         let (md5, values) = hidden.split_last().ok_or("no hidden column")?;
         self.digest += row_digest(md5.unwrap_or_default())?;
         self.count += 1;
-        if !values.is_empty() {
-            let row = values
-                .iter()
-                .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
-                .collect();
+        if values.is_empty() || self.overflow {
+            return Ok(());
+        }
+        let row: Vec<Option<String>> = values
+            .iter()
+            .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
+            .collect();
+        self.uniform = match self.rows.first() {
+            None => true,
+            Some(first) => self.uniform && *first == row,
+        };
+        self.bytes += values
+            .iter()
+            .map(|v| v.map_or(0, <[u8]>::len))
+            .sum::<usize>();
+        if self.rows.len() >= KEEP_ROWS || self.bytes > KEEP_BYTES {
+            self.overflow = true;
+            self.rows = Vec::new();
+        } else {
             self.rows.push(row);
         }
         Ok(())
@@ -497,8 +522,15 @@ impl Effects {
     pub fn replica_sql(&self, lead: &LeadRows) -> String {
         let returning = format!("RETURNING md5(ROW({}.*)::text) AS h", self.shape.row);
         let mine = "RETURNING md5(ROW(pgm_t.*)::text) AS h";
+        let rerun = || {
+            format!(
+                "{} {returning}",
+                self.statement[..self.shape.returning.unwrap_or(self.shape.end)].trim_end()
+            )
+        };
         let body = match &self.apply {
             _ if lead.count == 0 && self.apply != Apply::Rerun => return "SELECT 1".into(),
+            _ if lead.overflow => rerun(),
             Apply::ByKey { keys, values } if lead.rows.len() == 1 => {
                 // One row (the usual OLTP case): no join for the planner to consider.
                 let row = &lead.rows[0];
@@ -556,7 +588,7 @@ impl Effects {
                     )
                 }
             }
-            Apply::Uniform { values } if lead.rows.iter().all(|r| *r == lead.rows[0]) => {
+            Apply::Uniform { values } if lead.uniform => {
                 let (start, end) = self.shape.set.unwrap_or_default();
                 let sets = values
                     .iter()
@@ -569,10 +601,7 @@ impl Effects {
                 let gap = if tail.is_empty() { "" } else { " " };
                 format!("{}{sets}{gap}{tail} {returning}", &self.statement[..start])
             }
-            _ => format!(
-                "{} {returning}",
-                self.statement[..self.shape.returning.unwrap_or(self.shape.end)].trim_end()
-            ),
+            _ => rerun(),
         };
         format!(
             "WITH pgm_w AS ({body}) SELECT CASE WHEN count(*) = {} AND coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint), 0) = {} THEN 1 ELSE CAST('{CHECK_FAILED}' || count(*) AS int) END FROM pgm_w",
@@ -840,6 +869,29 @@ mod tests {
         ] {
             assert!(plan(sql, &accounts, true).unwrap().is_some(), "{sql}");
         }
+    }
+
+    #[test]
+    fn a_bulk_write_is_rerun_and_checked() {
+        let e = plan("DELETE FROM jobs WHERE status = 'old'", &jobs(), false)
+            .unwrap()
+            .unwrap();
+        let mut lead = LeadRows::default();
+        for id in 0..=KEEP_ROWS {
+            let id = id.to_string();
+            lead.add(&[Some(id.as_bytes()), Some(b"0000000000000001".as_slice())])
+                .unwrap();
+        }
+        assert!(lead.overflow && lead.rows.is_empty());
+        let sql = e.replica_sql(&lead);
+        assert!(
+            sql.starts_with("WITH pgm_w AS (DELETE FROM jobs WHERE status = 'old' RETURNING md5(ROW(jobs.*)::text) AS h)"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains(&format!("count(*) = {} AND", KEEP_ROWS + 1)),
+            "{sql}"
+        );
     }
 
     #[test]
