@@ -864,6 +864,14 @@ for ((round = 1; round <= ROUNDS; round++)); do
                 [ -z "${T_SKIP[$t]:-}" ] && [[ " ${T_WORK[$t]} " == *" $w "* ]] && list+=("$t")
             done
             k=${#list[@]}
+            # repl_sync and its --base twin run back to back; which goes first alternates.
+            if [ $((round % 2)) = 0 ]; then
+                for ((i = 0; i + 1 < k; i++)); do
+                    if [ "${list[$i]}" = repl_sync ] && [ "${list[$((i + 1))]}" = repl_sync_base ]; then
+                        list[$i]=repl_sync_base list[$((i + 1))]=repl_sync
+                    fi
+                done
+            fi
             for ((i = 0; i < k; i++)); do
                 run_one "$round" "${list[$(((i + round - 1) % k))]}" "$w" "$c"
             done
