@@ -337,6 +337,9 @@ enum Apply {
     Uniform { values: Vec<(String, String)> },
     /// The statement itself.
     Rerun,
+    /// The statement as written, unchecked, when the lead changed its one row; nothing
+    /// when it changed none (see `plan_shape`).
+    Keyed,
 }
 
 /// One write statement replicated by its effect (see the module comment).
@@ -416,20 +419,14 @@ fn row_digest(md5_hex: &[u8]) -> Result<i128, String> {
 /// table. `Ok(None)`: as written. Refused when a trigger on the table calls a
 /// non-deterministic function.
 ///
-/// `in_transaction`: the client's transaction is open, so a disagreement only fails it.
-/// There an UPDATE/DELETE that pins every primary-key column to a constant and otherwise
-/// looks only at the row itself (`UPDATE accounts SET bal = bal - 7 WHERE id = 3 AND
-/// bal >= 7`, TPC-B's statements) runs as written: the lead's row lock gives every node the
-/// same row version, and the one race left — the row inserted or deleted by a transaction
-/// that has committed on the replicas but not yet on the lead — changes the row count,
-/// which the vote sees.
-pub fn plan(
-    statement: &str,
-    info: &TableInfo,
-    in_transaction: bool,
-) -> Result<Option<Effects>, Refusal> {
+/// An UPDATE/DELETE that pins every primary-key column to a constant and otherwise looks
+/// only at the row itself (`UPDATE accounts SET bal = bal - 7 WHERE id = 3 AND bal >= 7`,
+/// TPC-B's statements) is `Apply::Keyed`: it names at most one row, and if the lead changed
+/// it, the lead holds its lock until after every replica has run the statement, so every
+/// node has the same version of it and the statement as written does the same there.
+pub fn plan(statement: &str, info: &TableInfo) -> Result<Option<Effects>, Refusal> {
     match shape(statement) {
-        Some(shape) => plan_shape(statement, shape, info, in_transaction),
+        Some(shape) => plan_shape(statement, shape, info),
         None => Ok(None),
     }
 }
@@ -439,7 +436,6 @@ pub fn plan_shape(
     statement: &str,
     shape: Shape,
     info: &TableInfo,
-    in_transaction: bool,
 ) -> Result<Option<Effects>, Refusal> {
     let event = match shape.command {
         Command::Update => 'U',
@@ -459,8 +455,15 @@ pub fn plan_shape(
         return Ok(None);
     }
     let keyed = !info.key.is_empty() && info.key.iter().all(|k| shape.pinned.contains(k));
-    if keyed && in_transaction && info.triggers.is_empty() && shape.command != Command::Insert {
-        return Ok(None);
+    if keyed && info.triggers.is_empty() && shape.command != Command::Insert {
+        return Ok(Some(Effects {
+            lead_sql: statement.to_string(),
+            hidden: 0,
+            client_returning: shape.returning.is_some(),
+            statement: statement.to_string(),
+            shape,
+            apply: Apply::Keyed,
+        }));
     }
     let typed = |names: &[String]| -> Option<Vec<(String, String)>> {
         names
@@ -487,7 +490,7 @@ pub fn plan_shape(
     let hidden_values: Vec<&(String, String)> = match &apply {
         Apply::ByKey { keys, values } => keys.iter().chain(values).collect(),
         Apply::Uniform { values } => values.iter().collect(),
-        Apply::Rerun => Vec::new(),
+        Apply::Rerun | Apply::Keyed => Vec::new(),
     };
     let row = &shape.row;
     let mut lead_sql = String::with_capacity(statement.len() + 64);
@@ -518,6 +521,13 @@ impl Effects {
         self.apply == Apply::Rerun
     }
 
+    /// The replicas run the statement as written when the lead changed a row (its answer
+    /// is compared as usual), nothing otherwise. `LeadRows::count` must be the lead's row
+    /// count (this statement returns no hidden columns).
+    pub fn keyed(&self) -> bool {
+        self.apply == Apply::Keyed
+    }
+
     /// What every replica runs, once the lead has returned `lead`'s rows.
     pub fn replica_sql(&self, lead: &LeadRows) -> String {
         let returning = format!("RETURNING md5(ROW({}.*)::text) AS h", self.shape.row);
@@ -530,6 +540,7 @@ impl Effects {
         };
         let body = match &self.apply {
             _ if lead.count == 0 && self.apply != Apply::Rerun => return "SELECT 1".into(),
+            Apply::Keyed => return self.statement.clone(),
             _ if lead.overflow => rerun(),
             Apply::ByKey { keys, values } if lead.rows.len() == 1 => {
                 // One row (the usual OLTP case): no join for the planner to consider.
@@ -719,7 +730,7 @@ mod tests {
     #[test]
     fn a_queue_claim_is_decided_by_the_lead_and_applied_by_key() {
         let sql = "UPDATE jobs SET status = 'running', worker = 3 WHERE id = (SELECT min(id) FROM jobs WHERE status = 'new')";
-        let e = plan(sql, &jobs(), false).unwrap().unwrap();
+        let e = plan(sql, &jobs()).unwrap().unwrap();
         assert_eq!(
             e.lead_sql,
             format!("{sql} RETURNING jobs.\"id\", jobs.\"status\", jobs.\"worker\", md5(ROW(jobs.*)::text)")
@@ -761,7 +772,6 @@ mod tests {
         let e = plan(
             "DELETE FROM jobs j WHERE status = 'done' RETURNING j.worker;",
             &jobs(),
-            false,
         )
         .unwrap()
         .unwrap();
@@ -786,13 +796,9 @@ mod tests {
             columns: vec![("n".into(), "bigint".into())],
             ..Default::default()
         };
-        let e = plan(
-            "UPDATE total SET n = (SELECT count(*) FROM ev)",
-            &total,
-            false,
-        )
-        .unwrap()
-        .unwrap();
+        let e = plan("UPDATE total SET n = (SELECT count(*) FROM ev)", &total)
+            .unwrap()
+            .unwrap();
         let same = rows(
             &[&[Some("42")], &[Some("42")]],
             &["0000000000000001", "0000000000000001"],
@@ -811,37 +817,30 @@ mod tests {
 
     #[test]
     fn reruns_inserts_that_select_and_refuses_volatile_triggers() {
-        let e = plan(
-            "INSERT INTO jobs SELECT max(id) + 1 FROM jobs",
-            &jobs(),
-            false,
-        )
-        .unwrap()
-        .unwrap();
+        let e = plan("INSERT INTO jobs SELECT max(id) + 1 FROM jobs", &jobs())
+            .unwrap()
+            .unwrap();
         assert_eq!(e.hidden, 1);
         assert!(e.replica_sql(&rows(&[&[]], &["0000000000000005"])).starts_with(
             "WITH pgm_w AS (INSERT INTO jobs SELECT max(id) + 1 FROM jobs RETURNING md5(ROW(jobs.*)::text) AS h)"
         ));
-        assert_eq!(
-            plan("INSERT INTO jobs VALUES (1)", &jobs(), false),
-            Ok(None)
-        );
+        assert_eq!(plan("INSERT INTO jobs VALUES (1)", &jobs()), Ok(None));
         let mut stamped = jobs();
         stamped
             .triggers
             .push(("stamp".into(), "IU".into(), "clock_timestamp()".into()));
-        let refused = plan("INSERT INTO jobs VALUES (1)", &stamped, false).unwrap_err();
+        let refused = plan("INSERT INTO jobs VALUES (1)", &stamped).unwrap_err();
         assert!(refused
             .message
             .contains("trigger \"stamp\" on jobs calls clock_timestamp()"));
         assert_eq!(
-            plan("DELETE FROM jobs", &stamped, false).map(|e| e.is_some()),
+            plan("DELETE FROM jobs", &stamped).map(|e| e.is_some()),
             Ok(true)
         );
     }
 
     #[test]
-    fn keyed_statements_in_a_transaction_run_as_written() {
+    fn keyed_statements_run_as_written_when_the_lead_changed_their_row() {
         let accounts = TableInfo {
             exists: true,
             columns: vec![
@@ -851,13 +850,19 @@ mod tests {
             key: vec!["aid".into()],
             ..Default::default()
         };
+        let one = LeadRows {
+            count: 1,
+            ..Default::default()
+        };
         for sql in [
-            "UPDATE accounts SET abalance = abalance + -1234 WHERE aid = 77;",
+            "UPDATE accounts SET abalance = abalance + -1234 WHERE aid = 77",
             "UPDATE accounts a SET abalance = abalance - 7 WHERE a.aid = 1 + 12345 % 20 AND abalance >= 7",
             "DELETE FROM accounts WHERE $1::int = aid RETURNING abalance",
         ] {
-            assert_eq!(plan(sql, &accounts, true), Ok(None), "{sql}");
-            assert!(plan(sql, &accounts, false).unwrap().is_some(), "{sql}: autocommit");
+            let e = plan(sql, &accounts).unwrap().unwrap();
+            assert!(e.keyed() && e.hidden == 0 && e.lead_sql == sql, "{sql}");
+            assert_eq!(e.replica_sql(&one), sql);
+            assert_eq!(e.replica_sql(&LeadRows::default()), "SELECT 1", "{sql}");
         }
         for sql in [
             "UPDATE accounts SET abalance = 0 WHERE aid = 1 OR aid = 2",
@@ -867,13 +872,13 @@ mod tests {
             "UPDATE accounts SET abalance = 0 WHERE aid > 1",
             "DELETE FROM accounts USING b WHERE aid = 1",
         ] {
-            assert!(plan(sql, &accounts, true).unwrap().is_some(), "{sql}");
+            assert!(!plan(sql, &accounts).unwrap().unwrap().keyed(), "{sql}");
         }
     }
 
     #[test]
     fn a_bulk_write_is_rerun_and_checked() {
-        let e = plan("DELETE FROM jobs WHERE status = 'old'", &jobs(), false)
+        let e = plan("DELETE FROM jobs WHERE status = 'old'", &jobs())
             .unwrap()
             .unwrap();
         let mut lead = LeadRows::default();
@@ -896,12 +901,12 @@ mod tests {
 
     #[test]
     fn updating_the_key_is_rerun() {
-        let e = plan("UPDATE jobs SET id = id + 1", &jobs(), false)
+        let e = plan("UPDATE jobs SET id = id + 1", &jobs())
             .unwrap()
             .unwrap();
         assert_eq!(e.apply, Apply::Rerun);
         assert_eq!(
-            plan("UPDATE nope SET a = 1", &TableInfo::default(), false),
+            plan("UPDATE nope SET a = 1", &TableInfo::default()),
             Ok(None)
         );
     }

@@ -690,7 +690,7 @@ impl Session {
             return Ok(());
         }
         if main && matches!(tag, b'T' | b'D') {
-            if let Some(fx) = r.effects.as_mut() {
+            if let Some(fx) = r.effects.as_mut().filter(|fx| fx.effects.hidden > 0) {
                 // The rows of a write replicated by its effect: the lead's hidden columns are
                 // kept, the client gets the rest if it asked for rows; a replica's check row
                 // is nobody's.
@@ -857,6 +857,17 @@ impl Session {
                             }
                             match r.effects.as_mut().filter(|_| id != r.lead) {
                                 Some(fx) => {
+                                    let lead_outcome = r
+                                        .answers
+                                        .iter()
+                                        .find(|(n, _)| *n == r.lead)
+                                        .and_then(|(_, o)| o.last().cloned());
+                                    if fx.effects.keyed() {
+                                        fx.lead.count = match lead_outcome {
+                                            Some(Outcome::Complete(Some(n))) => n,
+                                            _ => 0,
+                                        };
+                                    }
                                     let lead = &fx.lead;
                                     let effects = &fx.effects;
                                     out.extend_from_slice(fx.replica.get_or_insert_with(|| {
@@ -864,11 +875,9 @@ impl Session {
                                         frontend::query(&mut m, &effects.replica_sql(lead));
                                         m
                                     }));
-                                    checked = r
-                                        .answers
-                                        .iter()
-                                        .find(|(n, _)| *n == r.lead)
-                                        .and_then(|(_, o)| o.last().cloned());
+                                    // A keyed statement run as written answers for itself.
+                                    let as_written = effects.keyed() && lead.count > 0;
+                                    checked = lead_outcome.filter(|_| !as_written);
                                 }
                                 None => out.extend_from_slice(&r.main),
                             }
@@ -1783,7 +1792,7 @@ impl Session {
             let Some(info) = self.repl.tables.get(&shape.key) else {
                 continue;
             };
-            let e = effects::plan_shape(statement, shape, info, self.repl.tx.view.open)?;
+            let e = effects::plan_shape(statement, shape, info)?;
             if single {
                 found = e;
             }
