@@ -7,7 +7,7 @@
 //! Sequence defaults (SERIAL, IDENTITY) are left alone: the ordering lock handles them.
 
 use super::classify::classify;
-use super::lexer::{fold_ident, Lexer, Token, TokenKind, NAMEDATALEN};
+use super::lexer::{fold_ident, qualified_name, Lexer, Token, TokenKind, NAMEDATALEN};
 
 /// Where an INSERT statement can take extra columns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,26 +38,7 @@ pub struct VolatileDefault {
 pub fn insert_shape(statement: &str, offset: usize) -> Option<InsertShape> {
     let tokens: Vec<Token> = Lexer::new(statement).collect();
     let into = tokens.iter().position(|t| t.is_kw("INTO"))?;
-    let mut i = into + 1;
-    let mut table = String::new();
-    let mut key = String::new();
-    loop {
-        let t = tokens.get(i)?;
-        if !matches!(t.kind, TokenKind::Ident | TokenKind::QuotedIdent) {
-            return None;
-        }
-        table.push_str(t.text);
-        let mut buf = [0u8; NAMEDATALEN];
-        key.push_str(fold_ident(t.text, &mut buf));
-        i += 1;
-        if tokens.get(i).is_some_and(|t| t.is_punct(b'.')) {
-            table.push('.');
-            key.push('.');
-            i += 1;
-        } else {
-            break;
-        }
-    }
+    let (table, key, _, mut i) = qualified_name(&tokens, into + 1)?;
     if tokens.get(i).is_some_and(|t| t.is_kw("AS")) {
         i += 2;
     }

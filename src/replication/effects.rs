@@ -21,7 +21,7 @@
 //! unique conflicts wait on the lead) and runs as written. Pure logic, no I/O.
 
 use super::catalog::TableInfo;
-use super::lexer::{fold_ident, Lexer, Token, TokenKind, NAMEDATALEN};
+use super::lexer::{fold_ident, qualified_name, Lexer, Token, TokenKind, NAMEDATALEN};
 use super::request::Refusal;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,27 +76,8 @@ pub fn shape(statement: &str) -> Option<Shape> {
     if command != Command::Insert && tokens.get(i)?.is_kw("ONLY") {
         i += 1;
     }
-    let mut table = String::new();
-    let mut key = String::new();
-    let mut last;
-    loop {
-        let t = tokens.get(i)?;
-        if !t.is_name() {
-            return None;
-        }
-        table.push_str(t.text);
-        let mut buf = [0u8; NAMEDATALEN];
-        key.push_str(fold_ident(t.text, &mut buf));
-        last = t.text;
-        i += 1;
-        if tokens.get(i).is_some_and(|t| t.is_punct(b'.')) {
-            table.push('.');
-            key.push('.');
-            i += 1;
-        } else {
-            break;
-        }
-    }
+    let (table, key, last, next) = qualified_name(&tokens, i)?;
+    i = next;
     if tokens
         .get(i)
         .is_some_and(|t| t.kind == TokenKind::Operator && t.text == "*")

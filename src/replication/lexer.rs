@@ -463,6 +463,30 @@ impl<'a> Iterator for Lexer<'a> {
     }
 }
 
+/// A possibly qualified name (`schema.table`) starting at `tokens[at]`: as written (quotes
+/// kept), folded as PostgreSQL resolves it, its last part as written, and the index of the
+/// token after it. None if no name starts there.
+pub fn qualified_name<'a>(
+    tokens: &[Token<'a>],
+    at: usize,
+) -> Option<(String, String, &'a str, usize)> {
+    let (mut written, mut folded) = (String::new(), String::new());
+    let mut i = at;
+    loop {
+        let t = tokens.get(i).filter(|t| t.is_name())?;
+        written.push_str(t.text);
+        let mut buf = [0u8; NAMEDATALEN];
+        folded.push_str(fold_ident(t.text, &mut buf));
+        i += 1;
+        if !tokens.get(i).is_some_and(|t| t.is_punct(b'.')) {
+            return Some((written, folded, t.text, i));
+        }
+        written.push('.');
+        folded.push('.');
+        i += 1;
+    }
+}
+
 /// What keeps a `;` from ending a statement: parentheses and the `BEGIN ATOMIC … END` body of
 /// `CREATE [OR REPLACE] FUNCTION|PROCEDURE` (where `CASE … END` nests too). Feed it every token
 /// of a statement in order.

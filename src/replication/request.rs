@@ -7,7 +7,7 @@
 use super::classify::{classify, Kind, Nondeterminism, Tx};
 use super::defaults::{insert_shape, InsertShape};
 use super::effects::{self, Command};
-use super::lexer::{fold_ident, split_statements, Lexer, Token, TokenKind, NAMEDATALEN};
+use super::lexer::{qualified_name, split_statements, Lexer, Token, TokenKind};
 use super::plan::Class;
 
 pub struct Analysed {
@@ -106,18 +106,7 @@ fn defined_table(statement: &str, n: Nondeterminism) -> Option<String> {
     } else {
         return None;
     };
-    let mut key = String::new();
-    let mut i = at;
-    while let Some(t) = tokens.get(i).filter(|t| t.is_name()) {
-        let mut buf = [0u8; NAMEDATALEN];
-        key.push_str(fold_ident(t.text, &mut buf));
-        if !tokens.get(i + 1).is_some_and(|t| t.is_punct(b'.')) {
-            break;
-        }
-        key.push('.');
-        i += 2;
-    }
-    (!key.is_empty()).then_some(key)
+    qualified_name(&tokens, at).map(|(_, key, _, _)| key)
 }
 
 /// `BEGIN`, `BEGIN WORK`, `BEGIN TRANSACTION` or `START TRANSACTION` without options: it
