@@ -182,6 +182,15 @@ fn returning_shows_only_what_the_client_asked_for() {
         "DELETE FROM q WHERE id > (SELECT 3) RETURNING *",
     );
     assert_eq!(out.stdout.trim(), "4|new|\n5|new|", "{}", out.stderr);
+    // A keyed UPDATE returns its rows as PostgreSQL would, even one larger than a buffer.
+    let big = "x".repeat(40_000);
+    let out = sql(
+        &pm,
+        "ret",
+        &format!("UPDATE q SET s = '{big}' WHERE id = 2 RETURNING id, s"),
+    );
+    assert_eq!(out, format!("2|{big}"));
+    sql(&pm, "ret", "UPDATE q SET s = 'new' WHERE id = 2");
     // No primary key: every row got the lead's value.
     sql(&pm, "ret", "UPDATE nk SET n = (SELECT count(*) FROM q)");
     for n in nodes() {

@@ -552,12 +552,14 @@ impl Session {
                         node.passing = len;
                         node.passing_to_client =
                             voice == Some(id) && !matches!(tag, b'C' | b'E' | b'Z');
+                        // Only the lead's rows carry hidden columns (a keyed statement's none).
                         if let Some(fx) = self
                             .repl
                             .request
                             .as_mut()
+                            .filter(|r| r.lead == id && matches!(tag, b'D' | b'T'))
                             .and_then(|r| r.effects.as_mut())
-                            .filter(|_| matches!(tag, b'D' | b'T'))
+                            .filter(|fx| fx.effects.hidden > 0)
                         {
                             // Its hidden columns cannot be read from a streamed row.
                             node.passing_to_client = false;
@@ -1236,7 +1238,7 @@ impl Session {
         }
     }
 
-    /// The defaults lookup answered: cache it, then run the client's statement for real.
+    /// The catalog lookup answered: cache it, then run the client's statement for real.
     fn finish_probe(
         &mut self,
         probe: Probe,
@@ -1634,17 +1636,13 @@ impl Session {
         let batch = match prepared {
             extended::Prepared::Ready(b) => b,
             extended::Prepared::NeedDefaults(inserts) => {
-                self.tables_current(cx);
                 let mut tables: Vec<(String, String)> =
                     inserts.into_iter().map(|i| (i.table, i.key)).collect();
                 tables.dedup();
                 return self.start_probe(msg, tables, lead, cx);
             }
             extended::Prepared::Refused(refusal) => {
-                self.send_error(cx, "ERROR", "0A000", &refusal.message, Some(&refusal.hint));
-                self.repl.tx.fail();
-                self.ready_for_query(self.repl.tx.status(), cx);
-                return Ok(());
+                return self.refuse_statement(&refusal.message, &refusal.hint, cx);
             }
         };
         if batch.class == plan::Class::Commit {
@@ -1728,7 +1726,8 @@ impl Session {
         )
     }
 
-    /// Ask the lead for the column defaults of `tables` before running `original`.
+    /// Ask the lead's catalog about `tables` (`replication::catalog`) before running
+    /// `original`.
     fn start_probe(
         &mut self,
         original: Vec<u8>,
