@@ -72,9 +72,10 @@ fn workloads() -> (String, Vec<(String, String, String)>) {
     (setup, workloads)
 }
 
-fn run_workloads(write_ack: &str) {
+/// `protocol`: pgbench's `-M` (simple, extended: unnamed statements, prepared: named).
+fn run_workloads(write_ack: &str, protocol: &str) {
     let pm = pgmulti(write_ack);
-    let db = format!("cw_{write_ack}");
+    let db = format!("cw_{write_ack}_{protocol}");
     let port = pm.port().to_string();
     let (setup, workloads) = workloads();
     assert_eq!(workloads.len(), 6, "the six workloads");
@@ -83,7 +84,7 @@ fn run_workloads(write_ack: &str) {
             n.fresh_db(&db, "postgres");
         }
         sql(&pm, &db, &setup);
-        let file = temp_dir(&format!("cw-{write_ack}-{name}")).join("script.sql");
+        let file = temp_dir(&format!("cw-{write_ack}-{protocol}-{name}")).join("script.sql");
         std::fs::write(&file, format!("\\set k random(1, 100000000)\n{script}\n")).unwrap();
         let (_, out, err) = pgbench(
             &[
@@ -102,23 +103,26 @@ fn run_workloads(write_ack: &str) {
                 "4",
                 "--max-tries",
                 "10",
+                "-M",
+                protocol,
                 "-f",
                 file.to_str().unwrap(),
                 &db,
             ],
             &[],
         );
-        let s = parse_pgbench_summary(&out)
-            .unwrap_or_else(|| panic!("{write_ack} {name}: no pgbench summary:\n{out}\n{err}"));
+        let s = parse_pgbench_summary(&out).unwrap_or_else(|| {
+            panic!("{write_ack} {protocol} {name}: no pgbench summary:\n{out}\n{err}")
+        });
         assert!(
             s.processed > 0,
-            "{write_ack} {name}: nothing processed:\n{out}\n{err}"
+            "{write_ack} {protocol} {name}: nothing processed:\n{out}\n{err}"
         );
         // max()+1 races end in unique violations, as they do on one PostgreSQL.
         if name != "max_plus_one" {
             assert!(
                 s.failed * 100 <= s.processed,
-                "{write_ack} {name}: {} of {} failed:\n{out}\n{err}",
+                "{write_ack} {protocol} {name}: {} of {} failed:\n{out}\n{err}",
                 s.failed,
                 s.processed
             );
@@ -127,14 +131,14 @@ fn run_workloads(write_ack: &str) {
             let sums = sums(&db, table);
             assert!(
                 sums.iter().all(|x| *x == sums[0]),
-                "{write_ack} {name}: {table} differs between nodes: {sums:?}"
+                "{write_ack} {protocol} {name}: {table} differs between nodes: {sums:?}"
             );
         }
         let nodes_up = sql(&pm, "pgmulti", "SHOW NODES");
         assert_eq!(
             nodes_up.lines().filter(|l| l.contains("|up|")).count(),
             3,
-            "{write_ack} {name}: a node was detached:\n{nodes_up}\n{}",
+            "{write_ack} {protocol} {name}: a node was detached:\n{nodes_up}\n{}",
             pm.log()
         );
     }
@@ -142,12 +146,104 @@ fn run_workloads(write_ack: &str) {
 
 #[test]
 fn concurrent_workloads_stay_identical_in_sync() {
-    run_workloads("sync");
+    run_workloads("sync", "simple");
 }
 
 #[test]
 fn concurrent_workloads_stay_identical_in_async() {
-    run_workloads("async");
+    run_workloads("async", "simple");
+}
+
+/// The same through prepared statements (the extended protocol most drivers use).
+#[test]
+fn concurrent_prepared_workloads_stay_identical_in_sync() {
+    run_workloads("sync", "prepared");
+}
+
+#[test]
+fn concurrent_unnamed_statement_workloads_stay_identical_in_async() {
+    run_workloads("async", "extended");
+}
+
+/// A client library (rust-postgres: prepared statements, binary parameters and results)
+/// claiming jobs from four threads at once: each job is claimed once, each client sees only
+/// its own RETURNING columns, and the nodes end identical.
+#[test]
+fn a_client_library_claims_jobs_through_prepared_statements() {
+    for n in nodes() {
+        n.fresh_db("lib", "postgres");
+    }
+    let pm = pgmulti("sync");
+    sql(&pm, "lib", "CREATE TABLE jobs (id int PRIMARY KEY, s text, w int); INSERT INTO jobs SELECT g, 'new', NULL FROM generate_series(1, 400) g; CREATE TABLE tally (n bigint); INSERT INTO tally VALUES (0), (0)");
+    let conn = pm.conn_str("postgres", "lib");
+    let workers: Vec<_> = (0..4)
+        .map(|w: i32| {
+            let conn = conn.clone();
+            std::thread::spawn(move || {
+                let mut c = connect(&conn);
+                let claim = c
+                    .prepare("UPDATE jobs SET s = 'running', w = $1 WHERE id = (SELECT min(id) FROM jobs WHERE s = 'new') AND s = 'new' RETURNING id, w")
+                    .unwrap();
+                assert_eq!(claim.columns().len(), 2, "only the client's columns");
+                let done = c
+                    .prepare("UPDATE jobs SET s = 'done' WHERE s = 'running' AND w = $1 AND id % 2 = 0")
+                    .unwrap();
+                assert!(done.columns().is_empty(), "no RETURNING: no columns");
+                let count = c
+                    .prepare("UPDATE tally SET n = (SELECT count(*) FROM jobs WHERE s <> $1)")
+                    .unwrap();
+                let mut claimed = Vec::new();
+                let mut retried = 0;
+                while claimed.len() < 60 && retried < 2000 {
+                    match c.query(&claim, &[&w]) {
+                        Ok(rows) => {
+                            for r in rows {
+                                assert_eq!(r.len(), 2);
+                                assert_eq!(r.get::<_, i32>(1), w);
+                                claimed.push(r.get::<_, i32>(0));
+                            }
+                        }
+                        Err(e) if e.code() == Some(&postgres::error::SqlState::T_R_SERIALIZATION_FAILURE) => retried += 1,
+                        Err(e) => panic!("claim: {e}"),
+                    }
+                    let _ = c.execute(&done, &[&w]);
+                    let _ = c.execute(&count, &[&"new"]);
+                }
+                claimed
+            })
+        })
+        .collect();
+    let mut all: Vec<i32> = workers
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let n = all.len();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), n, "a job was claimed twice");
+    assert_eq!(n, 240, "every worker claimed its 60 jobs");
+    for table in ["jobs", "tally"] {
+        let sums = sums("lib", table);
+        assert!(
+            sums.iter().all(|x| *x == sums[0]),
+            "{table} differs between nodes: {sums:?}"
+        );
+    }
+    assert_eq!(
+        nodes()[1].psql(
+            "postgres",
+            "lib",
+            "SELECT count(*) FROM jobs WHERE s <> 'new'"
+        ),
+        "240"
+    );
+    let nodes_up = sql(&pm, "pgmulti", "SHOW NODES");
+    assert_eq!(
+        nodes_up.lines().filter(|l| l.contains("|up|")).count(),
+        3,
+        "a node was detached:\n{nodes_up}\n{}",
+        pm.log()
+    );
 }
 
 /// The client sees exactly its own RETURNING columns (or none) of a write that pgmulti

@@ -5,7 +5,8 @@
 //! 5-byte header and borrow from it. No allocation, no panic on malformed input.
 
 use super::framing::{
-    begin_message, begin_untagged, finish_message, put_cstr, put_i32, put_u32, DecodeError, Reader,
+    begin_message, begin_untagged, finish_message, put_cstr, put_i16, put_i32, put_u32,
+    DecodeError, Reader,
 };
 use super::{ProtocolError, CANCEL_REQUEST_CODE, PROTOCOL_3_0, SSL_REQUEST_CODE};
 
@@ -80,6 +81,68 @@ pub fn sync(out: &mut Vec<u8>) {
 /// Flush ('H').
 pub fn flush(out: &mut Vec<u8>) {
     let start = begin_message(out, b'H');
+    finish_message(out, start);
+}
+
+/// Parse ('P'): prepare `sql` as `statement`, with these parameter type OIDs (0: inferred).
+pub fn parse_message(out: &mut Vec<u8>, statement: &str, sql: &str, param_types: &[u32]) {
+    let start = begin_message(out, b'P');
+    put_cstr(out, statement.as_bytes());
+    put_cstr(out, sql.as_bytes());
+    put_i16(out, param_types.len() as i16);
+    for &oid in param_types {
+        put_i32(out, oid as i32);
+    }
+    finish_message(out, start);
+}
+
+/// Bind ('B'): `portal` from `statement` with these parameter formats and values (None:
+/// NULL), results in these formats.
+pub fn bind_message(
+    out: &mut Vec<u8>,
+    portal: &str,
+    statement: &str,
+    formats: &[i16],
+    values: &[Option<&[u8]>],
+    result_formats: &[i16],
+) {
+    let start = begin_message(out, b'B');
+    put_cstr(out, portal.as_bytes());
+    put_cstr(out, statement.as_bytes());
+    put_i16(out, formats.len() as i16);
+    for &f in formats {
+        put_i16(out, f);
+    }
+    put_i16(out, values.len() as i16);
+    for v in values {
+        match *v {
+            Some(bytes) => {
+                put_i32(out, bytes.len() as i32);
+                out.extend_from_slice(bytes);
+            }
+            None => put_i32(out, -1),
+        }
+    }
+    put_i16(out, result_formats.len() as i16);
+    for &f in result_formats {
+        put_i16(out, f);
+    }
+    finish_message(out, start);
+}
+
+/// Execute ('E'): run `portal`, at most `max_rows` rows (0: all).
+pub fn execute_message(out: &mut Vec<u8>, portal: &str, max_rows: i32) {
+    let start = begin_message(out, b'E');
+    put_cstr(out, portal.as_bytes());
+    put_i32(out, max_rows);
+    finish_message(out, start);
+}
+
+/// Close ('C') of a statement (`kind` b'S') or portal (b'P').
+pub fn close_message(out: &mut Vec<u8>, kind: u8, name: &str) {
+    let start = begin_message(out, b'C');
+    out.push(kind);
+    put_cstr(out, name.as_bytes());
     finish_message(out, start);
 }
 

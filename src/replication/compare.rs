@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use crate::protocol::backend;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// CommandComplete (or EmptyQueryResponse) with the row count of the tag, if it has one.
@@ -24,6 +26,32 @@ impl fmt::Display for Outcome {
             Outcome::Error(code) => write!(f, "error {code}"),
             Outcome::Differs(n) => write!(f, "other rows than the lead's ({n})"),
         }
+    }
+}
+
+/// A node's answer to a statement (CommandComplete, EmptyQueryResponse or ErrorResponse
+/// message `msg`, tag `tag`) as the vote sees it. A replica's effect check that passed
+/// (`checked`: the lead's outcome) did what the lead did.
+pub fn outcome(tag: u8, msg: &[u8], checked: Option<&Outcome>) -> Outcome {
+    let body = msg.get(5..).unwrap_or_default();
+    match (tag, checked) {
+        (b'C', Some(lead)) => lead.clone(),
+        (b'C', _) => {
+            let tag = body.split(|&b| b == 0).next().unwrap_or_default();
+            Outcome::Complete(
+                std::str::from_utf8(tag)
+                    .ok()
+                    .and_then(backend::command_tag_rows),
+            )
+        }
+        (b'I', _) => Outcome::Complete(None),
+        _ => match backend::parse_error_fields(body) {
+            Ok(f) => match super::effects::failed_check(f.message) {
+                Some(rows) => Outcome::Differs(rows),
+                None => Outcome::Error(f.code.to_string()),
+            },
+            Err(_) => Outcome::Error("?".into()),
+        },
     }
 }
 

@@ -412,6 +412,21 @@ pub fn plan(statement: &str, info: &TableInfo) -> Result<Option<Effects>, Refusa
     }
 }
 
+/// `plan` with the statement's table looked up in `tables` (as the session caches them);
+/// `Ok(None)` also when the table is not known.
+pub fn plan_in(
+    statement: &str,
+    tables: &std::collections::HashMap<String, TableInfo>,
+) -> Result<Option<Effects>, Refusal> {
+    let Some(shape) = shape(statement) else {
+        return Ok(None);
+    };
+    match tables.get(&shape.key) {
+        Some(info) => plan_shape(statement, shape, info),
+        None => Ok(None),
+    }
+}
+
 /// `plan` for a statement whose `shape` is known already.
 pub fn plan_shape(
     statement: &str,
@@ -482,7 +497,8 @@ pub fn plan_shape(
         " RETURNING "
     });
     for (column, _) in &hidden_values {
-        lead_sql.push_str(&format!("{row}.{}, ", quote(column)));
+        // As text, so that they read the same whatever result format a Bind asks for.
+        lead_sql.push_str(&format!("{row}.{}::text, ", quote(column)));
     }
     lead_sql.push_str(&format!("md5(ROW({row}.*)::text)"));
     Ok(Some(Effects {
@@ -500,6 +516,11 @@ impl Effects {
     /// saw, so a disagreement is possible without any fault.
     pub fn reruns(&self) -> bool {
         self.apply == Apply::Rerun
+    }
+
+    /// The statement as the client wrote it (non-determinism rewritten).
+    pub fn statement(&self) -> &str {
+        &self.statement
     }
 
     /// The replicas run the statement as written when the lead changed a row (its answer
@@ -714,7 +735,7 @@ mod tests {
         let e = plan(sql, &jobs()).unwrap().unwrap();
         assert_eq!(
             e.lead_sql,
-            format!("{sql} RETURNING jobs.\"id\", jobs.\"status\", jobs.\"worker\", md5(ROW(jobs.*)::text)")
+            format!("{sql} RETURNING jobs.\"id\"::text, jobs.\"status\"::text, jobs.\"worker\"::text, md5(ROW(jobs.*)::text)")
         );
         assert_eq!((e.hidden, e.client_returning), (4, false));
         let lead = rows(
@@ -756,7 +777,7 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert_eq!(e.lead_sql, "DELETE FROM jobs j WHERE status = 'done' RETURNING j.worker, j.\"id\", md5(ROW(j.*)::text)");
+        assert_eq!(e.lead_sql, "DELETE FROM jobs j WHERE status = 'done' RETURNING j.worker, j.\"id\"::text, md5(ROW(j.*)::text)");
         assert!(e.client_returning);
         let lead = rows(
             &[&[Some("1")], &[Some("2")]],

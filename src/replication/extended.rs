@@ -12,18 +12,25 @@
 //!   own (`$n::timestamptz`, …); every Bind gets fresh values appended, the same for every
 //!   node, so each execution sees new, identical values. A statement describe
 //!   (ParameterDescription) is trimmed back to the client's parameters.
+//! - A write replicated by its effect (`effects.rs`) is planned at Parse: every node
+//!   prepares it with the lead's hidden RETURNING columns, which pgmulti strips from
+//!   RowDescriptions and rows. Each replica runs its Executes as pgmulti's own statement,
+//!   made from what the lead returned (`replica_batch`), with the Bind's parameters.
 //!
 //! Pure logic over message bytes; the session carries batches out.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use super::defaults::{self, InsertShape, VolatileDefault};
+use super::catalog::TableInfo;
+use super::defaults;
+use super::effects::{self, Effects};
 use super::plan::Class;
 use super::request::{self, analyse, fold, Parameters, Refusal, Value, Values};
-use crate::protocol::framing::{
-    begin_message, finish_message, message_header, put_cstr, put_i16, put_i32,
+use crate::protocol::framing::{begin_message, finish_message, message_header, put_i16};
+use crate::protocol::frontend::{
+    self, parse_bind, parse_describe_or_close, parse_execute, parse_parse,
 };
-use crate::protocol::frontend::{parse_bind, parse_describe_or_close, parse_execute, parse_parse};
 use crate::protocol::MAX_MESSAGE_LEN;
 
 /// What pgmulti knows of one prepared statement of a session.
@@ -41,14 +48,73 @@ pub struct Statement {
     /// A named statement's Parse as the nodes got it: replayed to a node that joins the
     /// session later (see `session::join`).
     pub parse: Vec<u8>,
+    /// A write replicated by its effect: the nodes prepared its `lead_sql`.
+    pub effects: Option<Arc<Effects>>,
+    /// The parameter types the client declared (its replicas' statements declare them too).
+    pub param_types: Vec<u32>,
+}
+
+impl Statement {
+    /// Columns at the end of each row that are pgmulti's.
+    fn hidden(&self) -> usize {
+        self.effects.as_ref().map_or(0, |e| e.hidden)
+    }
+}
+
+/// A bound portal.
+struct Portal {
+    statement: String,
+    /// What the Bind gave a statement replicated by its effect.
+    args: Option<Args>,
+}
+
+/// The parameters of a Bind as the nodes got it (pgmulti's values appended).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Args {
+    formats: Vec<i16>,
+    values: Vec<Option<Vec<u8>>>,
+}
+
+/// An Execute of a write replicated by its effect, in a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectExecute {
+    /// Shared with the statement: one plan however often it runs.
+    pub effects: Arc<Effects>,
+    /// Its place among the batch's Executes.
+    pub execute: usize,
+    /// Where the Execute message is in `Batch::bytes`.
+    at: (usize, usize),
+    args: Args,
+    param_types: Vec<u32>,
+}
+
+impl EffectExecute {
+    /// A simple Query's one write: its "Execute" is the Query.
+    pub fn alone(effects: Effects) -> EffectExecute {
+        EffectExecute {
+            effects: Arc::new(effects),
+            execute: 0,
+            at: (0, 0),
+            args: Args::default(),
+            param_types: Vec::new(),
+        }
+    }
+}
+
+/// How the voice's answer to one Describe reaches the client.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DescribeFix {
+    /// A statement's ParameterDescription is trimmed to the client's parameters.
+    pub params: Option<usize>,
+    /// The RowDescription loses this many columns at its end (NoData if none is left).
+    pub hidden: usize,
 }
 
 /// The session's prepared statements and portals.
 #[derive(Default)]
 pub struct Statements {
     statements: HashMap<String, Statement>,
-    /// Portal name → statement name.
-    portals: HashMap<String, String>,
+    portals: HashMap<String, Portal>,
     /// Portals bound by a read on one node.
     portal_node: HashMap<String, u8>,
 }
@@ -88,15 +154,16 @@ pub struct Batch {
     pub class: Class,
     pub ordering_lock: Option<String>,
     pub ddl: bool,
-    /// For each statement Describe in the batch, in order: how many parameters the client
-    /// knows of, when pgmulti added some (the ParameterDescription is trimmed to that).
-    pub describes: Vec<Option<usize>>,
+    /// For each Describe in the batch, in order: what of the answer the client sees.
+    pub describes: Vec<DescribeFix>,
     /// The node the batch must run on (it uses a statement or portal that lives only there).
     pub pinned: Option<u8>,
     /// Unnamed statement parsed and executed here as a read: it will live on the read node.
     pub unnamed_read: bool,
-    /// INSERTs whose column defaults must be known first (folded table names).
-    pub inserts: Vec<InsertShape>,
+    /// The Executes of writes replicated by their effect.
+    pub effects: Vec<EffectExecute>,
+    /// How many Executes the batch has.
+    pub executes: usize,
     /// The batch's named Parse messages and a Sync: what the replicas still need when the
     /// lead failed the batch (a Parse before the error survives it on the lead).
     pub parses_only: Option<Vec<u8>>,
@@ -109,39 +176,42 @@ pub struct Batch {
 /// What a batch needs before it can be prepared.
 pub enum Prepared {
     Ready(Batch),
-    /// Column defaults of these INSERTs must be looked up first (see `defaults.rs`).
-    NeedDefaults(Vec<InsertShape>),
+    /// These tables (as written, folded) must be looked up in the catalog first.
+    NeedTables(Vec<(String, String)>),
     Refused(Refusal),
 }
 
-/// Prepare a batch (`messages`: whole frontend messages ending with Sync).
-/// `defaults_of` gives a table's cached non-deterministic defaults (None: not known yet);
-/// they are written into INSERTs as for the simple protocol. `sequenced`: whether a table
-/// draws from a sequence (its inserts take the ordering lock).
+/// Prepare a batch (`messages`: whole frontend messages ending with Sync). `tables`: what
+/// the session knows of tables from the lead's catalog (`catalog.rs`); a batch that parses
+/// a write to a table not in it needs the lookup first. Non-deterministic column defaults
+/// are written into INSERTs as for the simple protocol; a table that draws from a sequence
+/// makes its inserts take the ordering lock.
 pub fn prepare(
     messages: &[u8],
     statements: &mut Statements,
-    defaults_of: &dyn Fn(&str) -> Option<Vec<VolatileDefault>>,
-    sequenced: &dyn Fn(&str) -> bool,
+    tables: &HashMap<String, TableInfo>,
     values: &mut Values,
 ) -> Prepared {
-    // First pass: any INSERT whose table's defaults are unknown?
     let mut unknown = Vec::new();
     for (tag, body) in Messages(messages) {
         if tag == b'P' {
             if let Ok(p) = parse_parse(body) {
                 let a = analyse(p.query);
+                let inserts = a.inserts.into_iter().map(|i| (i.table, i.key));
                 unknown.extend(
-                    a.inserts
-                        .into_iter()
-                        .filter(|i| defaults_of(&i.key).is_none()),
+                    inserts
+                        .chain(a.written)
+                        .filter(|(_, key)| !tables.contains_key(key)),
                 );
             }
         }
     }
     if !unknown.is_empty() {
-        return Prepared::NeedDefaults(unknown);
+        unknown.sort_unstable_by(|a, b| a.1.cmp(&b.1));
+        unknown.dedup_by(|a, b| a.1 == b.1);
+        return Prepared::NeedTables(unknown);
     }
+    let sequenced = |key: &str| tables.get(key).is_none_or(|t| t.sequenced);
     let mut out = Vec::with_capacity(messages.len() + 64);
     let mut classes = Vec::new();
     let mut batch = Batch {
@@ -152,7 +222,8 @@ pub fn prepare(
         describes: Vec::new(),
         pinned: None,
         unnamed_read: false,
-        inserts: Vec::new(),
+        effects: Vec::new(),
+        executes: 0,
         parses_only: None,
         flush_replies: None,
     };
@@ -178,7 +249,10 @@ pub fn prepare(
                 };
                 let inserts = analyse(p.query).inserts;
                 let filled = defaults::fill(p.query, &inserts, &|key| {
-                    defaults_of(key).unwrap_or_default()
+                    tables
+                        .get(key)
+                        .map(|t| t.volatile.clone())
+                        .unwrap_or_default()
                 });
                 let (text, analysed) = match filled {
                     Ok(Some(filled)) => {
@@ -193,25 +267,29 @@ pub fn prepare(
                     first: client_params + 1,
                     values: Vec::new(),
                 };
+                let mut effects = None;
                 let rewritten = if analysed.class == Class::Read {
                     None
                 } else {
-                    match request::rewrite(&text, &analysed, &mut params) {
+                    let rewritten = match request::rewrite(&text, &analysed, &mut params) {
                         Ok(r) => r,
                         Err(refusal) => return Prepared::Refused(refusal),
+                    };
+                    match effects::plan_in(rewritten.as_deref().unwrap_or(&text), tables) {
+                        Ok(e) => effects = e.map(Arc::new),
+                        Err(refusal) => return Prepared::Refused(refusal),
                     }
+                    rewritten
                 };
-                if rewritten.is_none() && text == p.query {
+                let sql = match &effects {
+                    Some(e) => e.lead_sql.as_str(),
+                    None => rewritten.as_deref().unwrap_or(&text),
+                };
+                let param_types: Vec<u32> = p.param_types.iter().collect();
+                if sql == p.query {
                     copy(&mut out, tag, body);
                 } else {
-                    let at = begin_message(&mut out, b'P');
-                    put_cstr(&mut out, p.statement.as_bytes());
-                    put_cstr(&mut out, rewritten.as_deref().unwrap_or(&text).as_bytes());
-                    put_i16(&mut out, p.param_types.len() as i16);
-                    for oid in p.param_types.iter() {
-                        put_i32(&mut out, oid as i32);
-                    }
-                    finish_message(&mut out, at);
+                    frontend::parse_message(&mut out, p.statement, sql, &param_types);
                 }
                 // No ordering lock for a Parse: it must never wait (clients such as pgbench
                 // prepare synchronously); the Execute takes it.
@@ -226,7 +304,7 @@ pub fn prepare(
                         class: analysed.class,
                         client_params,
                         extras: params.values,
-                        ordering_lock: request::ordering_lock(&analysed, sequenced),
+                        ordering_lock: request::ordering_lock(&analysed, &sequenced),
                         ddl: analysed.ddl,
                         only_on: None,
                         parse: if p.statement.is_empty() {
@@ -234,6 +312,12 @@ pub fn prepare(
                         } else {
                             out[start..].to_vec()
                         },
+                        param_types: if effects.is_some() {
+                            param_types
+                        } else {
+                            Vec::new()
+                        },
+                        effects,
                     },
                 );
             }
@@ -242,93 +326,79 @@ pub fn prepare(
                     copy(&mut out, tag, body);
                     continue;
                 };
-                statements
-                    .portals
-                    .insert(b.portal.to_string(), b.statement.to_string());
                 statements.portal_node.remove(b.portal);
-                let Some(st) = statements.statements.get(b.statement) else {
+                let st = statements.statements.get(b.statement);
+                let args = st.and_then(|st| bind(&mut out, &b, st, values));
+                if out.len() == start {
                     copy(&mut out, tag, body);
-                    continue;
-                };
-                if !parsed_here.iter().any(|s| s == b.statement) {
-                    if let Some(n) = st.only_on {
-                        batch.pinned = Some(n);
-                    }
                 }
-                if st.extras.is_empty() {
-                    copy(&mut out, tag, body);
-                    continue;
+                if let Some(n) = st
+                    .and_then(|st| st.only_on)
+                    .filter(|_| !parsed_here.iter().any(|s| s == b.statement))
+                {
+                    batch.pinned = Some(n);
                 }
-                let extras = st.extras.clone();
-                let at = begin_message(&mut out, b'B');
-                put_cstr(&mut out, b.portal.as_bytes());
-                put_cstr(&mut out, b.statement.as_bytes());
-                let given = b.params.len();
-                // Format codes: none or one shared code cannot cover text extras if the
-                // client's are binary: write one code per parameter.
-                let formats: Vec<i16> = match b.param_formats.len() {
-                    0 => Vec::new(),
-                    1 => {
-                        let f = b.param_formats.iter().next().unwrap_or(0);
-                        let mut v = vec![f; given];
-                        v.extend(std::iter::repeat_n(0, extras.len()));
-                        v
-                    }
-                    _ => {
-                        let mut v: Vec<i16> = b.param_formats.iter().collect();
-                        v.extend(std::iter::repeat_n(0, extras.len()));
-                        v
-                    }
-                };
-                put_i16(&mut out, formats.len() as i16);
-                for f in &formats {
-                    put_i16(&mut out, *f);
-                }
-                put_i16(&mut out, (given + extras.len()) as i16);
-                for v in b.params.iter() {
-                    match v {
-                        Some(bytes) => {
-                            put_i32(&mut out, bytes.len() as i32);
-                            out.extend_from_slice(bytes);
-                        }
-                        None => put_i32(&mut out, -1),
-                    }
-                }
-                for e in extras {
-                    let text = values.text(e);
-                    put_i32(&mut out, text.len() as i32);
-                    out.extend_from_slice(text.as_bytes());
-                }
-                put_i16(&mut out, b.result_formats.len() as i16);
-                for f in b.result_formats.iter() {
-                    put_i16(&mut out, f);
-                }
-                finish_message(&mut out, at);
+                statements.portals.insert(
+                    b.portal.to_string(),
+                    Portal {
+                        statement: b.statement.to_string(),
+                        args,
+                    },
+                );
             }
             b'E' => {
-                copy(&mut out, tag, body);
-                let Ok((portal, _)) = parse_execute(body) else {
+                let Ok((portal, max_rows)) = parse_execute(body) else {
+                    copy(&mut out, tag, body);
                     continue;
                 };
                 if let Some(&n) = statements.portal_node.get(portal) {
                     batch.pinned = Some(n);
                 }
-                let statement = statements.portals.get(portal);
-                let st = statement.and_then(|s| statements.statements.get(s));
+                let bound = statements.portals.get(portal);
+                let st = bound.and_then(|p| statements.statements.get(&p.statement));
                 classes.push(st.map_or(Class::Write, |s| s.class));
                 if let Some(lock) = st.and_then(|s| s.ordering_lock.clone()) {
                     locks.push(lock);
                 }
                 batch.ddl |= st.is_some_and(|s| s.ddl);
+                let effect = st.and_then(|st| Some((st, st.effects.as_ref()?)));
+                match (effect, bound.and_then(|p| p.args.as_ref())) {
+                    (Some((st, effects)), Some(args)) => {
+                        // The lead's rows all come at once: its hidden columns are needed
+                        // before the replicas can run (PostgreSQL runs the write whole at
+                        // the first Execute anyway).
+                        let max_rows = if effects.hidden > 0 { 0 } else { max_rows };
+                        frontend::execute_message(&mut out, portal, max_rows);
+                        batch.effects.push(EffectExecute {
+                            effects: Arc::clone(effects),
+                            execute: batch.executes,
+                            at: (start, out.len()),
+                            args: args.clone(),
+                            param_types: st.param_types.clone(),
+                        });
+                    }
+                    _ => copy(&mut out, tag, body),
+                }
+                batch.executes += 1;
             }
             b'D' => {
                 copy(&mut out, tag, body);
-                if let Ok((b'S', name)) = parse_describe_or_close(body) {
-                    let st = statements.statements.get(name);
-                    batch
-                        .describes
-                        .push(st.filter(|s| !s.extras.is_empty()).map(|s| s.client_params));
-                }
+                let fix = match parse_describe_or_close(body) {
+                    Ok((b'S', name)) => statements.statements.get(name).map(|s| DescribeFix {
+                        params: (!s.extras.is_empty()).then_some(s.client_params),
+                        hidden: s.hidden(),
+                    }),
+                    Ok((_, name)) => statements
+                        .portals
+                        .get(name)
+                        .and_then(|p| statements.statements.get(&p.statement))
+                        .map(|s| DescribeFix {
+                            params: None,
+                            hidden: s.hidden(),
+                        }),
+                    Err(_) => None,
+                };
+                batch.describes.push(fix.unwrap_or_default());
             }
             b'C' => {
                 copy(&mut out, tag, body);
@@ -371,10 +441,124 @@ pub fn prepare(
     batch.bytes = out;
     batch.flush_replies = ends_with_flush.then_some(replies);
     if !parses.is_empty() {
-        crate::protocol::frontend::sync(&mut parses);
+        frontend::sync(&mut parses);
         batch.parses_only = Some(parses);
     }
     Prepared::Ready(batch)
+}
+
+/// Write the Bind `b` of `st` as the nodes need it, when they need it otherwise than the
+/// client sent it (nothing written): pgmulti's values appended to the client's, text result
+/// columns for pgmulti's hidden ones. Returns the parameters of a statement replicated by
+/// its effect.
+fn bind(
+    out: &mut Vec<u8>,
+    b: &frontend::Bind,
+    st: &Statement,
+    values: &mut Values,
+) -> Option<Args> {
+    // One result format code covers the hidden columns too (they are text, which reads the
+    // same in either format); one code per column needs theirs added.
+    let hidden = if b.result_formats.len() > 1 {
+        st.hidden()
+    } else {
+        0
+    };
+    if st.extras.is_empty() && hidden == 0 && st.effects.is_none() {
+        return None;
+    }
+    let given = b.params.len();
+    let extras: Vec<String> = st.extras.iter().map(|&e| values.text(e)).collect();
+    // Format codes: none or one shared code cannot cover text extras if the client's are
+    // binary: write one code per parameter.
+    let mut formats: Vec<i16> = match b.param_formats.len() {
+        0 => Vec::new(),
+        1 => vec![b.param_formats.iter().next().unwrap_or(0); given],
+        _ => b.param_formats.iter().collect(),
+    };
+    if !formats.is_empty() {
+        formats.extend(std::iter::repeat_n(0, extras.len()));
+    }
+    let params: Vec<Option<&[u8]>> = b
+        .params
+        .iter()
+        .chain(extras.iter().map(|e| Some(e.as_bytes())))
+        .collect();
+    let mut results: Vec<i16> = b.result_formats.iter().collect();
+    results.extend(std::iter::repeat_n(0, hidden));
+    if !st.extras.is_empty() || hidden > 0 {
+        frontend::bind_message(out, b.portal, b.statement, &formats, &params, &results);
+    }
+    st.effects.as_ref().map(|_| Args {
+        formats,
+        values: params.iter().map(|v| v.map(<[u8]>::to_vec)).collect(),
+    })
+}
+
+/// The statement and portal pgmulti prepares on a replica for an Execute it replaces.
+const APPLY: &str = "pgmulti apply";
+
+/// The batch as a replica runs it: the Execute of each write replicated by its effect
+/// (`effects[i]`) becomes pgmulti's statement `sqls[i]`, bound to the client's parameters
+/// (`None`: the client's Execute as it was). Also returns how many more messages end the
+/// replica's answer than the lead's.
+pub fn replica_batch(
+    bytes: &[u8],
+    effects: &[&EffectExecute],
+    sqls: &[Option<String>],
+) -> (Vec<u8>, usize) {
+    let mut out = Vec::with_capacity(bytes.len() + 256 * effects.len());
+    let mut extra = 0;
+    let mut from = 0;
+    for (fx, sql) in effects.iter().zip(sqls) {
+        let Some(sql) = sql else {
+            continue;
+        };
+        let (start, end) = fx.at;
+        out.extend_from_slice(&bytes[from..start]);
+        from = end;
+        let types = apply_types(sql, &fx.args, &fx.param_types);
+        frontend::close_message(&mut out, b'S', APPLY);
+        frontend::close_message(&mut out, b'P', APPLY);
+        frontend::parse_message(&mut out, APPLY, sql, &types);
+        let values: Vec<Option<&[u8]>> = fx.args.values.iter().map(|v| v.as_deref()).collect();
+        frontend::bind_message(&mut out, APPLY, APPLY, &fx.args.formats, &values, &[]);
+        frontend::execute_message(&mut out, APPLY, 0);
+        // CloseComplete ×2, ParseComplete, BindComplete, then the Execute's own answer.
+        extra += 4;
+    }
+    out.extend_from_slice(&bytes[from..]);
+    (out, extra)
+}
+
+/// The parameter types of a replica's statement bound to the client's parameters: what
+/// the client declared; for a parameter the statement no longer mentions (pgmulti's own
+/// statements name the lead's values instead), a type that takes any value in its format,
+/// so that the Bind still fits.
+fn apply_types(sql: &str, args: &Args, declared: &[u32]) -> Vec<u32> {
+    const TEXT: u32 = 25;
+    const BYTEA: u32 = 17;
+    let mut used = vec![false; args.values.len()];
+    for t in super::lexer::Lexer::new(sql).filter(|t| t.kind == super::lexer::TokenKind::Param) {
+        if let Some(n) = t.text.get(1..).and_then(|n| n.parse::<usize>().ok()) {
+            if let Some(u) = n.checked_sub(1).and_then(|i| used.get_mut(i)) {
+                *u = true;
+            }
+        }
+    }
+    let format = |i: usize| match args.formats.len() {
+        0 => 0,
+        1 => args.formats[0],
+        _ => args.formats.get(i).copied().unwrap_or(0),
+    };
+    (0..args.values.len())
+        .map(|i| match declared.get(i).copied().unwrap_or(0) {
+            0 if used[i] => 0,
+            0 if format(i) == 1 => BYTEA,
+            0 => TEXT,
+            oid => oid,
+        })
+        .collect()
 }
 
 /// What PostgreSQL answers to a batch that only runs a prepared plain BEGIN — Bind, an
@@ -454,6 +638,18 @@ pub fn trim_parameter_description(msg: &[u8], n: usize) -> Vec<u8> {
     out
 }
 
+/// A RowDescription (`msg`, whole) without its last `hidden` columns, into `out`: NoData
+/// when no column is left (the client's statement returns no rows). Unreadable: as it was.
+pub fn cut_row_description(msg: &[u8], hidden: usize, out: &mut Vec<u8>) {
+    let body = &msg[5..];
+    let ends = crate::protocol::backend::row_description_ends(body).unwrap_or_default();
+    match ends.len().checked_sub(hidden) {
+        Some(0) => crate::protocol::backend::empty_message(out, b'n'),
+        Some(keep) => crate::protocol::backend::cut_row(out, b'T', body, keep, ends[keep - 1]),
+        None => out.extend_from_slice(msg),
+    }
+}
+
 /// The highest `$n` in a statement.
 fn max_param(sql: &str) -> usize {
     super::lexer::Lexer::new(sql)
@@ -485,38 +681,19 @@ impl<'a> Iterator for Messages<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::frontend;
+    use crate::protocol::framing::{put_cstr, put_i32};
 
     fn parse(out: &mut Vec<u8>, name: &str, sql: &str) {
-        let at = begin_message(out, b'P');
-        put_cstr(out, name.as_bytes());
-        put_cstr(out, sql.as_bytes());
-        put_i16(out, 0);
-        finish_message(out, at);
+        frontend::parse_message(out, name, sql, &[]);
     }
 
     fn bind(out: &mut Vec<u8>, portal: &str, name: &str, params: &[&str], formats: &[i16]) {
-        let at = begin_message(out, b'B');
-        put_cstr(out, portal.as_bytes());
-        put_cstr(out, name.as_bytes());
-        put_i16(out, formats.len() as i16);
-        for f in formats {
-            put_i16(out, *f);
-        }
-        put_i16(out, params.len() as i16);
-        for p in params {
-            put_i32(out, p.len() as i32);
-            out.extend_from_slice(p.as_bytes());
-        }
-        put_i16(out, 0);
-        finish_message(out, at);
+        let values: Vec<Option<&[u8]>> = params.iter().map(|p| Some(p.as_bytes())).collect();
+        frontend::bind_message(out, portal, name, formats, &values, &[]);
     }
 
     fn execute(out: &mut Vec<u8>, portal: &str) {
-        let at = begin_message(out, b'E');
-        put_cstr(out, portal.as_bytes());
-        put_i32(out, 0);
-        finish_message(out, at);
+        frontend::execute_message(out, portal, 0);
     }
 
     #[test]
@@ -556,7 +733,32 @@ mod tests {
         assert!(plain_begin_answer(&batch("nope", true), &st).is_none());
     }
 
-    fn run(messages: &[u8], st: &mut Statements) -> Batch {
+    /// Tables as the catalog describes them: `h` and `a` plain, `jobs` with a primary key.
+    fn tables() -> HashMap<String, TableInfo> {
+        let plain = TableInfo {
+            exists: true,
+            sequenced: true,
+            ..TableInfo::default()
+        };
+        let jobs = TableInfo {
+            exists: true,
+            columns: vec![
+                ("id".into(), "integer".into()),
+                ("status".into(), "text".into()),
+            ],
+            key: vec!["id".into()],
+            ..TableInfo::default()
+        };
+        let mut t = HashMap::new();
+        t.insert("h".to_string(), plain.clone());
+        t.insert("a".to_string(), plain.clone());
+        t.insert("t".to_string(), plain);
+        t.insert("jobs".to_string(), jobs);
+        t
+    }
+
+    /// `prepare` with `tables()` and fixed times and random bits.
+    fn prepared(messages: &[u8], st: &mut Statements) -> Prepared {
         let mut n = 0u64;
         let mut random = move || {
             n += 1;
@@ -567,11 +769,121 @@ mod tests {
             statement_ts: (1795240805, 0),
             random: &mut random,
         };
-        match prepare(messages, st, &|_| Some(Vec::new()), &|_| true, &mut values) {
+        prepare(messages, st, &tables(), &mut values)
+    }
+
+    fn run(messages: &[u8], st: &mut Statements) -> Batch {
+        match prepared(messages, st) {
             Prepared::Ready(b) => b,
-            Prepared::NeedDefaults(_) => panic!("defaults"),
+            Prepared::NeedTables(t) => panic!("tables {t:?}"),
             Prepared::Refused(r) => panic!("refused: {r:?}"),
         }
+    }
+
+    #[test]
+    fn a_write_to_an_unknown_table_needs_the_catalog_first() {
+        let mut m = Vec::new();
+        parse(&mut m, "u", "UPDATE other SET x = 1 WHERE y = (SELECT 2)");
+        parse(&mut m, "i", "INSERT INTO Other VALUES (1)");
+        frontend::sync(&mut m);
+        match prepared(&m, &mut Statements::default()) {
+            Prepared::NeedTables(t) => assert_eq!(t, vec![("other".into(), "other".into())]),
+            _ => panic!("prepared without the catalog"),
+        }
+    }
+
+    /// Messages (tag, body) of a buffer.
+    fn messages(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        Messages(bytes).map(|(t, b)| (t, b.to_vec())).collect()
+    }
+
+    #[test]
+    fn a_prepared_claim_is_decided_by_the_lead_and_applied_by_key() {
+        let mut st = Statements::default();
+        let claim = "UPDATE jobs SET status = $1 WHERE id = (SELECT min(id) FROM jobs WHERE status = 'new')";
+        let mut m = Vec::new();
+        parse(&mut m, "claim", claim);
+        let at = begin_message(&mut m, b'D');
+        m.push(b'S');
+        put_cstr(&mut m, b"claim");
+        finish_message(&mut m, at);
+        frontend::sync(&mut m);
+        let b = run(&m, &mut st);
+        let msgs = messages(&b.bytes);
+        let parsed = parse_parse(&msgs[0].1).unwrap();
+        assert_eq!(
+            parsed.query,
+            format!("{claim} RETURNING jobs.\"id\"::text, jobs.\"status\"::text, md5(ROW(jobs.*)::text)"),
+            "every node prepares the lead's statement"
+        );
+        assert_eq!(
+            b.describes,
+            vec![DescribeFix {
+                params: None,
+                hidden: 3
+            }],
+            "the hidden columns are cut from its RowDescription"
+        );
+        assert!(b.effects.is_empty(), "nothing executed yet");
+
+        // Bound with binary parameters and two result format codes, run with a row limit.
+        let mut m = Vec::new();
+        frontend::bind_message(&mut m, "p", "claim", &[1], &[Some(b"running")], &[1, 1]);
+        frontend::execute_message(&mut m, "p", 5);
+        frontend::sync(&mut m);
+        let b = run(&m, &mut st);
+        assert_eq!(b.class, Class::Write);
+        assert_eq!(b.executes, 1);
+        let msgs = messages(&b.bytes);
+        let bound = parse_bind(&msgs[0].1).unwrap();
+        assert_eq!(
+            bound.result_formats.iter().collect::<Vec<_>>(),
+            vec![1, 1, 0, 0, 0],
+            "the hidden columns come as text"
+        );
+        assert_eq!(
+            parse_execute(&msgs[1].1).unwrap(),
+            ("p", 0),
+            "the lead returns every row at once"
+        );
+        assert_eq!(b.effects.len(), 1);
+        let fx = &b.effects[0];
+        assert_eq!(fx.execute, 0);
+
+        // The replicas run pgmulti's statement instead of the Execute, with the same
+        // parameters; one the statement no longer names is typed to take any bytes.
+        let apply = "UPDATE jobs AS pgm_t SET status = CAST(E'running' AS text) WHERE pgm_t.id = CAST(E'4' AS integer)".to_string();
+        let (replica, extra) = replica_batch(&b.bytes, &[fx], &[Some(apply.clone())]);
+        assert_eq!(extra, 4);
+        let tags: Vec<u8> = messages(&replica).iter().map(|(t, _)| *t).collect();
+        assert_eq!(
+            tags, b"BCCPBES",
+            "Bind, Close ×2, Parse, Bind, Execute, Sync"
+        );
+        let msgs = messages(&replica);
+        let p = parse_parse(&msgs[3].1).unwrap();
+        assert_eq!(p.query, apply);
+        assert_eq!(p.param_types.iter().collect::<Vec<_>>(), vec![17]);
+        let bound = parse_bind(&msgs[4].1).unwrap();
+        assert_eq!(bound.portal, APPLY);
+        assert_eq!(
+            bound.params.iter().collect::<Vec<_>>(),
+            vec![Some(&b"running"[..])]
+        );
+        assert!(bound.result_formats.is_empty());
+        // As written (a keyed statement the lead changed): the batch is unchanged.
+        let (same, extra) = replica_batch(&b.bytes, &[fx], &[None]);
+        assert_eq!((same, extra), (b.bytes.clone(), 0));
+    }
+
+    #[test]
+    fn replica_statements_keep_the_clients_parameter_types() {
+        let args = Args {
+            formats: vec![0, 1, 0],
+            values: vec![Some(b"1".to_vec()), Some(vec![0, 0, 0, 2]), None],
+        };
+        assert_eq!(apply_types("SELECT $1, $3", &args, &[]), vec![0, 17, 0]);
+        assert_eq!(apply_types("SELECT 1", &args, &[23, 0]), vec![23, 17, 25]);
     }
 
     #[test]
@@ -707,15 +1019,6 @@ mod tests {
         let mut m = Vec::new();
         parse(&mut m, "", "UPDATE t SET r = random()");
         frontend::sync(&mut m);
-        let mut r = || 1u64;
-        let mut values = Values {
-            transaction_ts: (0, 0),
-            statement_ts: (0, 0),
-            random: &mut r,
-        };
-        assert!(matches!(
-            prepare(&m, &mut st, &|_| Some(Vec::new()), &|_| true, &mut values),
-            Prepared::Refused(_)
-        ));
+        assert!(matches!(prepared(&m, &mut st), Prepared::Refused(_)));
     }
 }

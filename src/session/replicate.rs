@@ -20,7 +20,8 @@ use crate::reactor::context::Context;
 use crate::replication::catalog::{self, TableInfo};
 use crate::replication::compare::{self, Outcome};
 use crate::replication::defaults;
-use crate::replication::effects::{self, Effects, LeadRows};
+use crate::replication::effect_runs::EffectRuns;
+use crate::replication::effects::{self, Effects};
 use crate::replication::extended::{self, Statements};
 use crate::replication::lexer::split_statements;
 use crate::replication::plan::{self, Plan, Planned, Segment, Targets, TxView};
@@ -197,9 +198,8 @@ struct Request {
     ran_behind: bool,
     /// The ReadyForQuery status to report, when pgmulti decides it.
     final_status: Option<u8>,
-    /// Extended protocol: for each statement Describe, the client's parameter count when
-    /// pgmulti added parameters (its ParameterDescription is trimmed to that).
-    describes: VecDeque<Option<usize>>,
+    /// Extended protocol: what the client sees of the voice's answer to each Describe.
+    describes: VecDeque<extended::DescribeFix>,
     /// The batch ran an unnamed statement as a read: it now lives on the voice only.
     unnamed_read: bool,
     /// See `extended::Batch::parses_only`.
@@ -214,20 +214,10 @@ struct Request {
     committed: bool,
     rolling_back: bool,
     voice_prepare_failed: bool,
-    /// The write is replicated by its effect (see `replication::effects`).
-    effects: Option<Box<EffectRun>>,
+    /// Writes replicated by their effect (see `replication::effects`).
+    effects: Option<Box<EffectRuns>>,
     /// The nodes disagreed and pgmulti's own transaction was rolled back on every node.
     rolled_back: bool,
-}
-
-/// A write replicated by its effect: what the lead returned, and the replicas' statement
-/// made from it when their phase starts.
-struct EffectRun {
-    effects: Effects,
-    lead: LeadRows,
-    replica: Option<Vec<u8>>,
-    /// The lead's hidden columns could not be read: the replicas must not run.
-    unreadable: Option<String>,
 }
 
 /// Looking up tables in the lead's catalog before a write (see `replication::catalog`).
@@ -298,9 +288,12 @@ struct Running {
     pending: VecDeque<Segment>,
     /// Flush batches: messages that ended an answer so far.
     replies: usize,
-    /// The node runs an effect-checked statement: when it succeeds, it did what the lead
-    /// did, and this (the lead's outcome) is recorded for it.
-    checked: Option<Outcome>,
+    /// Per statement (Execute) of Main still to answer: the node runs an effect-checked
+    /// statement, and when it succeeds, it did what the lead did, and this (the lead's
+    /// outcome) is recorded for it.
+    checked: VecDeque<Option<Outcome>>,
+    /// Flush batches: how many more messages end this node's answer than the lead's.
+    extra_replies: usize,
 }
 
 impl Session {
@@ -559,12 +552,11 @@ impl Session {
                             .as_mut()
                             .filter(|r| r.lead == id && matches!(tag, b'D' | b'T'))
                             .and_then(|r| r.effects.as_mut())
-                            .filter(|fx| fx.effects.hidden > 0)
                         {
-                            // Its hidden columns cannot be read from a streamed row.
-                            node.passing_to_client = false;
-                            fx.unreadable
-                                .get_or_insert_with(|| format!("a row of {len} bytes"));
+                            // Hidden columns cannot be read from a streamed row.
+                            if fx.lead_row_streams(tag, len) {
+                                node.passing_to_client = false;
+                            }
                         }
                         continue;
                     }
@@ -636,10 +628,13 @@ impl Session {
                 b'Z' => {
                     b.pending.pop_front();
                 }
-                b'C' | b'I' if !main => {}
-                b'C' | b'I' | b'E' => {
-                    let outcome = node_outcome(tag, msg, main.then_some(&b.checked));
-                    record(&mut self.repl.tx.async_answers, id, outcome);
+                b'C' | b'I' | b's' if !main => {}
+                b'C' | b'I' | b'E' | b's' => {
+                    let checked = b.checked.pop_front().flatten();
+                    if tag != b's' {
+                        let outcome = compare::outcome(tag, msg, checked.as_ref());
+                        record(&mut self.repl.tx.async_answers, id, outcome);
+                    }
                 }
                 _ => {}
             }
@@ -691,23 +686,25 @@ impl Session {
             }
             return Ok(());
         }
-        if main && matches!(tag, b'T' | b'D') {
-            if let Some(fx) = r.effects.as_mut().filter(|fx| fx.effects.hidden > 0) {
-                // The rows of a write replicated by its effect: the lead's hidden columns are
-                // kept, the client gets the rest if it asked for rows; a replica's check row
-                // is nobody's.
-                if id == r.lead {
+        if let Some(fx) = r.effects.as_mut().filter(|_| main && id == r.lead) {
+            match tag {
+                b'T' | b'D' => {
+                    // The rows of a write replicated by its effect: the lead's hidden columns
+                    // are kept, the client gets the rest if it asked for rows.
                     let out = &mut cx.shared.out;
-                    out.clear();
-                    if let Err(e) = lead_row(fx, tag, msg, out) {
-                        fx.unreadable.get_or_insert(e);
-                    }
-                    if voice && !out.is_empty() {
-                        self.client.tx.extend(out);
+                    if fx.lead_row(tag, msg, out) {
+                        if voice && !out.is_empty() {
+                            self.client.tx.extend(out);
+                        }
+                        return Ok(());
                     }
                 }
-                return Ok(());
+                b'C' | b'I' | b'E' | b's' => fx.lead_answered(tag, msg),
+                _ => {}
             }
+        }
+        if main && id != r.lead && r.effects.is_some() && matches!(tag, b'T' | b'D') {
+            return Ok(()); // a replica's check row is nobody's
         }
         // A batch ending with Flush gets no ReadyForQuery: count the answers instead.
         let mut flush_done = false;
@@ -718,7 +715,7 @@ impl Session {
             ) {
                 run.replies += 1;
             }
-            flush_done = tag == b'E' || run.replies >= n;
+            flush_done = tag == b'E' || run.replies >= n + run.extra_replies;
         }
         if flush_done {
             run.pending.pop_front();
@@ -739,8 +736,16 @@ impl Session {
                 }
                 return Ok(());
             }
+            b's' if main => {
+                run.checked.pop_front();
+            }
             b'C' | b'I' | b'E' => {
-                let outcome = node_outcome(tag, msg, main.then_some(&run.checked));
+                let checked = if main {
+                    run.checked.pop_front().flatten()
+                } else {
+                    None
+                };
+                let outcome = compare::outcome(tag, msg, checked.as_ref());
                 if main || (tag == b'E' && !two_phase_step) {
                     if main && id == r.lead && tag == b'E' {
                         r.lead_failed = true;
@@ -754,13 +759,26 @@ impl Session {
         let silent = segment == Segment::CommitPrepared && r.rolling_back;
         if voice && !silent && (main || matches!(tag, b'E' | b'A' | b'N' | b'S')) {
             // Room was checked before the message was taken.
-            if tag == b't' {
-                if let Some(Some(n)) = r.describes.pop_front() {
-                    self.client
-                        .tx
-                        .extend(&extended::trim_parameter_description(msg, n));
-                    return Ok(());
+            match tag {
+                b't' => {
+                    if let Some(n) = r.describes.front().and_then(|d| d.params) {
+                        self.client
+                            .tx
+                            .extend(&extended::trim_parameter_description(msg, n));
+                        return Ok(());
+                    }
                 }
+                b'T' | b'n' => {
+                    let hidden = r.describes.pop_front().map_or(0, |d| d.hidden);
+                    if tag == b'T' && hidden > 0 {
+                        let out = &mut cx.shared.out;
+                        out.clear();
+                        extended::cut_row_description(msg, hidden, out);
+                        self.client.tx.extend(out);
+                        return Ok(());
+                    }
+                }
+                _ => {}
             }
             self.client.tx.extend(msg);
         }
@@ -841,7 +859,8 @@ impl Session {
                     continue;
                 };
                 let mut out = Vec::new();
-                let mut checked = None;
+                let mut checked = VecDeque::new();
+                let mut extra_replies = 0;
                 let mut pending = VecDeque::with_capacity(phase.segments.len() + 2);
                 let tx = &mut repl.tx;
                 if let Some(begin) = tx.begin.as_deref().filter(|_| !tx.begun.contains(&id)) {
@@ -859,27 +878,10 @@ impl Session {
                             }
                             match r.effects.as_mut().filter(|_| id != r.lead) {
                                 Some(fx) => {
-                                    let lead_outcome = r
-                                        .answers
-                                        .iter()
-                                        .find(|(n, _)| *n == r.lead)
-                                        .and_then(|(_, o)| o.last().cloned());
-                                    if fx.effects.keyed() {
-                                        fx.lead.count = match lead_outcome {
-                                            Some(Outcome::Complete(Some(n))) => n,
-                                            _ => 0,
-                                        };
-                                    }
-                                    let lead = &fx.lead;
-                                    let effects = &fx.effects;
-                                    out.extend_from_slice(fx.replica.get_or_insert_with(|| {
-                                        let mut m = Vec::new();
-                                        frontend::query(&mut m, &effects.replica_sql(lead));
-                                        m
-                                    }));
-                                    // A keyed statement run as written answers for itself.
-                                    let as_written = effects.keyed() && lead.count > 0;
-                                    checked = lead_outcome.filter(|_| !as_written);
+                                    let replica = fx.replica(&r.main);
+                                    out.extend_from_slice(&replica.bytes);
+                                    checked = replica.checked.iter().cloned().collect();
+                                    extra_replies = replica.extra_replies;
                                 }
                                 None => out.extend_from_slice(&r.main),
                             }
@@ -922,6 +924,7 @@ impl Session {
                         pending,
                         replies: 0,
                         checked,
+                        extra_replies,
                     });
                 } else {
                     r.running.push(Running {
@@ -929,6 +932,7 @@ impl Session {
                         pending,
                         replies: 0,
                         checked,
+                        extra_replies,
                     });
                 }
                 let stats = &mut cx.shared.cluster.nodes[id as usize];
@@ -1536,14 +1540,7 @@ impl Session {
             r.ordering_lock = ordering_lock;
             r.ddl = analysed.ddl;
             r.class = analysed.class;
-            r.effects = effects.map(|effects| {
-                Box::new(EffectRun {
-                    effects,
-                    lead: LeadRows::default(),
-                    replica: None,
-                    unreadable: None,
-                })
-            });
+            r.effects = effects.map(|e| Box::new(EffectRuns::query(e)));
         }
         self.advance(cx)
     }
@@ -1626,19 +1623,10 @@ impl Session {
             statement_ts,
             random: &mut random,
         };
-        let prepared = extended::prepare(
-            &msg,
-            &mut repl.statements,
-            &|key| tables.get(key).map(|t| t.volatile.clone()),
-            &|key| tables.get(key).is_none_or(|t| t.sequenced),
-            &mut values,
-        );
+        let prepared = extended::prepare(&msg, &mut repl.statements, tables, &mut values);
         let batch = match prepared {
             extended::Prepared::Ready(b) => b,
-            extended::Prepared::NeedDefaults(inserts) => {
-                let mut tables: Vec<(String, String)> =
-                    inserts.into_iter().map(|i| (i.table, i.key)).collect();
-                tables.dedup();
+            extended::Prepared::NeedTables(tables) => {
                 return self.start_probe(msg, tables, lead, cx);
             }
             extended::Prepared::Refused(refusal) => {
@@ -1650,8 +1638,16 @@ impl Session {
                 return done;
             }
         }
-        let Some(plan) = self.plan_or_refuse(batch.class, cx) else {
+        let Some(mut plan) = self.plan_or_refuse(batch.class, cx) else {
             return Ok(());
+        };
+        let effects = EffectRuns::batch(batch.effects, batch.executes).filter(|_| plan.writes);
+        if effects.as_ref().is_some_and(|e| e.reruns()) && !self.repl.tx.view.open {
+            plan::replicas_commit_after_vote(&mut plan);
+        }
+        let text = match &effects {
+            Some(e) => short(e.statement()),
+            None => "(extended protocol batch)".into(),
         };
         let voice = match plan.voice {
             Targets::ReadNode => batch
@@ -1661,14 +1657,8 @@ impl Session {
             _ => lead,
         };
         let writes = plan.writes;
-        let mut r = Request::new(
-            batch.bytes,
-            "(extended protocol batch)".into(),
-            plan,
-            lead,
-            voice,
-            cx.now,
-        );
+        let mut r = Request::new(batch.bytes, text, plan, lead, voice, cx.now);
+        r.effects = effects.map(Box::new);
         r.ordering_lock = batch.ordering_lock.filter(|_| writes);
         r.ddl = batch.ddl;
         r.class = batch.class;
@@ -1785,13 +1775,7 @@ impl Session {
         let single = statements.clone().nth(1).is_none();
         let mut found = None;
         for statement in statements.by_ref() {
-            let Some(shape) = effects::shape(statement) else {
-                continue;
-            };
-            let Some(info) = self.repl.tables.get(&shape.key) else {
-                continue;
-            };
-            let e = effects::plan_shape(statement, shape, info)?;
+            let e = effects::plan_in(statement, &self.repl.tables)?;
             if single {
                 found = e;
             }
@@ -1857,57 +1841,10 @@ fn trace_from_client(prefix: &str, tag: u8, msg: &[u8], scratch: &mut String) {
     );
 }
 
-/// A node's answer to a statement as the vote sees it. A replica's effect check that
-/// passed (`checked`: the lead's outcome) did what the lead did.
-fn node_outcome(tag: u8, msg: &[u8], checked: Option<&Option<Outcome>>) -> Outcome {
-    match (tag, checked) {
-        (b'C', Some(Some(lead))) => lead.clone(),
-        (b'C', _) => Outcome::Complete(command_rows(msg)),
-        (b'I', _) => Outcome::Complete(None),
-        _ => {
-            let fields = backend::parse_error_fields(msg.get(5..).unwrap_or_default());
-            match fields {
-                Ok(f) => match effects::failed_check(f.message) {
-                    Some(rows) => Outcome::Differs(rows),
-                    None => Outcome::Error(f.code.to_string()),
-                },
-                Err(_) => Outcome::Error("?".into()),
-            }
-        }
-    }
-}
-
-/// One RowDescription or DataRow the lead sent for a write replicated by its effect: its
-/// hidden columns go into `fx.lead`, what the client asked for (if it asked) into `out`.
-fn lead_row(fx: &mut EffectRun, tag: u8, msg: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-    let body = &msg[5..];
-    let hidden = fx.effects.hidden;
-    let ends: Vec<usize> = if tag == b'T' {
-        backend::row_description_ends(body).map_err(|e| e.to_string())?
-    } else {
-        let fields = backend::data_row_fields(body).map_err(|e| e.to_string())?;
-        let at = fields.len().checked_sub(hidden).ok_or("too few columns")?;
-        let values: Vec<Option<&[u8]>> = fields[at..].iter().map(|(v, _)| *v).collect();
-        fx.lead.add(&values)?;
-        fields.iter().map(|(_, end)| *end).collect()
-    };
-    let keep = ends.len().checked_sub(hidden).ok_or("too few columns")?;
-    if fx.effects.client_returning {
-        let end = if keep == 0 { 2 } else { ends[keep - 1] };
-        backend::cut_row(out, tag, body, keep, end);
-    }
-    Ok(())
-}
-
 /// What the client is told when the nodes' results for `statement` differed and nothing
 /// was committed: SQLSTATE 40001, so that retry loops retry it.
 fn race_message(statement: &str) -> String {
     format!("could not replicate \"{statement}\": the nodes' results differed (a concurrent transaction changed what they saw); it was rolled back on every node and can be retried")
-}
-
-fn command_rows(msg: &[u8]) -> Option<u64> {
-    let tag = msg.get(5..)?.split(|&b| b == 0).next()?;
-    backend::command_tag_rows(std::str::from_utf8(tag).ok()?)
 }
 
 /// A statement shortened for log lines.
