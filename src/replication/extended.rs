@@ -82,22 +82,27 @@ pub struct EffectExecute {
     pub effects: Arc<Effects>,
     /// Its place among the batch's Executes.
     pub execute: usize,
-    /// Where the Execute message is in `Batch::bytes`.
+    /// Where the Execute message is in `Batch::bytes` (a Query: the statement in its text).
     at: (usize, usize),
     args: Args,
     param_types: Vec<u32>,
 }
 
 impl EffectExecute {
-    /// A simple Query's one write: its "Execute" is the Query.
-    pub fn alone(effects: Effects) -> EffectExecute {
+    /// A write in a simple Query: the `index`th statement, at `span` (bytes) of its text.
+    pub fn in_query(effects: Effects, index: usize, span: (usize, usize)) -> EffectExecute {
         EffectExecute {
             effects: Arc::new(effects),
-            execute: 0,
-            at: (0, 0),
+            execute: index,
+            at: span,
             args: Args::default(),
             param_types: Vec::new(),
         }
+    }
+
+    /// Where it is: the Execute message in the batch, or the statement in a Query's text.
+    pub fn span(&self) -> (usize, usize) {
+        self.at
     }
 }
 

@@ -21,7 +21,7 @@ use crate::replication::catalog::{self, TableInfo};
 use crate::replication::compare::{self, Outcome};
 use crate::replication::defaults;
 use crate::replication::effect_runs::EffectRuns;
-use crate::replication::effects::{self, Effects};
+use crate::replication::effects;
 use crate::replication::extended::{self, Statements};
 use crate::replication::lexer::split_statements;
 use crate::replication::plan::{self, Plan, Planned, Segment, Targets, TxView};
@@ -1508,8 +1508,9 @@ impl Session {
                     if e.reruns() && !self.repl.tx.view.open {
                         plan::replicas_commit_after_vote(&mut plan);
                     }
-                    let mut m = Vec::with_capacity(e.lead_sql.len() + 6);
-                    frontend::query(&mut m, &e.lead_sql);
+                    let lead_sql = e.lead_query();
+                    let mut m = Vec::with_capacity(lead_sql.len() + 6);
+                    frontend::query(&mut m, &lead_sql);
                     m
                 }
                 (None, Some(rewritten)) => {
@@ -1540,7 +1541,7 @@ impl Session {
             r.ordering_lock = ordering_lock;
             r.ddl = analysed.ddl;
             r.class = analysed.class;
-            r.effects = effects.map(|e| Box::new(EffectRuns::query(e)));
+            r.effects = effects.map(Box::new);
         }
         self.advance(cx)
     }
@@ -1767,20 +1768,22 @@ impl Session {
         }
     }
 
-    /// How the write `sql` (rewritten already) is replicated by its effect; None: as
-    /// written. Only a Query of one statement is; every statement of it is checked for
-    /// triggers that cannot be replicated.
-    fn effects_of(&self, sql: &str) -> Result<Option<Effects>, request::Refusal> {
-        let mut statements = split_statements(sql);
-        let single = statements.clone().nth(1).is_none();
-        let mut found = None;
-        for statement in statements.by_ref() {
-            let e = effects::plan_in(statement, &self.repl.tables)?;
-            if single {
-                found = e;
+    /// How the statements of the write Query `sql` (rewritten already) are replicated by
+    /// their effect; None: all as written. Refused when one cannot be replicated (a
+    /// trigger calls a non-deterministic function).
+    fn effects_of(&self, sql: &str) -> Result<Option<EffectRuns>, request::Refusal> {
+        let mut found = Vec::new();
+        let mut statements = 0;
+        for (i, statement) in split_statements(sql).enumerate() {
+            statements += 1;
+            if let Some(e) = effects::plan_in(statement, &self.repl.tables)? {
+                // A sub-slice of `sql`: its place in the text.
+                let start = statement.as_ptr() as usize - sql.as_ptr() as usize;
+                let span = (start, start + statement.len());
+                found.push(extended::EffectExecute::in_query(e, i, span));
             }
         }
-        Ok(found)
+        Ok(EffectRuns::query(sql.to_string(), found, statements))
     }
 
     /// The text every node runs for a write: non-deterministic column defaults written in,
