@@ -79,7 +79,7 @@ fn run_workloads(write_ack: &str, protocol: &str) {
     let db = format!("cw_{write_ack}_{protocol}");
     let port = pm.port().to_string();
     let (setup, workloads) = workloads();
-    assert_eq!(workloads.len(), 7, "the seven workloads");
+    assert_eq!(workloads.len(), 8, "the eight workloads");
     for (name, tables, script) in &workloads {
         if protocol != "simple" && script.contains("\\;") {
             continue; // several statements in one Query cannot be prepared

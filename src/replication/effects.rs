@@ -59,16 +59,19 @@ pub struct Shape {
     pub pinned: Vec<String>,
 }
 
-/// The shape of `statement` if it is a single UPDATE, DELETE or INSERT (not one under WITH).
+/// The shape of `statement` if it is a single UPDATE, DELETE or INSERT, after a `WITH` of
+/// queries that only read (`WITH next AS (SELECT … FOR UPDATE SKIP LOCKED) UPDATE …`). Not
+/// one whose `WITH` writes too.
 pub fn shape(statement: &str) -> Option<Shape> {
     let tokens: Vec<Token> = Lexer::new(statement).collect();
-    let first = tokens.first()?;
+    let w = after_reading_with(&tokens)?;
+    let first = tokens.get(w)?;
     let (command, mut i) = if first.is_kw("UPDATE") {
-        (Command::Update, 1)
-    } else if first.is_kw("DELETE") && tokens.get(1)?.is_kw("FROM") {
-        (Command::Delete, 2)
-    } else if first.is_kw("INSERT") && tokens.get(1)?.is_kw("INTO") {
-        (Command::Insert, 2)
+        (Command::Update, w + 1)
+    } else if first.is_kw("DELETE") && tokens.get(w + 1)?.is_kw("FROM") {
+        (Command::Delete, w + 2)
+    } else if first.is_kw("INSERT") && tokens.get(w + 1)?.is_kw("INTO") {
+        (Command::Insert, w + 2)
     } else {
         return None;
     };
@@ -152,8 +155,67 @@ pub fn shape(statement: &str) -> Option<Shape> {
             s.current_of = true;
         }
     }
-    s.pinned = pinned_columns(&tokens, i);
+    if w == 0 {
+        // What a WITH's queries lock or see is not the row's own business.
+        s.pinned = pinned_columns(&tokens, i);
+    }
     Some(s)
+}
+
+/// The token after a leading `WITH [RECURSIVE] name [(columns)] AS [[NOT] MATERIALIZED]
+/// (query), …` whose queries only read; 0 without WITH; None when one of them writes (or
+/// the list is not of that form).
+fn after_reading_with(tokens: &[Token]) -> Option<usize> {
+    if !tokens.first()?.is_kw("WITH") {
+        return Some(0);
+    }
+    let close = |open: usize| -> Option<usize> {
+        let mut depth = 0u32;
+        for (n, t) in tokens.iter().enumerate().skip(open) {
+            match t.kind {
+                TokenKind::Punct(b'(') => depth += 1,
+                TokenKind::Punct(b')') => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return Some(n);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    };
+    let mut i = 1 + usize::from(tokens.get(1)?.is_kw("RECURSIVE"));
+    loop {
+        if !tokens.get(i)?.is_name() {
+            return None;
+        }
+        i += 1;
+        if tokens.get(i)?.is_punct(b'(') {
+            i = close(i)? + 1;
+        }
+        if !tokens.get(i)?.is_kw("AS") {
+            return None;
+        }
+        i += 1;
+        i += usize::from(tokens.get(i)?.is_kw("NOT"));
+        i += usize::from(tokens.get(i)?.is_kw("MATERIALIZED"));
+        if !tokens.get(i)?.is_punct(b'(') {
+            return None;
+        }
+        let body = tokens.get(i + 1)?;
+        if ["INSERT", "UPDATE", "DELETE", "MERGE"]
+            .iter()
+            .any(|k| body.is_kw(k))
+        {
+            return None;
+        }
+        i = close(i)? + 1;
+        if !tokens.get(i)?.is_punct(b',') {
+            return Some(i);
+        }
+        i += 1;
+    }
 }
 
 /// See `Shape::pinned`; `from` is the token after the target (and SET's assignments are
@@ -719,7 +781,17 @@ mod tests {
         let u =
             shape("UPDATE t SET a = x IS DISTINCT FROM y, b = 2 FROM u WHERE t.id = u.id").unwrap();
         assert_eq!(u.set_columns, vec!["a", "b"]);
-        assert!(shape("WITH x AS (SELECT 1) UPDATE t SET a = 1").is_none());
+        let w = shape("WITH RECURSIVE n (id) AS MATERIALIZED (SELECT id FROM jobs WHERE status = 'new' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED), m AS (SELECT 1) UPDATE jobs j SET status = 'running' FROM n WHERE j.id = n.id AND j.id = 4").unwrap();
+        assert_eq!(
+            (w.command, w.key.as_str(), w.row.as_str()),
+            (Command::Update, "jobs", "j")
+        );
+        assert!(w.pinned.is_empty(), "a WITH is never keyed");
+        assert!(
+            shape("WITH x AS (DELETE FROM t RETURNING *) INSERT INTO u SELECT * FROM x").is_none()
+        );
+        assert!(shape("WITH x AS (SELECT 1), y AS (UPDATE t SET a = 1) SELECT 1").is_none());
+        assert!(shape("WITH x AS (SELECT 1) SELECT 1").is_none());
         assert!(shape("UPDATE t SET a = 1; UPDATE t SET a = 2").is_none());
         assert!(
             shape("UPDATE t SET a = 1 WHERE CURRENT OF c")
