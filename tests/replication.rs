@@ -757,41 +757,11 @@ fn async_disagreement_fails_the_commit_everywhere() {
 /// second batch; PostgreSQL's answer stream, and no node diverges.
 #[test]
 fn a_pipelined_batch_with_an_error_recovers() {
-    use std::io::{Read, Write};
     fresh_db("pipe");
     let pm = Pgmulti::start(&replication_conf());
     sql(&pm, "pipe", "CREATE TABLE p (id int PRIMARY KEY)");
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", pm.port())).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let msg = |tag: u8, body: &[u8]| {
-        let mut m = vec![tag];
-        m.extend(((body.len() + 4) as u32).to_be_bytes());
-        m.extend(body);
-        m
-    };
-    let startup = {
-        let mut body = 196608u32.to_be_bytes().to_vec();
-        body.extend(b"user\0postgres\0database\0pipe\0\0");
-        let mut m = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-        m.extend(body);
-        m
-    };
-    s.write_all(&startup).unwrap();
-    let read_until_ready = |s: &mut std::net::TcpStream| {
-        let mut tags = Vec::new();
-        loop {
-            let mut h = [0u8; 5];
-            s.read_exact(&mut h).unwrap();
-            let len = u32::from_be_bytes(h[1..5].try_into().unwrap()) as usize;
-            let mut body = vec![0; len - 4];
-            s.read_exact(&mut body).unwrap();
-            tags.push(h[0]);
-            if h[0] == b'Z' {
-                return (tags, body[0]);
-            }
-        }
-    };
-    read_until_ready(&mut s);
+    let mut s = RawClient::connect(pm.port(), "postgres", "pipe");
+    let msg = message;
     let mut batch = msg(b'P', b"ins\0INSERT INTO p VALUES ($1)\0\0\0");
     for i in 0..100 {
         let v = i.to_string();
@@ -806,8 +776,8 @@ fn a_pipelined_batch_with_an_error_recovers() {
     batch.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
     batch.extend(msg(b'E', b"\0\0\0\0\0"));
     batch.extend(msg(b'S', b""));
-    s.write_all(&batch).unwrap();
-    let (tags, status) = read_until_ready(&mut s);
+    s.send(&batch);
+    let (tags, status) = s.read_until_ready();
     assert_eq!(
         tags.iter().filter(|&&t| t == b'C').count(),
         100,
@@ -828,8 +798,8 @@ fn a_pipelined_batch_with_an_error_recovers() {
     again.extend(msg(b'B', &b));
     again.extend(msg(b'E', b"\0\0\0\0\0"));
     again.extend(msg(b'S', b""));
-    s.write_all(&again).unwrap();
-    let (tags, _) = read_until_ready(&mut s);
+    s.send(&again);
+    let (tags, _) = s.read_until_ready();
     assert!(tags.contains(&b'C') && !tags.contains(&b'E'), "{tags:?}");
     assert_identical("pipe", &[0, 1, 2]);
     assert_eq!(

@@ -21,6 +21,9 @@ pub const MECHANISM: &str = "SCRAM-SHA-256";
 pub const DEFAULT_ITERATIONS: u32 = 4096;
 /// Highest iteration count accepted, as PostgreSQL stores it in an `int`.
 pub const MAX_ITERATIONS: u32 = i32::MAX as u32;
+/// Most iterations pgmulti computes for a node's SCRAM challenge: PBKDF2 runs on the event
+/// loop, and 2^31 rounds would stop it for minutes (100,000 take about 30 ms).
+pub const MAX_NODE_ITERATIONS: u32 = 100_000;
 /// Salt length for verifiers pgmulti makes itself (PostgreSQL's default).
 const SALT_LEN: usize = 16;
 /// Random bytes in a nonce before base64 (PostgreSQL's SCRAM_RAW_NONCE_LEN).
@@ -80,13 +83,6 @@ impl ScramServer {
             server_nonce: server_nonce_suffix.unwrap_or_else(random_nonce),
             state: ServerState::AwaitingClientFirst,
         }
-    }
-
-    /// For a plaintext password in the auth_file: a fresh verifier with a random 16-byte salt.
-    pub fn from_password(password: &str) -> ScramServer {
-        let salt = random_bytes::<SALT_LEN>();
-        let secret = ScramSecret::from_password(password, &salt, DEFAULT_ITERATIONS);
-        ScramServer::new(secret, None)
     }
 
     /// For a user that does not exist: an exchange that looks normal and always fails, with a
@@ -253,6 +249,11 @@ impl ScramClient {
         check_extensions(attributes, what)?;
 
         let (client_key, server_key) = match &self.credentials {
+            ScramCredentials::Password(_) if iterations > MAX_NODE_ITERATIONS => {
+                return Err(format!(
+                    "the server asks for {iterations} SCRAM iterations; pgmulti computes at most {MAX_NODE_ITERATIONS} (store a verifier with fewer, or give pgmulti the verifier's keys)"
+                ));
+            }
             ScramCredentials::Password(password) => {
                 let salted = salted_password(password.as_bytes(), &salt, iterations);
                 (client_key(&salted), server_key(&salted))
@@ -360,9 +361,21 @@ pub(crate) fn hmac(key: &[u8], message: &[u8]) -> [u8; 32] {
     HmacSha256::new(key).mac(message)
 }
 
-/// RFC 5802's Hi(): PBKDF2-HMAC-SHA-256 giving one 32-byte block, the SaltedPassword.
-/// An iteration count of 0 is treated as 1; callers reject 0 before getting here.
+/// RFC 5802's Hi(): PBKDF2-HMAC-SHA-256 giving one 32-byte block, the SaltedPassword,
+/// computed by OpenSSL. An iteration count of 0 is treated as 1; callers reject 0 before
+/// getting here.
 pub(crate) fn salted_password(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    let digest = openssl::hash::MessageDigest::sha256();
+    match openssl::pkcs5::pbkdf2_hmac(password, salt, iterations.max(1) as usize, digest, &mut out)
+    {
+        Ok(()) => out,
+        // Never a made-up key: the same function by hand.
+        Err(_) => salted_password_by_hand(password, salt, iterations),
+    }
+}
+
+fn salted_password_by_hand(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
     let prf = HmacSha256::new(password);
     let mut first = salt.to_vec();
     first.extend_from_slice(&1u32.to_be_bytes());
@@ -573,7 +586,8 @@ mod tests {
         assert!(server.client_key().is_some());
 
         let mut client = ScramClient::new(password("plain in auth_file"), None);
-        let mut server = ScramServer::from_password("plain in auth_file");
+        let mut server =
+            ScramServer::new(ScramSecret::with_random_salt("plain in auth_file"), None);
         assert_eq!(exchange(&mut client, &mut server), Ok(()));
 
         let a = ScramClient::new(password("x"), None).client_nonce;
@@ -782,6 +796,18 @@ mod tests {
     }
 
     #[test]
+    fn a_node_asking_for_too_many_iterations_is_refused() {
+        let mut client = ScramClient::new(password("x"), Some("abcdefghijklmnopqrstuvwx".into()));
+        client.client_first();
+        let first = format!(
+            "r=abcdefghijklmnopqrstuvwxSERVER,s={},i=2147483647",
+            encode_base64(b"salt")
+        );
+        let e = client.server_first(first.as_bytes()).unwrap_err();
+        assert!(e.contains("2147483647 SCRAM iterations"), "{e}");
+    }
+
+    #[test]
     fn hmac_and_hi_agree_with_openssl() {
         use openssl::hash::MessageDigest;
         use openssl::pkey::PKey;
@@ -812,6 +838,7 @@ mod tests {
                 )
                 .unwrap();
                 assert_eq!(salted_password(&key, b"salt", iterations), expected);
+                assert_eq!(salted_password_by_hand(&key, b"salt", iterations), expected);
             }
         }
     }

@@ -97,6 +97,15 @@ impl ScramSecret {
         }
     }
 
+    /// A verifier for a plaintext password, with a fresh random 16-byte salt and
+    /// PostgreSQL's default iteration count.
+    pub fn with_random_salt(password: &str) -> ScramSecret {
+        let mut salt = [0u8; 16];
+        // A failing generator leaves zeros: still a valid verifier, only a guessable salt.
+        let _ = openssl::rand::rand_bytes(&mut salt);
+        ScramSecret::from_password(password, &salt, scram::DEFAULT_ITERATIONS)
+    }
+
     /// Parses "SCRAM-SHA-256$<iter>:<salt b64>$<StoredKey b64>:<ServerKey b64>".
     pub fn parse(s: &str) -> Result<ScramSecret, String> {
         let bad = |what: &str| format!("bad SCRAM-SHA-256 verifier: {what}");

@@ -48,11 +48,11 @@ impl Buf {
 
     /// How many more bytes fit (after compaction).
     pub fn free(&self) -> usize {
-        self.capacity() - self.len()
+        self.capacity().saturating_sub(self.len())
     }
 
     pub fn is_full(&self) -> bool {
-        self.len() == self.capacity()
+        self.len() >= self.capacity()
     }
 
     /// Drop `n` bytes from the front.
@@ -115,6 +115,24 @@ impl Buf {
         true
     }
 
+    /// Append `bytes` even beyond the capacity: for what must never be dropped (pgmulti's
+    /// own ErrorResponse and ReadyForQuery, a few hundred bytes a request). The buffer then
+    /// has no free space until it drains below its capacity.
+    pub fn extend_always(&mut self, bytes: &[u8]) {
+        if self.extend(bytes) {
+            return;
+        }
+        self.compact();
+        let end = self.end as usize;
+        if end + bytes.len() > self.data.len() {
+            let mut bigger = vec![0u8; end + bytes.len()].into_boxed_slice();
+            bigger[..end].copy_from_slice(&self.data[..end]);
+            self.data = bigger;
+        }
+        self.data[end..end + bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len() as u32;
+    }
+
     /// Make sure the unconsumed bytes start at offset 0 so that a message of up to `cap`
     /// bytes can be completed in place.
     pub fn compact(&mut self) {
@@ -158,6 +176,21 @@ mod tests {
         assert!(b.is_empty());
         b.release();
         assert_eq!(b.allocated(), 0);
+    }
+
+    #[test]
+    fn what_must_be_sent_goes_past_the_capacity() {
+        let mut b = Buf::new(8);
+        assert!(b.extend(b"abcdefg"));
+        b.consume(2);
+        b.extend_always(b"0123");
+        assert_eq!(b.data(), b"cdefg0123");
+        assert!(b.is_full());
+        assert_eq!(b.free(), 0);
+        assert!(!b.extend(b"x"), "nothing else until it drains");
+        assert!(b.space().is_empty());
+        b.consume(5);
+        assert_eq!(b.free(), 4);
     }
 
     #[test]

@@ -337,6 +337,44 @@ pub fn parse_error_fields(body: &[u8]) -> Result<ErrorFields<'_>, ProtocolError>
     Ok(fields)
 }
 
+/// An ErrorResponse too large to hold whole, rebuilt from the start of its body that did
+/// arrive (`prefix`; `len` is the whole message's length): its severity, SQLSTATE and as
+/// much of its message as arrived, marked as cut. The rest of the original is skipped.
+pub fn shortened_error(prefix: &[u8], len: usize, out: &mut Vec<u8>) {
+    let (mut severity, mut code, mut message) = (None, None, String::new());
+    let mut rest = prefix;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let (value, complete) = match tail.iter().position(|&b| b == 0) {
+            Some(n) => (&tail[..n], Some(n + 1)),
+            None => (tail, None),
+        };
+        let text = String::from_utf8_lossy(value);
+        match field {
+            b'V' => severity = Some(text.into_owned()),
+            b'S' if severity.is_none() => severity = Some(text.into_owned()),
+            b'C' if complete.is_some() => code = Some(text.into_owned()),
+            b'M' => message = text.into_owned(),
+            _ => {}
+        }
+        let Some(n) = complete else {
+            break;
+        };
+        rest = &tail[n..];
+    }
+    message.push_str(&format!(" … (an error of {len} bytes, cut by pgmulti)"));
+    error_response(
+        out,
+        severity.as_deref().unwrap_or("ERROR"),
+        code.as_deref().unwrap_or("XX000"),
+        &message,
+        None,
+        None,
+    );
+}
+
 /// One field of a DataRow: its value (None for NULL) and the offset just past it.
 pub type RowField<'a> = (Option<&'a [u8]>, usize);
 
@@ -417,6 +455,28 @@ mod tests {
         let (tag, total) = message_header(buf, MAX_MESSAGE_LEN).unwrap().unwrap();
         assert_eq!(total, buf.len());
         (tag, &buf[5..])
+    }
+
+    #[test]
+    fn a_cut_error_keeps_its_severity_code_and_start() {
+        let mut whole = Vec::new();
+        let long = "x".repeat(40_000);
+        error_response(&mut whole, "ERROR", "22P02", &long, None, None);
+        let mut out = Vec::new();
+        shortened_error(&whole[5..1000], whole.len(), &mut out);
+        let (tag, body) = frame(&out);
+        assert_eq!(tag, b'E');
+        let f = parse_error_fields(body).unwrap();
+        assert_eq!((f.severity, f.code), ("ERROR", "22P02"));
+        assert!(f.message.starts_with("xxx"), "{}", f.message);
+        assert!(f.message.ends_with(&format!(
+            "(an error of {} bytes, cut by pgmulti)",
+            whole.len()
+        )));
+        // Cut inside the code: the code is not trusted.
+        let mut out = Vec::new();
+        shortened_error(&whole[5..20], whole.len(), &mut out);
+        assert_eq!(parse_error_fields(frame(&out).1).unwrap().code, "XX000");
     }
 
     #[test]

@@ -84,6 +84,13 @@ pub fn flush(out: &mut Vec<u8>) {
     finish_message(out, start);
 }
 
+/// CopyFail ('f'): end a COPY FROM STDIN with an error.
+pub fn copy_fail(out: &mut Vec<u8>, reason: &str) {
+    let start = begin_message(out, b'f');
+    put_cstr(out, reason.as_bytes());
+    finish_message(out, start);
+}
+
 /// Parse ('P'): prepare `sql` as `statement`, with these parameter type OIDs (0: inferred).
 pub fn parse_message(out: &mut Vec<u8>, statement: &str, sql: &str, param_types: &[u32]) {
     let start = begin_message(out, b'P');

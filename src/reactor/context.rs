@@ -122,8 +122,16 @@ pub struct Shared {
     pub gate: Gate,
     /// Nodes whose failed health check is to be retried.
     pub health_retries: Vec<u8>,
+    /// Nodes to check now: a session lost its connection to them.
+    pub health_now: Vec<u8>,
     /// Random cancel-key secrets not handed out yet.
     pub secrets: Vec<u32>,
+    /// Drawn once: makes the SCRAM salt of a user that does not exist stable, as
+    /// PostgreSQL's mock authentication does (`ScramServer::mock`).
+    pub mock_nonce: [u8; 32],
+    /// SCRAM verifiers made for plaintext passwords of the auth file, by user (with the
+    /// password they were made of): PBKDF2 runs once per user, not once per login.
+    pub verifiers: HashMap<String, (String, crate::auth::userlist::ScramSecret)>,
 }
 
 pub struct Context<'a> {

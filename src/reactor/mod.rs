@@ -119,6 +119,8 @@ pub struct Reactor {
     woken: bool,
     /// A round of health checks is on the timer wheel.
     health_scheduled: bool,
+    /// `Cluster::changes` when sessions were last woken for it.
+    cluster_changes: u64,
 }
 
 impl Reactor {
@@ -159,6 +161,7 @@ impl Reactor {
             timers: TimerWheel::new(Duration::from_millis(10), 1024, Instant::now()),
             run_queue: VecDeque::with_capacity(1024),
             next_pass: Vec::new(),
+            cluster_changes: 0,
             to_free: Vec::new(),
             shared,
             log,
@@ -217,6 +220,10 @@ impl Reactor {
             if !self.shared.health_retries.is_empty() {
                 self.schedule_health_retries(now);
             }
+            for node in std::mem::take(&mut self.shared.health_now) {
+                self.start_health_check(node, now);
+            }
+            self.wake_sessions_on_cluster_change();
             self.free_closed();
             if self.log.pressing() {
                 self.log.drain();
@@ -316,6 +323,23 @@ impl Reactor {
                 break;
             };
             self.dispatch(key, event, now);
+        }
+    }
+
+    /// A node was detached or attached: every session runs in the next pass, so that one
+    /// waiting on a detached node stops waiting at once.
+    fn wake_sessions_on_cluster_change(&mut self) {
+        if self.shared.cluster.changes == self.cluster_changes {
+            return;
+        }
+        self.cluster_changes = self.shared.cluster.changes;
+        for (index, e) in self.entries.iter() {
+            if matches!(e.conn, Conn::Session(_)) && !e.closed {
+                self.next_pass.push(ConnKey {
+                    index: index as u32,
+                    generation: e.generation,
+                });
+            }
         }
     }
 
@@ -918,7 +942,14 @@ impl Shared {
             node_msg: Vec::with_capacity(4096),
             gate: Default::default(),
             health_retries: Vec::new(),
+            health_now: Vec::new(),
             secrets: Vec::new(),
+            mock_nonce: {
+                let mut n = [0u8; 32];
+                let _ = openssl::rand::rand_bytes(&mut n);
+                n
+            },
+            verifiers: HashMap::new(),
         }
     }
 }

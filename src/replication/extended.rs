@@ -252,6 +252,9 @@ pub fn prepare(
                     copy(&mut out, tag, body);
                     continue;
                 };
+                if let Some(refusal) = request::signals_a_given_backend(p.query) {
+                    return Prepared::Refused(refusal);
+                }
                 let inserts = analyse(p.query).inserts;
                 let filled = defaults::fill(p.query, &inserts, &|key| {
                     tables

@@ -181,6 +181,65 @@ pub struct Refusal {
     pub hint: String,
 }
 
+/// `pg_terminate_backend(12345)`, `pg_cancel_backend($1)`: a process number the client
+/// learned from somewhere names a different backend (or none) on each node, so pgmulti
+/// refuses to send it anywhere. Numbers a node computes itself (`pg_backend_pid()`, `pid`
+/// from `pg_stat_activity`) are fine.
+pub fn signals_a_given_backend(sql: &str) -> Option<Refusal> {
+    // Most queries name neither function: no lexing for them.
+    if !sql
+        .as_bytes()
+        .windows(8)
+        .any(|w| w.eq_ignore_ascii_case(b"_backend"))
+    {
+        return None;
+    }
+    let tokens: Vec<Token> = Lexer::new(sql).collect();
+    for (i, t) in tokens.iter().enumerate() {
+        let function = ["pg_terminate_backend", "pg_cancel_backend"]
+            .into_iter()
+            .find(|f| t.is_kw(f));
+        let Some(function) = function else {
+            continue;
+        };
+        if !tokens.get(i + 1).is_some_and(|t| t.is_punct(b'(')) {
+            continue;
+        }
+        let mut depth = 0u32;
+        let argument: Vec<&Token> = tokens[i + 1..]
+            .iter()
+            .take_while(|t| {
+                match t.kind {
+                    TokenKind::Punct(b'(') => depth += 1,
+                    TokenKind::Punct(b')') => depth -= 1,
+                    TokenKind::Punct(b',') if depth == 1 => return false,
+                    _ => {}
+                }
+                depth > 0
+            })
+            .skip(1)
+            .collect();
+        let given = !argument.is_empty()
+            && argument.iter().all(|t| {
+                matches!(
+                    t.kind,
+                    TokenKind::Number | TokenKind::Param | TokenKind::Operator | TokenKind::Cast
+                ) || t.is_punct(b'(')
+                    || t.is_punct(b')')
+                    || t.is_kw("int")
+                    || t.is_kw("integer")
+                    || t.is_kw("int4")
+            });
+        if given {
+            return Some(Refusal {
+                message: format!("{function}() with a process number cannot be run through pgmulti: the number names a different backend, or none, on each node"),
+                hint: "connect to the node itself, or select the process from pg_stat_activity in the same statement (… FROM pg_stat_activity WHERE …)".into(),
+            });
+        }
+    }
+    None
+}
+
 /// A moment on pgmulti's clock: seconds since the Unix epoch, and microseconds.
 pub type Moment = (u64, u32);
 
@@ -522,6 +581,25 @@ fn uuid_v4(random: &mut dyn FnMut() -> u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_given_process_number_is_refused() {
+        for sql in [
+            "SELECT pg_terminate_backend(12345)",
+            "select PG_CANCEL_BACKEND($1::int)",
+            "SELECT pg_terminate_backend(42, 1000)",
+        ] {
+            assert!(signals_a_given_backend(sql).is_some(), "{sql}");
+        }
+        for sql in [
+            "SELECT pg_terminate_backend(pg_backend_pid())",
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE datname = 'x'",
+            "SELECT 'pg_terminate_backend(1)'",
+            "SELECT 12345",
+        ] {
+            assert!(signals_a_given_backend(sql).is_none(), "{sql}");
+        }
+    }
 
     fn rw(sql: &str) -> Result<Option<String>, Refusal> {
         let mut n = 0u64;

@@ -59,10 +59,22 @@ impl Session {
             Method::Md5 | Method::ScramSha256 => {
                 let server = match secret {
                     Some(Secret::Scram(s)) => ScramServer::new(s, None),
-                    Some(Secret::Plain(p)) => ScramServer::from_password(&p),
-                    // Unknown user or an MD5 hash: run the exchange against a secret nobody
-                    // knows, so the failure looks like any wrong password.
-                    _ => ScramServer::new(unguessable_secret(), None),
+                    Some(Secret::Plain(p)) => {
+                        let user = self.user_name().to_string();
+                        let known = cx.shared.verifiers.get(&user).filter(|(pw, _)| *pw == p);
+                        let secret = match known {
+                            Some((_, s)) => s.clone(),
+                            None => {
+                                let s = ScramSecret::with_random_salt(&p);
+                                cx.shared.verifiers.insert(user, (p, s.clone()));
+                                s
+                            }
+                        };
+                        ScramServer::new(secret, None)
+                    }
+                    // Unknown user or an MD5 hash: an exchange that fails like any wrong
+                    // password, with a salt as stable as a real user's.
+                    _ => ScramServer::mock(self.user_name(), &cx.shared.mock_nonce),
                 };
                 backend::authentication_sasl(out, &["SCRAM-SHA-256"]);
                 ClientAuth::Scram {
@@ -226,15 +238,6 @@ impl Session {
 }
 
 use crate::trace::{self, Peer};
-
-fn unguessable_secret() -> ScramSecret {
-    let mut salt = [0u8; 16];
-    let mut password = [0u8; 32];
-    let _ = openssl::rand::rand_bytes(&mut salt);
-    let _ = openssl::rand::rand_bytes(&mut password);
-    let hex: String = password.iter().map(|b| format!("{b:02x}")).collect();
-    ScramSecret::from_password(&hex, &salt, 4096)
-}
 
 /// Constant-time comparison that, unlike `openssl::memcmp::eq`, accepts unequal lengths.
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {

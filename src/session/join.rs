@@ -1,5 +1,6 @@
-//! A node attached while a session was open (ATTACH NODE, RECOVER NODE) joins the session
-//! between two of its transactions: pgmulti connects and logs in as the session's user,
+//! A node attached while a session was open (ATTACH NODE, RECOVER NODE), or one the session
+//! lost its connection to while the node stayed up, joins the session between two of its
+//! transactions: pgmulti connects and logs in as the session's user,
 //! applies its startup settings, then replays what the session set up on the other nodes —
 //! its session-state statements (SET, PREPARE, …) and the Parse of each named prepared
 //! statement — before the next request runs on every node. Until then the request waits.
@@ -34,10 +35,11 @@ impl Session {
     /// connections are started (or driven on) and the caller waits.
     pub(super) fn join_attached(&mut self, cx: &mut Context) -> Result<bool, Transition> {
         if self.repl.joining.is_empty() {
-            if self.repl.cluster_seen == cx.shared.cluster.changes {
+            if self.repl.cluster_seen == cx.shared.cluster.changes && !self.repl.reconnect {
                 return Ok(true);
             }
             self.repl.cluster_seen = cx.shared.cluster.changes;
+            self.repl.reconnect = false;
             let missing: Vec<u8> = cx
                 .shared
                 .cluster
@@ -124,18 +126,17 @@ impl Session {
             match j.conn.login_and_configure(&mut lc, settings, cx) {
                 LoginStep::Pending => return Ok(Some(false)),
                 LoginStep::Ready => {}
-                LoginStep::Failed {
-                    reason,
-                    refused: None,
-                } => {
+                // Unreachable, or going away (shutting down, in recovery): the node is down.
+                LoginStep::Failed { reason, refused }
+                    if refused
+                        .as_deref()
+                        .is_none_or(|c| c == "57P03" || c.starts_with("08")) =>
+                {
                     cx.shared.cluster.detach(id, &reason);
                     return Ok(None);
                 }
-                LoginStep::Failed {
-                    reason,
-                    refused: Some(_),
-                } => {
-                    let msg = format!("node {id} was attached but refused this session: {reason}");
+                LoginStep::Failed { reason, .. } => {
+                    let msg = format!("node {id} refused this session: {reason}");
                     self.fatal(cx, "57P01", &msg);
                     return Err(Transition::Close(msg));
                 }

@@ -435,6 +435,11 @@ impl Session {
     }
 
     /// Append `cx.shared.out` (messages pgmulti built) to the client's send buffer, traced.
+    /// The user the client logged in as ("" before its startup message).
+    fn user_name(&self) -> &str {
+        startup::find_param(&self.params, "user").unwrap_or_default()
+    }
+
     fn send_to_client(&mut self, cx: &mut Context) {
         trace::trace_built(
             &self.prefix,
@@ -443,13 +448,8 @@ impl Session {
             &cx.shared.out,
             &mut cx.shared.scratch,
         );
-        if !self.client.tx.extend(&cx.shared.out) {
-            log::warn!(
-                "{} send buffer full: dropped a {}-byte message from pgmulti",
-                self.prefix,
-                cx.shared.out.len()
-            );
-        }
+        // Never dropped, even when a client that does not read has filled its buffer.
+        self.client.tx.extend_always(&cx.shared.out);
     }
 
     /// Turn the client away right after accept (too many clients, shutting down).

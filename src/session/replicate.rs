@@ -68,6 +68,11 @@ pub struct Replication {
     pub(super) joining: Vec<super::join::Joining>,
     /// `Cluster::changes` when the session last compared its nodes with the live ones.
     pub(super) cluster_seen: u64,
+    /// The session lost a connection to a live node: it connects again between
+    /// transactions (see `join`).
+    pub(super) reconnect: bool,
+    /// The FATAL error a node sent before closing a connection (it explains the loss).
+    node_fatal: Option<(u8, String)>,
 }
 
 /// A relay session never uses its `Replication`: it is made on first use, so that idle relay
@@ -118,6 +123,9 @@ struct Tx {
     begin: Option<Vec<u8>>,
     /// The nodes that got `begin`.
     begun: Vec<u8>,
+    /// A node's connection was lost while the transaction was open: its statements are
+    /// answered with this (40001), not 25P02, until it ends.
+    lost: Option<String>,
 }
 
 impl Tx {
@@ -283,6 +291,16 @@ impl Request {
     }
 }
 
+impl Request {
+    /// See `Session::lost_commit`.
+    fn fail_commit(&mut self, lost: Option<String>) {
+        if let Some(lost) = lost {
+            self.error = Some(("40001", lost));
+            self.final_status = Some(b'I');
+        }
+    }
+}
+
 struct Running {
     node: u8,
     pending: VecDeque<Segment>,
@@ -386,6 +404,17 @@ impl Session {
     /// Flush and fill every node connection. A node whose connection broke is detached.
     fn node_io(&mut self, cx: &mut Context) -> Result<bool, Transition> {
         let mut progress = false;
+        // Detached by a health check or another session: nothing waits on it any longer.
+        let detached: Vec<u8> = self
+            .nodes
+            .iter()
+            .map(|n| n.index)
+            .filter(|&id| !cx.shared.cluster.is_up(id))
+            .collect();
+        for id in detached {
+            self.lose_node(id, "it was detached", cx)?;
+            progress = true;
+        }
         let mut lost = Vec::new();
         let held = self.held_replicas(cx);
         for n in &mut self.nodes {
@@ -411,12 +440,86 @@ impl Session {
             }
         }
         for (id, why) in lost {
-            // Answers already buffered are processed first; then the node goes.
+            // Answers already buffered are processed first; then the connection goes.
             self.node_replies(cx)?;
-            self.lose_node(id, &format!("connection lost: {why}"), cx)?;
+            let why = match self.repl.node_fatal.take() {
+                Some((n, fatal)) if n == id => fatal,
+                _ => format!("connection lost: {why}"),
+            };
+            self.lose_connection(id, &why, cx)?;
             progress = true;
         }
         Ok(progress)
+    }
+
+    /// This session's connection to a node failed. One lost connection is not a lost node
+    /// (a terminated backend, `idle_session_timeout`): the node is health-checked at once and
+    /// detached only if that fails. The session goes on without the connection: what was in
+    /// flight fails with 40001 (an open transaction as a whole, since the node lost its part
+    /// of it), and the session connects to the node again before its next transaction. Only
+    /// a node whose COMMIT was in flight is detached at once: it may hold or lack a commit
+    /// the others made.
+    fn lose_connection(&mut self, id: u8, why: &str, cx: &mut Context) -> Result<(), Transition> {
+        let commit_in_flight = self.repl.request.as_ref().is_some_and(|r| {
+            r.running
+                .iter()
+                .filter(|run| run.node == id)
+                .any(|run| run.pending.iter().any(|&s| commits(s, r.class)))
+        });
+        if commit_in_flight || !cx.shared.cluster.is_up(id) {
+            return self.lose_node(id, why, cx);
+        }
+        log::warn!(
+            "{} lost its connection to node {id} ({why}); the node is checked",
+            self.prefix
+        );
+        cx.shared.health_now.push(id);
+        self.drop_node(id);
+        self.repl.reconnect = true;
+        let Some(new_lead) = self.nodes.first().map(|n| n.index) else {
+            let msg = format!("the connection to node {id} was lost and no other is left: {why}");
+            self.fatal(cx, "08006", &msg);
+            return Err(Transition::Close(msg));
+        };
+        self.repl.behind.retain(|b| b.node != id);
+        self.repl.tx.async_answers.retain(|(n, _)| *n != id);
+        if self.repl.tx.read_node == Some(id) {
+            self.repl.tx.read_node = None;
+        }
+        let open = self.repl.tx.view.open;
+        let message = format!(
+            "the connection to node {id} was lost ({why}); the {} was rolled back and can be retried",
+            if open { "transaction" } else { "statement" }
+        );
+        self.repl.tx.fail();
+        if open {
+            self.repl.tx.lost = Some(message.clone());
+        }
+        let Some(r) = self.repl.request.as_mut() else {
+            return Ok(());
+        };
+        r.running.retain(|run| run.node != id);
+        r.answers.retain(|(n, _)| *n != id);
+        if r.lead == id {
+            r.lead = new_lead;
+        }
+        if r.voice == id {
+            r.voice = new_lead;
+        }
+        r.error = Some(("40001", message));
+        // Nothing more of this request runs; survivors inside pgmulti's own BEGIN roll back.
+        let others_began = r.next_phase > 1
+            || r.plan
+                .phases
+                .first()
+                .is_some_and(|p| p.targets == Targets::All);
+        r.next_phase = r.plan.phases.len();
+        if !open && r.plan.writes && others_began {
+            r.plan
+                .phases
+                .push(plan::phase(Targets::All, &[Segment::Wrapper("ROLLBACK")]));
+        }
+        Ok(())
     }
 
     /// A node's connection failed: detach it everywhere; the request goes on without it,
@@ -531,6 +634,17 @@ impl Session {
                 let data = node.ep.rx.data();
                 let (tag, len) = match message_header(data, crate::protocol::MAX_MESSAGE_LEN) {
                     Ok(Some(h)) if data.len() >= h.1 => h,
+                    Ok(Some((b'E', len))) if len > node.ep.rx.capacity() => {
+                        // An error larger than the buffer: what it says comes first; the
+                        // session (and the client) get that much of it, the rest is skipped.
+                        let mut msg = Vec::new();
+                        backend::shortened_error(&data[5..], len, &mut msg);
+                        node.passing = len;
+                        node.passing_to_client = false;
+                        self.on_node_message(id, b'E', &msg, cx)?;
+                        progress = true;
+                        continue;
+                    }
                     Ok(Some((tag, len))) if len > node.ep.rx.capacity() => {
                         // A large row or copy chunk: only the voice's goes on, streamed.
                         trace_message(
@@ -614,6 +728,14 @@ impl Session {
         );
         if tag == b'E' {
             cx.shared.cluster.nodes[id as usize].errors += 1;
+            let fields = backend::parse_error_fields(&msg[5..]).ok();
+            if let Some(f) = fields.filter(|f| matches!(f.severity, "FATAL" | "PANIC")) {
+                // The node ends this connection: the session says what that means for the
+                // client when it closes (`lose_connection`), not the node.
+                self.repl.node_fatal =
+                    Some((id, format!("{} {} {}", f.severity, f.code, f.message)));
+                return Ok(());
+            }
         }
         let lead = self.nodes.first().map(|n| n.index);
         if let Some(b) = self
@@ -694,7 +816,7 @@ impl Session {
                     let out = &mut cx.shared.out;
                     if fx.lead_row(tag, msg, out) {
                         if voice && !out.is_empty() {
-                            self.client.tx.extend(out);
+                            self.client.tx.extend_always(out);
                         }
                         return Ok(());
                     }
@@ -774,13 +896,14 @@ impl Session {
                         let out = &mut cx.shared.out;
                         out.clear();
                         extended::cut_row_description(msg, hidden, out);
-                        self.client.tx.extend(out);
+                        self.client.tx.extend_always(out);
                         return Ok(());
                     }
                 }
                 _ => {}
             }
-            self.client.tx.extend(msg);
+            // Room was checked for the node's own messages; a shortened error may exceed it.
+            self.client.tx.extend_always(msg);
         }
         Ok(())
     }
@@ -1360,9 +1483,24 @@ impl Session {
         // A COPY started by an extended-protocol batch: the nodes ignore the batch's Sync
         // while copying and wait for the one the client sends after CopyDone, which ends it.
         let extended = r.main.first() != Some(&b'Q');
-        if !matches!(tag, b'd' | b'c' | b'f' | b'S') || (tag == b'S' && !extended) {
+        if tag == b'H' || (tag == b'S' && !extended) {
             // Flush (and a Sync in a simple-protocol COPY) are ignored, as PostgreSQL does.
             let _ = self.take_client_message(len);
+            return true;
+        }
+        if !matches!(tag, b'd' | b'c' | b'f' | b'S') {
+            // Anything else fails the COPY, as in PostgreSQL, and is lost with it.
+            let _ = self.take_client_message(len);
+            let mut fail = Vec::new();
+            let reason = format!("unexpected message type 0x{tag:02X} during COPY from stdin");
+            frontend::copy_fail(&mut fail, &reason);
+            log::info!("{} {reason}", self.prefix);
+            if let Some(r) = self.repl.request.as_mut() {
+                r.copy_in = extended;
+            }
+            for n in self.nodes.iter_mut().filter(|n| targets.contains(&n.index)) {
+                n.send(&fail);
+            }
             return true;
         }
         let waiting = self.nodes.iter().filter(|n| targets.contains(&n.index));
@@ -1423,6 +1561,9 @@ impl Session {
             self.send_to_client(cx);
             self.ready_for_query(self.repl.tx.status(), cx);
             return Ok(());
+        }
+        if let Some(refusal) = request::signals_a_given_backend(sql) {
+            return self.refuse_statement(&refusal.message, &refusal.hint, cx);
         }
         let text = short(sql);
         let analysed = request::analyse(sql);
@@ -1537,13 +1678,25 @@ impl Session {
         self.repl.request = Some(Box::new(Request::new(
             main, text, plan, lead, voice, cx.now,
         )));
+        let lost = self.lost_commit(analysed.class);
         if let Some(r) = self.repl.request.as_mut() {
             r.ordering_lock = ordering_lock;
             r.ddl = analysed.ddl;
             r.class = analysed.class;
             r.effects = effects.map(Box::new);
+            r.fail_commit(lost);
         }
         self.advance(cx)
+    }
+
+    /// A COMMIT of a transaction that lost a node's connection while the client was not
+    /// looking (between its statements): it is rolled back everywhere like any failed
+    /// transaction's, but the client must hear why — it saw no error before.
+    fn lost_commit(&self, class: plan::Class) -> Option<String> {
+        let tx = &self.repl.tx;
+        tx.lost
+            .clone()
+            .filter(|_| class == plan::Class::Commit && tx.view.failed)
     }
 
     /// COMMIT with `write_ack = async`: wait for the replicas to catch up (the request is
@@ -1586,7 +1739,11 @@ impl Session {
         match plan::plan(class, self.repl.tx.view, cx.shared.two_phase.is_some()) {
             Planned::Run(p) => Some(p),
             Planned::RefuseInFailedTransaction => {
-                self.send_error(cx, "ERROR", "25P02", "current transaction is aborted, commands ignored until end of transaction block", None);
+                // Until the transaction ends, so that a retry loop sees why whatever it sends.
+                match self.repl.tx.lost.clone() {
+                    Some(lost) => self.send_error(cx, "ERROR", "40001", &lost, None),
+                    None => self.send_error(cx, "ERROR", "25P02", "current transaction is aborted, commands ignored until end of transaction block", None),
+                }
                 self.ready_for_query(b'E', cx);
                 None
             }
@@ -1634,6 +1791,11 @@ impl Session {
                 return self.refuse_statement(&refusal.message, &refusal.hint, cx);
             }
         };
+        if batch.flush_replies == Some(0) {
+            // Only Flush: nothing is pending, so nothing is answered (psycopg sends one
+            // after Sync).
+            return Ok(());
+        }
         if batch.class == plan::Class::Commit {
             if let Some(done) = self.before_commit(&msg, "COMMIT", lead, cx) {
                 return done;
@@ -1667,6 +1829,7 @@ impl Session {
         r.unnamed_read = batch.unnamed_read;
         r.parses_only = batch.parses_only;
         r.flush_replies = batch.flush_replies;
+        r.fail_commit(self.lost_commit(batch.class));
         self.repl.request = Some(Box::new(r));
         self.advance(cx)
     }
@@ -1842,6 +2005,16 @@ fn trace_from_client(prefix: &str, tag: u8, msg: &[u8], scratch: &mut String) {
         msg.len(),
         scratch,
     );
+}
+
+/// Whether a node running `segment` (of a request of `class`) may be committing.
+fn commits(segment: Segment, class: plan::Class) -> bool {
+    match segment {
+        Segment::Wrapper(w) | Segment::MainAs(w) => w == "COMMIT",
+        Segment::Prepare | Segment::CommitPrepared => true,
+        Segment::Main => matches!(class, plan::Class::Commit | plan::Class::Mixed),
+        Segment::ParsesOnly => false,
+    }
 }
 
 /// What the client is told when the nodes' results for `statement` differed and nothing

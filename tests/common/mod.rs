@@ -1076,3 +1076,61 @@ pub fn connect_error(conn: &str) -> postgres::Error {
         Err(e) => e,
     }
 }
+
+/// One protocol message: tag, length, body.
+pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend(((body.len() + 4) as u32).to_be_bytes());
+    m.extend(body);
+    m
+}
+
+/// A client that speaks the protocol byte by byte, for what no driver sends. Logs in with
+/// trust authentication over TCP.
+pub struct RawClient {
+    pub stream: TcpStream,
+}
+
+impl RawClient {
+    pub fn connect(port: u16, user: &str, database: &str) -> RawClient {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut body = 196608u32.to_be_bytes().to_vec();
+        body.extend(format!("user\0{user}\0database\0{database}\0\0").as_bytes());
+        let mut startup = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        startup.extend(body);
+        stream.write_all(&startup).unwrap();
+        let mut c = RawClient { stream };
+        let (_, status) = c.read_until_ready();
+        assert_eq!(status, b'I', "logged in");
+        c
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// The next message: tag and body (panics after the read timeout).
+    pub fn read_message(&mut self) -> (u8, Vec<u8>) {
+        let mut h = [0u8; 5];
+        self.stream.read_exact(&mut h).expect("an answer in time");
+        let len = u32::from_be_bytes(h[1..5].try_into().unwrap()) as usize;
+        let mut body = vec![0; len - 4];
+        self.stream.read_exact(&mut body).unwrap();
+        (h[0], body)
+    }
+
+    /// The tags of the messages up to ReadyForQuery, and its status.
+    pub fn read_until_ready(&mut self) -> (Vec<u8>, u8) {
+        let mut tags = Vec::new();
+        loop {
+            let (tag, body) = self.read_message();
+            tags.push(tag);
+            if tag == b'Z' {
+                return (tags, body[0]);
+            }
+        }
+    }
+}

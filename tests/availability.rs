@@ -1,0 +1,281 @@
+//! Losing one connection to a node is not losing the node (`mode = replication`): a client
+//! that terminates its own backend, a DBA who terminates one, a node's
+//! `idle_session_timeout` — the client gets a retryable 40001 for what was in flight, its
+//! session goes on (reconnected to the node before its next transaction), no node is
+//! detached and the nodes stay identical.
+
+mod common;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::*;
+use postgres::error::SqlState;
+
+fn nodes() -> &'static [Node; 3] {
+    static NODES: OnceLock<[Node; 3]> = OnceLock::new();
+    NODES.get_or_init(|| {
+        [
+            Node::start(NodeOptions::default()),
+            Node::start(NodeOptions::default()),
+            Node::start(NodeOptions::default()),
+        ]
+    })
+}
+
+/// pgmulti over the three nodes, with `db` fresh on each (then `on_node1` run on node 1)
+/// and `t (id 1, n 0)` in it.
+fn setup(db: &str, on_node1: &str) -> Pgmulti {
+    let [n0, n1, n2] = nodes();
+    for n in nodes() {
+        n.fresh_db(db, "postgres");
+    }
+    if !on_node1.is_empty() {
+        n1.psql("postgres", "postgres", on_node1);
+    }
+    let pm = Pgmulti::start(
+        &PgmultiConf::relay(n0)
+            .mode("replication")
+            .backend(n1.host(), n1.port())
+            .backend(n2.host(), n2.port())
+            .line("admin_users = 'postgres'"),
+    );
+    let out = pm.psql(
+        "postgres",
+        db,
+        None,
+        "CREATE TABLE t (id int PRIMARY KEY, n int); INSERT INTO t VALUES (1, 0)",
+    );
+    assert!(out.success(), "{}", out.stderr);
+    pm
+}
+
+/// Every node is up, and each holds `n` in t.
+fn all_up_with(pm: &Pgmulti, db: &str, n: i32) {
+    let show = pm.psql("postgres", "pgmulti", None, "SHOW NODES");
+    assert_eq!(
+        show.stdout.lines().filter(|l| l.contains("|up|")).count(),
+        3,
+        "a node was detached:\n{}\n{}",
+        show.stdout,
+        pm.log()
+    );
+    for node in nodes() {
+        assert_eq!(
+            node.psql("postgres", db, "SELECT n FROM t"),
+            n.to_string(),
+            "node on port {}",
+            node.port()
+        );
+    }
+}
+
+fn bump(c: &mut postgres::Client) -> Result<u64, postgres::Error> {
+    c.execute("UPDATE t SET n = n + 1 WHERE id = 1", &[])
+}
+
+fn is_retryable(e: &postgres::Error) -> bool {
+    e.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE)
+}
+
+/// Terminate the backends of `db` on `node` (not the one asking); how many there were.
+fn terminate_backends(node: &Node, db: &str) -> u32 {
+    node.psql(
+        "postgres",
+        db,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+    )
+    .parse()
+    .unwrap()
+}
+
+#[test]
+fn a_client_terminating_its_own_backend_fails_its_statement_not_the_node() {
+    let pm = setup("own", "");
+    let mut c = connect(&pm.conn_str("postgres", "own"));
+    for round in 1..=3 {
+        let e = c
+            .simple_query("SELECT pg_terminate_backend(pg_backend_pid())")
+            .expect_err("the statement's backend is gone");
+        assert!(is_retryable(&e), "round {round}: {e:?}");
+        assert!(
+            e.as_db_error()
+                .is_some_and(|d| d.message().contains("was lost")),
+            "one message of pgmulti's, not the node's FATAL: {e:?}"
+        );
+        assert_eq!(bump(&mut c).unwrap(), 1, "the session goes on");
+    }
+    all_up_with(&pm, "own", 3);
+}
+
+#[test]
+fn a_dba_terminating_a_backend_detaches_nothing() {
+    let pm = setup("dba", "");
+    let mut c = connect(&pm.conn_str("postgres", "dba"));
+    bump(&mut c).unwrap();
+    // Between transactions: the next statement simply runs.
+    assert!(terminate_backends(&nodes()[1], "dba") >= 1);
+    std::thread::sleep(Duration::from_millis(200));
+    bump(&mut c).unwrap();
+    // Inside a transaction: it fails as a whole, retryably; the next one runs.
+    c.batch_execute("BEGIN").unwrap();
+    bump(&mut c).unwrap();
+    assert!(terminate_backends(&nodes()[2], "dba") >= 1);
+    std::thread::sleep(Duration::from_millis(200));
+    let e = bump(&mut c).expect_err("the transaction lost node 2's part");
+    assert!(is_retryable(&e), "{e:?}");
+    c.batch_execute("ROLLBACK").unwrap();
+    bump(&mut c).unwrap();
+    // Lost between the last statement and COMMIT: the COMMIT fails (it is not a silent
+    // ROLLBACK), and nothing of the transaction is anywhere.
+    c.batch_execute("BEGIN").unwrap();
+    bump(&mut c).unwrap();
+    assert!(terminate_backends(&nodes()[0], "dba") >= 1);
+    std::thread::sleep(Duration::from_millis(200));
+    let e = c
+        .batch_execute("COMMIT")
+        .expect_err("the lead lost its part");
+    assert!(is_retryable(&e), "{e:?}");
+    bump(&mut c).unwrap();
+    all_up_with(&pm, "dba", 4);
+}
+
+#[test]
+fn a_nodes_idle_session_timeout_detaches_nothing() {
+    let pm = setup(
+        "idle",
+        "ALTER DATABASE idle SET idle_session_timeout = '300ms'",
+    );
+    let mut c = connect(&pm.conn_str("postgres", "idle"));
+    for _ in 0..3 {
+        bump(&mut c).unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+    }
+    assert!(
+        pm.log().contains("idle-session timeout"),
+        "node 1 did end the session's connection:\n{}",
+        pm.log()
+    );
+    all_up_with(&pm, "idle", 3);
+}
+
+/// `pg_terminate_backend(N)` would hit whatever process N is on each node: refused, and
+/// the node's backend with that number lives on.
+#[test]
+fn a_given_process_number_reaches_no_node() {
+    let pm = setup("pids", "");
+    let mut direct = connect(&nodes()[1].conn_str("postgres", "pids"));
+    let pid: i32 = direct
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let mut c = connect(&pm.conn_str("postgres", "pids"));
+    for sql in [
+        format!("SELECT pg_terminate_backend({pid})"),
+        format!("SELECT pg_cancel_backend({pid})"),
+    ] {
+        let e = c.simple_query(&sql).expect_err("refused");
+        assert_eq!(e.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED), "{e:?}");
+        let e = c
+            .execute(&sql, &[])
+            .expect_err("refused as a prepared statement too");
+        assert_eq!(e.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED), "{e:?}");
+    }
+    let alive: i32 = direct.query_one("SELECT 1", &[]).unwrap().get(0);
+    assert_eq!(alive, 1, "the node's backend {pid} was not touched");
+    bump(&mut c).unwrap();
+    all_up_with(&pm, "pids", 1);
+}
+
+/// An error longer than pgmulti's buffers reaches the client (shortened, with its SQLSTATE),
+/// never just a ReadyForQuery that looks like success.
+#[test]
+fn an_error_larger_than_a_buffer_reaches_the_client() {
+    let pm = setup("bigerr", "");
+    let mut c = connect(&pm.conn_str("postgres", "bigerr"));
+    for _ in 0..2 {
+        let e = c
+            .simple_query("SELECT repeat('x', 100000)::int")
+            .expect_err("not an integer");
+        let db = e.as_db_error().expect("an error from the server side");
+        assert_eq!(db.code(), &SqlState::INVALID_TEXT_REPRESENTATION, "{db:?}");
+        assert!(db
+            .message()
+            .starts_with("invalid input syntax for type integer"));
+        assert!(db.message().contains("cut by pgmulti"), "{}", db.message());
+        let e = c
+            .execute("UPDATE t SET n = repeat('y', 100000)::int", &[])
+            .expect_err("not an integer");
+        assert_eq!(e.code(), Some(&SqlState::INVALID_TEXT_REPRESENTATION));
+    }
+    bump(&mut c).unwrap();
+    all_up_with(&pm, "bigerr", 1);
+}
+
+/// A Query (or any message but CopyData, CopyDone, CopyFail, Flush, Sync) in the middle of
+/// COPY FROM STDIN fails the COPY, as PostgreSQL does: the client gets an error and
+/// ReadyForQuery, nothing of the COPY stays, and no lock is left behind.
+#[test]
+fn a_query_during_copy_fails_the_copy_instead_of_hanging() {
+    let pm = setup("copyq", "");
+    let mut raw = RawClient::connect(pm.port(), "postgres", "copyq");
+    raw.send(&message(b'Q', b"COPY t FROM STDIN\0"));
+    assert_eq!(raw.read_message().0, b'G', "CopyInResponse");
+    raw.send(&message(b'd', b"2\t5\n"));
+    raw.send(&message(b'Q', b"SELECT 1\0"));
+    let (tags, status) = raw.read_until_ready();
+    assert!(tags.contains(&b'E'), "an error: {tags:?}");
+    assert_eq!(status, b'I');
+    raw.send(&message(b'Q', b"SELECT 1\0"));
+    let (tags, _) = raw.read_until_ready();
+    assert_eq!(tags, b"TDCZ", "the session goes on");
+    // No lock left: another session writes the table at once.
+    let mut c = connect(&pm.conn_str("postgres", "copyq"));
+    c.batch_execute("SET lock_timeout = '5s'").unwrap();
+    bump(&mut c).unwrap();
+    all_up_with(&pm, "copyq", 1);
+    for node in nodes() {
+        assert_eq!(
+            node.psql("postgres", "copyq", "SELECT count(*) FROM t"),
+            "1"
+        );
+    }
+}
+
+/// psycopg's executemany: two statements prepared with other parameter types, Sync, then a
+/// lone Flush; the Flush has nothing to answer, and the session goes on.
+#[test]
+fn a_flush_after_sync_does_not_hang_the_session() {
+    let pm = setup("flush", "");
+    let mut raw = RawClient::connect(pm.port(), "postgres", "flush");
+    let mut batch = Vec::new();
+    for (name, oid, value) in [("s0", 21u32, vec![0u8, 7]), ("s1", 23, vec![0, 0, 0, 8])] {
+        let mut parse = format!("{name}\0INSERT INTO t VALUES ($1, 0)\0").into_bytes();
+        parse.extend(1u16.to_be_bytes());
+        parse.extend(oid.to_be_bytes());
+        batch.extend(message(b'P', &parse));
+        let mut bind = format!("\0{name}\0").into_bytes();
+        bind.extend([0, 1, 0, 1, 0, 1]); // one binary format, one parameter
+        bind.extend((value.len() as u32).to_be_bytes());
+        bind.extend(&value);
+        bind.extend([0, 0]);
+        batch.extend(message(b'B', &bind));
+        batch.extend(message(b'D', b"P\0"));
+        batch.extend(message(b'E', b"\0\0\0\0\0"));
+    }
+    batch.extend(message(b'S', b""));
+    batch.extend(message(b'H', b""));
+    raw.send(&batch);
+    let (tags, status) = raw.read_until_ready();
+    assert_eq!(tags, b"12nC12nCZ", "{tags:?}");
+    assert_eq!(status, b'I');
+    raw.send(&message(b'Q', b"SELECT count(*) FROM t\0"));
+    let (tags, _) = raw.read_until_ready();
+    assert_eq!(tags, b"TDCZ", "answered after the Flush");
+    for node in nodes() {
+        assert_eq!(
+            node.psql("postgres", "flush", "SELECT count(*) FROM t"),
+            "3"
+        );
+    }
+}
