@@ -793,6 +793,34 @@ impl Config {
         changed
     }
 
+    /// `self` (just reloaded) with every setting `reloadable_diff` names as `running` has it:
+    /// what a reload applies. The node list keeps its running nodes (nodes added at the end
+    /// are joined by the caller).
+    pub fn keep_restart_settings(&mut self, running: &Config) {
+        self.listen_addresses = running.listen_addresses.clone();
+        self.port = running.port;
+        self.unix_socket_directories = running.unix_socket_directories.clone();
+        self.mode = running.mode;
+        self.preconnect = running.preconnect.clone();
+        let weights: Vec<_> = self.backends.iter().map(|b| b.weight).collect();
+        self.backends = running.backends.clone();
+        for (b, w) in self.backends.iter_mut().zip(weights) {
+            b.weight = w;
+        }
+        self.ssl = running.ssl;
+        self.ssl_cert_file = running.ssl_cert_file.clone();
+        self.ssl_key_file = running.ssl_key_file.clone();
+        self.backend_sslmode = running.backend_sslmode;
+        self.backend_ssl_ca_file = running.backend_ssl_ca_file.clone();
+        self.log_file = running.log_file.clone();
+        self.log_queue_size = running.log_queue_size;
+        self.write_ack = running.write_ack;
+        self.commit_protocol = running.commit_protocol;
+        self.status_file = running.status_file.clone();
+        self.metrics_port = running.metrics_port;
+        self.pool_mode = running.pool_mode;
+    }
+
     /// Every setting as `(name, value)` in configuration spelling, for `SHOW CONFIG`.
     pub fn settings(&self) -> Vec<(String, String)> {
         let path = |p: &Option<PathBuf>| {
@@ -1533,6 +1561,29 @@ mod tests {
             "{err}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_reload_keeps_what_needs_a_restart() {
+        let dir = std::env::temp_dir().join(format!("pgmulti-keep-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, body: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, body).unwrap();
+            load(&p).unwrap()
+        };
+        let running = write("a.conf", "mode = replication\nbackend_hostname0 = 'h'\nwrite_ack = sync\nport = 6000\nlog_level = info\n");
+        let mut new = write("b.conf", "mode = replication\nbackend_hostname0 = 'h'\nbackend_weight0 = 3\nwrite_ack = async\nport = 6001\nlog_level = debug\n");
+        assert_eq!(running.reloadable_diff(&new), vec!["port", "write_ack"]);
+        new.keep_restart_settings(&running);
+        assert_eq!(
+            new.write_ack, running.write_ack,
+            "said to need a restart: not applied"
+        );
+        assert_eq!(new.port, 6000);
+        assert_eq!(new.backends[0].weight, 3.0, "weights apply live");
+        assert_eq!(new.log_level, log::LevelFilter::Debug);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -235,31 +235,11 @@ fn reload(shared: &mut Shared, log: &mut LogDrain) {
     }
     log::set_max_level(new.log_level);
     let mut applied = new.clone();
-    // Keep restart-only settings as they are running.
-    applied.listen_addresses = shared.config.listen_addresses.clone();
-    applied.port = shared.config.port;
-    applied.unix_socket_directories = shared.config.unix_socket_directories.clone();
-    applied.mode = shared.config.mode;
-    applied.backends = shared.config.backends.clone();
-    applied.ssl = shared.config.ssl;
-    applied.ssl_cert_file = shared.config.ssl_cert_file.clone();
-    applied.ssl_key_file = shared.config.ssl_key_file.clone();
-    applied.backend_sslmode = shared.config.backend_sslmode;
-    applied.backend_ssl_ca_file = shared.config.backend_ssl_ca_file.clone();
-    applied.log_file = shared.config.log_file.clone();
-    applied.log_queue_size = shared.config.log_queue_size;
-    applied.preconnect = shared.config.preconnect.clone();
-    applied.pool_mode = shared.config.pool_mode;
-    applied.metrics_port = shared.config.metrics_port;
+    applied.keep_restart_settings(&shared.config);
     shared.cluster.failover_command = new.failover_command.clone();
     // Read weights change live; the node list itself needs a restart.
-    for (i, b) in applied.backends.iter_mut().enumerate() {
-        if let Some(w) = new.backends.get(i).map(|n| n.weight) {
-            b.weight = w;
-            if let Some(node) = shared.cluster.nodes.get_mut(i) {
-                node.weight = w;
-            }
-        }
+    for (node, b) in shared.cluster.nodes.iter_mut().zip(&applied.backends) {
+        node.weight = b.weight;
     }
     // Nodes added at the end of the list join detached (RECOVER NODE or ATTACH NODE).
     let known = shared.config.backends.len();

@@ -1038,3 +1038,72 @@ fn gssenc_request_is_refused_and_login_goes_on() {
         }
     }
 }
+
+/// The salt a SCRAM exchange offers `user` (its server-first-message's `s=`).
+fn scram_salt(port: u16, user: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut body = 196608u32.to_be_bytes().to_vec();
+    body.extend(format!("user\0{user}\0database\0app\0\0").as_bytes());
+    let mut startup = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    startup.extend(body);
+    s.write_all(&startup).unwrap();
+    let read = |s: &mut TcpStream| {
+        let mut h = [0u8; 5];
+        s.read_exact(&mut h).unwrap();
+        let mut body = vec![0; u32::from_be_bytes(h[1..5].try_into().unwrap()) as usize - 4];
+        s.read_exact(&mut body).unwrap();
+        (h[0], body)
+    };
+    let (tag, sasl) = read(&mut s);
+    assert_eq!((tag, &sasl[..4]), (b'R', &10u32.to_be_bytes()[..]), "SASL");
+    let first = b"n,,n=,r=fyko+d2lbbFgONRv9qkxdawL";
+    let mut body = b"SCRAM-SHA-256\0".to_vec();
+    body.extend((first.len() as u32).to_be_bytes());
+    body.extend(first);
+    s.write_all(&message(b'p', &body)).unwrap();
+    let (tag, cont) = read(&mut s);
+    assert_eq!(
+        (tag, &cont[..4]),
+        (b'R', &11u32.to_be_bytes()[..]),
+        "SASLContinue"
+    );
+    let text = String::from_utf8(cont[4..].to_vec()).unwrap();
+    text.split(',')
+        .find_map(|a| a.strip_prefix("s="))
+        .unwrap()
+        .to_string()
+}
+
+/// A user that does not exist gets the same salt each time, as a real one does (PostgreSQL's
+/// mock authentication): the reply does not tell them apart. A plaintext password's verifier
+/// is made once, not at every login.
+#[test]
+fn scram_salts_do_not_tell_unknown_users_apart() {
+    let conf = PgmultiConf::relay(shared_node())
+        .client_auth("scram-sha-256")
+        .auth_file(&alice_plaintext());
+    let pm = Pgmulti::start(&conf);
+    let ghost = scram_salt(pm.port(), "ghost");
+    assert_eq!(
+        ghost,
+        scram_salt(pm.port(), "ghost"),
+        "stable for an unknown user"
+    );
+    assert_ne!(ghost, scram_salt(pm.port(), "phantom"), "one per name");
+    let alice = scram_salt(pm.port(), "alice");
+    assert_eq!(
+        alice,
+        scram_salt(pm.port(), "alice"),
+        "stable for a plaintext user"
+    );
+    let out = psql(
+        &[
+            &format!("host=127.0.0.1 port={} user=alice dbname=app", pm.port()),
+            "-c",
+            "SELECT 1",
+        ],
+        &[("PGPASSWORD", ALICE_PASSWORD)],
+    );
+    assert!(out.success(), "{}", out.stderr);
+}
