@@ -539,16 +539,25 @@ fn reads_avoid_a_slow_node() {
         sql(&pm, "latency", &format!("INSERT INTO t VALUES ({i})"));
     }
     let mut served = std::collections::BTreeMap::new();
-    for _ in 0..20 {
-        *served
-            .entry(sql(&pm, "latency", "SELECT inet_server_port()"))
-            .or_insert(0) += 1;
+    let mut c = connect(&pm.conn_str("postgres", "latency"));
+    for _ in 0..300 {
+        let port: i32 = c
+            .query_one("SELECT inet_server_port()", &[])
+            .unwrap()
+            .get(0);
+        *served.entry(port as u16).or_insert(0) += 1;
     }
+    let of = |p: u16| served.get(&p).copied().unwrap_or(0);
+    // The slow node keeps a few reads (so that it stays measured), the others share the rest.
     assert!(
-        !served.contains_key(&n0.port().to_string()),
-        "the slow node (the lead) served reads: {served:?}"
+        of(n0.port()) <= 30,
+        "the slow node (the lead) served many reads: {served:?}"
     );
-    assert_eq!(served.values().sum::<i32>(), 20);
+    assert!(
+        of(n1.port()) >= 90 && of(n2.port()) >= 90,
+        "the fast nodes share the reads: {served:?}"
+    );
+    assert_eq!(served.values().sum::<i32>(), 300);
     assert_identical("latency", &[0, 1, 2]);
 }
 

@@ -2,7 +2,8 @@
 //! node gets a short-lived loop entry that connects (nonblocking), logs in as
 //! `health_check_user` and runs `SELECT 1`. A check that fails or times out is retried
 //! `health_check_max_retries` times, `health_check_retry_delay` apart; then the node is
-//! detached (which runs `failover_command`). Sessions keep working on the other nodes.
+//! detached (which runs `failover_command`). Sessions keep working on the other nodes. The
+//! `SELECT 1` round trip is also a latency sample for read routing.
 
 use super::own_connection::OwnConnection;
 use crate::protocol::framing::message_header;
@@ -13,7 +14,9 @@ use crate::session::node::{Credentials, LoginStep};
 pub struct HealthCheck {
     node: u8,
     own: OwnConnection,
-    asked: bool,
+    /// When `SELECT 1` was sent: its round trip is a latency sample, so that a node that
+    /// serves no reads is still measured (`Cluster::read_node`).
+    asked: Option<std::time::Instant>,
 }
 
 impl HealthCheck {
@@ -37,7 +40,7 @@ impl HealthCheck {
         Ok(HealthCheck {
             node,
             own,
-            asked: false,
+            asked: None,
         })
     }
 
@@ -54,7 +57,7 @@ impl HealthCheck {
         if self.own.conn.is_none() {
             return true;
         }
-        if !self.asked {
+        if self.asked.is_none() {
             match self.own.login(cx) {
                 LoginStep::Pending => return false,
                 // Refused for its credentials or database: pgmulti's configuration is wrong,
@@ -77,7 +80,7 @@ impl HealthCheck {
                     if let Some(conn) = self.own.conn.as_mut() {
                         conn.send(&q);
                     }
-                    self.asked = true;
+                    self.asked = Some(cx.now);
                 }
             }
         }
@@ -98,6 +101,10 @@ impl HealthCheck {
                             self.close();
                             if let Some(n) = cx.shared.cluster.nodes.get_mut(self.node as usize) {
                                 n.health_failures = 0;
+                            }
+                            if let Some(at) = self.asked {
+                                let ms = cx.now.saturating_duration_since(at).as_secs_f64() * 1e3;
+                                cx.shared.cluster.observe_latency(self.node, ms);
                             }
                             return true;
                         }

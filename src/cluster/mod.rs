@@ -109,6 +109,21 @@ pub const DISAGREEMENTS_BEFORE_DETACH: u32 = 3;
 /// Weight of a new latency sample in the moving average.
 const LATENCY_ALPHA: f64 = 0.2;
 
+/// The least share of its weight a slow node keeps, so that it stays measured: a node that
+/// was slow once gets reads again when it is fast again.
+const SLOW_NODE_SHARE: f64 = 0.02;
+
+/// A node's part of the reads: its weight, times fastest / its latency (unmeasured counts as
+/// fastest), at least `SLOW_NODE_SHARE` of its weight.
+fn read_share(n: &Node, fastest: f64) -> f64 {
+    let speed = if n.latency_ms > 0.0 && fastest.is_finite() {
+        (fastest / n.latency_ms).clamp(SLOW_NODE_SHARE, 1.0)
+    } else {
+        1.0
+    };
+    n.weight * speed
+}
+
 impl Cluster {
     /// Build the table; node status comes from `status_file` when it exists.
     pub fn new(nodes: Vec<Node>, status_file: Option<PathBuf>) -> Result<Cluster, String> {
@@ -314,21 +329,31 @@ impl Cluster {
         )
     }
 
-    /// Where a read goes: among live nodes of the highest positive weight, the one with the
-    /// lowest observed latency (unmeasured counts as fastest, so every node gets measured).
-    /// No node with a positive weight: the lead.
-    pub fn read_node(&self) -> Option<u8> {
+    /// Where a read goes, for `pick` uniform in [0, 1): live nodes of positive weight share
+    /// the reads in proportion to their weight, scaled down by how much slower than the
+    /// fastest of them each one answers (`read_share`). No node with a positive weight: the
+    /// lead.
+    pub fn read_node(&self, pick: f64) -> Option<u8> {
         let live = || {
             self.nodes
                 .iter()
                 .filter(|n| n.status == NodeStatus::Up && n.weight > 0.0)
         };
-        let top = live().map(|n| n.weight).fold(0.0, f64::max);
-        live()
-            .filter(|n| n.weight == top)
-            .min_by(|a, b| a.latency_ms.total_cmp(&b.latency_ms))
-            .map(|n| n.id)
-            .or_else(|| self.lead())
+        let fastest = live()
+            .map(|n| n.latency_ms)
+            .filter(|&l| l > 0.0)
+            .fold(f64::INFINITY, f64::min);
+        let total: f64 = live().map(|n| read_share(n, fastest)).sum();
+        let mut at = pick.clamp(0.0, 1.0) * total;
+        let mut chosen = None;
+        for n in live() {
+            chosen = Some(n.id);
+            at -= read_share(n, fastest);
+            if at < 0.0 {
+                break;
+            }
+        }
+        chosen.or_else(|| self.lead())
     }
 
     /// Record one observed round trip of a node.
@@ -425,18 +450,49 @@ mod tests {
         assert_eq!(c.live().collect::<Vec<_>>(), vec![1, 2]);
     }
 
+    /// How many of 1,000 evenly spread picks each node gets.
+    fn spread(c: &Cluster) -> Vec<usize> {
+        let mut counts = vec![0; c.nodes.len()];
+        for i in 0..1000 {
+            counts[c.read_node(i as f64 / 1000.0).unwrap() as usize] += 1;
+        }
+        counts
+    }
+
     #[test]
-    fn reads_go_to_fastest_of_highest_weight() {
-        let mut c = cluster(&[1.0, 1.0, 0.0]);
-        c.observe_latency(0, 5.0);
-        c.observe_latency(1, 1.0);
+    fn reads_spread_by_weight_and_speed() {
+        let mut c = cluster(&[1.0, 3.0, 0.0]);
+        assert_eq!(
+            spread(&c),
+            vec![250, 750, 0],
+            "by weight; weight 0 never reads"
+        );
         c.observe_latency(2, 0.1);
-        assert_eq!(c.read_node(), Some(1), "weight 0 never reads");
-        c.observe_latency(1, 50.0);
-        assert_eq!(c.read_node(), Some(0), "moving average follows");
+        c.observe_latency(0, 1.0);
+        c.observe_latency(1, 2.0);
+        assert_eq!(
+            spread(&c),
+            vec![400, 600, 0],
+            "a node twice as slow gets half its share"
+        );
+        c.observe_latency(1, 500.0);
+        let slow = spread(&c)[1];
+        assert!(
+            (40..=80).contains(&slow),
+            "a very slow node keeps a few reads: {slow}"
+        );
+        for _ in 0..30 {
+            c.observe_latency(1, 1.0);
+        }
+        let back = spread(&c)[1];
+        assert!(
+            back >= 700,
+            "and gets its share back when it is fast: {back}"
+        );
+        assert_eq!(c.read_node(0.9999), Some(1));
         let mut c = cluster(&[0.0, 0.0]);
         c.detach(0, "test");
-        assert_eq!(c.read_node(), Some(1), "no weighted node: the lead");
+        assert_eq!(c.read_node(0.5), Some(1), "no weighted node: the lead");
     }
 
     #[test]

@@ -1834,10 +1834,11 @@ impl Session {
         self.advance(cx)
     }
 
-    /// The node for a read: the transaction's read node, or the fastest live one.
+    /// The node for a read: the transaction's read node, or one drawn by weight and speed.
     fn read_node(&mut self, lead: u8, cx: &mut Context) -> u8 {
+        let draw = (random_u64() >> 11) as f64 / (1u64 << 53) as f64;
         let pick = |c: &crate::cluster::Cluster, nodes: &[NodeConn]| {
-            c.read_node()
+            c.read_node(draw)
                 .filter(|id| nodes.iter().any(|n| n.index == *id))
                 .unwrap_or(lead)
         };
