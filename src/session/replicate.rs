@@ -457,16 +457,15 @@ impl Session {
     /// detached only if that fails. The session goes on without the connection: what was in
     /// flight fails with 40001 (an open transaction as a whole, since the node lost its part
     /// of it), and the session connects to the node again before its next transaction. Only
-    /// a node whose COMMIT was in flight is detached at once: it may hold or lack a commit
-    /// the others made.
+    /// when a COMMIT of the request was sent (to this node or others) is the node detached at
+    /// once: it may hold or lack a commit the others made.
     fn lose_connection(&mut self, id: u8, why: &str, cx: &mut Context) -> Result<(), Transition> {
-        let commit_in_flight = self.repl.request.as_ref().is_some_and(|r| {
-            r.running
+        let may_have_committed = self.repl.request.as_ref().is_some_and(|r| {
+            r.plan.phases[..r.next_phase]
                 .iter()
-                .filter(|run| run.node == id)
-                .any(|run| run.pending.iter().any(|&s| commits(s, r.class)))
+                .any(|p| p.segments.iter().any(|&s| commits(s, r.class)))
         });
-        if commit_in_flight || !cx.shared.cluster.is_up(id) {
+        if may_have_committed || !cx.shared.cluster.is_up(id) {
             return self.lose_node(id, why, cx);
         }
         log::warn!(
@@ -557,6 +556,15 @@ impl Session {
         let was_voice = r.voice == id;
         if r.lead == id {
             r.lead = new_lead;
+            let ran = r.answers.iter().any(|(n, _)| *n == new_lead)
+                || r.running.iter().any(|run| run.node == new_lead);
+            if ran {
+                // The new lead runs or ran this request as a replica (COMMIT runs on the
+                // replicas first): what was left for the lead is done there.
+                let rest = r.plan.phases.split_off(r.next_phase);
+                let rest = rest.into_iter().filter(|p| p.targets != Targets::Lead);
+                r.plan.phases.extend(rest);
+            }
         }
         // COMMIT runs on the replicas first: if they committed, the transaction is committed.
         let committed_on_survivors = r.class == plan::Class::Commit
