@@ -401,7 +401,8 @@ impl Session {
         held
     }
 
-    /// Flush and fill every node connection. A node whose connection broke is detached.
+    /// Flush and fill every node connection; drop the nodes detached elsewhere
+    /// (`lose_node`) and the connections that broke (`lose_connection`).
     fn node_io(&mut self, cx: &mut Context) -> Result<bool, Transition> {
         let mut progress = false;
         // Detached by a health check or another session: nothing waits on it any longer.
@@ -521,10 +522,9 @@ impl Session {
         Ok(())
     }
 
-    /// A node's connection failed: detach it everywhere; the request goes on without it,
-    /// unless the client was being answered by it.
-    /// A node's connection failed: it is detached everywhere and the session goes on with
-    /// the others. If it was answering the client and had not finished, the request fails
+    /// A node is down (detached by a health check or another session), or this session's
+    /// connection to it broke while a commit was in flight: it is detached everywhere and the
+    /// session goes on with the others. If it was answering the client and had not finished, the request fails
     /// (nothing more of it runs; an autocommit wrapper is rolled back on the survivors); if
     /// it had finished, the survivors' answers decide. A lost lead is replaced by the next.
     fn lose_node(&mut self, id: u8, why: &str, cx: &mut Context) -> Result<(), Transition> {
@@ -1534,16 +1534,7 @@ impl Session {
     }
 
     fn start_request(&mut self, msg: Vec<u8>, cx: &mut Context) -> Result<(), Transition> {
-        // Nodes detached by other sessions are dropped between requests.
-        let gone: Vec<u8> = self
-            .nodes
-            .iter()
-            .map(|n| n.index)
-            .filter(|&id| !cx.shared.cluster.is_up(id))
-            .collect();
-        for id in gone {
-            self.drop_node(id);
-        }
+        // (Nodes detached elsewhere were dropped by `node_io` in this pass.)
         let Some(lead) = self.nodes.first().map(|n| n.index) else {
             self.fatal(cx, "08006", "no node is left");
             return Err(Transition::Close("no node is left".into()));
