@@ -1310,6 +1310,11 @@ impl Session {
             if (self.repl.request.is_some() || self.repl.parked.is_some()) && !copying {
                 return Ok(progress);
             }
+            // A client that does not read its answers sends no more requests for now: what
+            // pgmulti must answer (`Buf::extend_always`) stays a few messages.
+            if !copying && self.client.tx.is_full() {
+                return Ok(progress);
+            }
             // Between transactions: wait while paused, and bring in nodes attached since.
             if !copying
                 && !self.repl.busy()
