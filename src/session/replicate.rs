@@ -1170,6 +1170,13 @@ impl Session {
             return Ok(());
         };
         if let Some(probe) = r.probe.take() {
+            if let Some((code, msg)) = r.error.take() {
+                // The lookup lost a connection (`lose_connection`): the statement does not
+                // run now, on fewer nodes than are up; the session reconnects first.
+                self.send_error(cx, "ERROR", code, &msg, None);
+                self.ready_for_query(self.repl.tx.status(), cx);
+                return Ok(());
+            }
             return self.finish_probe(probe, r.status, cx);
         }
         if r.ddl {
