@@ -205,6 +205,12 @@ def seeds():
                + E("p1") + rec(9, b""))
     ext.append(b"\x00" + P("s1", "INSERT INTO t VALUES ($1, now())") + SYNC + rec(4, b"\xff\x7f\x01\x00\x01") + E("") + SYNC)
     s["extended"] = ext
+    s["metrics_http"] = [
+        b"GET /metrics HTTP/1.1\r\nHost: localhost:9187\r\nAccept: */*\r\n\r\n",
+        b"\r\nHEAD /metrics?x=1 HTTP/1.0\n\n",
+        b"POST / HTTP/1.1\r\n\r\n",
+        b"commit pgmulti_ab12cd34_1\ncommit pgmulti_ab12cd34_2\ndone pgmulti_ab12cd34_1\n",
+    ]
     return s
 
 

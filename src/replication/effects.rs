@@ -155,6 +155,11 @@ pub fn shape(statement: &str) -> Option<Shape> {
             s.current_of = true;
         }
     }
+    // Assignments that run to the end of the text end at its last token: a comment or
+    // whitespace after it is not part of them.
+    if let Some((_, set_end)) = &mut s.set {
+        *set_end = (*set_end).min(s.end);
+    }
     if w == 0 {
         // What a WITH's queries lock or see is not the row's own business.
         s.pinned = pinned_columns(&tokens, i);
@@ -671,8 +676,8 @@ impl Effects {
                     .map(|((c, ty), v)| format!("{} = {}", quote(c), typed(v.as_deref(), ty)))
                     .collect::<Vec<_>>()
                     .join(", ");
-                let tail = &self.statement[end..self.shape.returning.unwrap_or(self.shape.end)];
-                let tail = tail.trim();
+                let stop = self.shape.returning.unwrap_or(self.shape.end);
+                let tail = self.statement.get(end..stop).unwrap_or_default().trim();
                 let gap = if tail.is_empty() { "" } else { " " };
                 format!("{}{sets}{gap}{tail} {returning}", &self.statement[..start])
             }
@@ -983,5 +988,26 @@ mod tests {
             plan("UPDATE nope SET a = 1", &TableInfo::default()),
             Ok(None)
         );
+    }
+
+    /// Found by fuzz/ (effects): a SET running to the end of the text, then a comment, made
+    /// the replica statement slice past the statement's end.
+    #[test]
+    fn a_comment_after_the_last_assignment_is_not_part_of_it() {
+        let total = TableInfo {
+            exists: true,
+            columns: vec![("n".into(), "bigint".into())],
+            ..Default::default()
+        };
+        let e = plan(
+            "UPDATE total SET n = (SELECT count(*) FROM ev) -- recount\n",
+            &total,
+        )
+        .unwrap()
+        .unwrap();
+        let same = rows(&[&[Some("7")]], &["0000000000000001"]);
+        let sql = e.replica_sql(&same);
+        assert!(sql.contains("SET \"n\" = CAST(E'7' AS bigint)"), "{sql}");
+        assert!(!sql.contains("recount"), "{sql}");
     }
 }

@@ -336,6 +336,18 @@ pub fn prepare(
                 };
                 statements.portal_node.remove(b.portal);
                 let st = statements.statements.get(b.statement);
+                // The counts of a Bind are Int16: pgmulti's values must fit beside the client's.
+                if st.is_some_and(|st| b.params.len() + st.extras.len() > i16::MAX as usize) {
+                    return Prepared::Refused(Refusal {
+                        message: format!(
+                            "this statement cannot be replicated with {} parameters: pgmulti adds {} of its own, and a Bind holds at most {}",
+                            b.params.len(),
+                            st.map_or(0, |st| st.extras.len()),
+                            i16::MAX
+                        ),
+                        hint: "bind fewer parameters, or compute now(), random() and similar in the client".into(),
+                    });
+                }
                 let args = st.and_then(|st| bind(&mut out, &b, st, values));
                 if out.len() == start {
                     copy(&mut out, tag, body);
@@ -637,11 +649,12 @@ pub fn ran_on(statements: &mut Statements, batch_bytes: &[u8], unnamed_read: boo
 
 /// Trim a ParameterDescription to the client's `n` parameters.
 pub fn trim_parameter_description(msg: &[u8], n: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(7 + 4 * n);
-    let at = begin_message(&mut out, b't');
-    put_i16(&mut out, n as i16);
     let oids = msg.get(7..).unwrap_or_default();
-    out.extend_from_slice(oids.get(..4 * n).unwrap_or(oids));
+    let oids = oids.get(..n.saturating_mul(4)).unwrap_or(oids);
+    let mut out = Vec::with_capacity(7 + oids.len());
+    let at = begin_message(&mut out, b't');
+    put_i16(&mut out, (oids.len() / 4) as i16);
+    out.extend_from_slice(oids);
     finish_message(&mut out, at);
     out
 }
@@ -658,11 +671,13 @@ pub fn cut_row_description(msg: &[u8], hidden: usize, out: &mut Vec<u8>) {
     }
 }
 
-/// The highest `$n` in a statement.
+/// The highest `$n` in a statement. PostgreSQL refuses a number above `i32::MAX`; so does
+/// this (it is not counted), which also keeps `max_param(..) + 1` from overflowing.
 fn max_param(sql: &str) -> usize {
     super::lexer::Lexer::new(sql)
         .filter(|t| t.kind == super::lexer::TokenKind::Param)
-        .filter_map(|t| t.text.get(1..)?.parse::<usize>().ok())
+        .filter_map(|t| t.text.get(1..)?.parse::<i32>().ok())
+        .filter_map(|n| usize::try_from(n).ok())
         .max()
         .unwrap_or(0)
 }
@@ -1028,5 +1043,34 @@ mod tests {
         parse(&mut m, "", "UPDATE t SET r = random()");
         frontend::sync(&mut m);
         assert!(matches!(prepared(&m, &mut st), Prepared::Refused(_)));
+    }
+
+    /// Found by fuzz/ (extended): a parameter number near usize::MAX overflowed, and a
+    /// Bind whose parameters plus pgmulti's own did not fit an Int16 count wrapped.
+    #[test]
+    fn parameter_counts_that_do_not_fit_are_refused_not_wrapped() {
+        assert_eq!(max_param("SELECT $18446744073709551615, $2"), 2);
+        let mut st = Statements::default();
+        let mut m = Vec::new();
+        parse(&mut m, "s", "INSERT INTO t VALUES ($1, now())");
+        frontend::sync(&mut m);
+        run(&m, &mut st);
+        let mut m = Vec::new();
+        let params: Vec<String> = (0..i16::MAX).map(|i| i.to_string()).collect();
+        let params: Vec<&str> = params.iter().map(String::as_str).collect();
+        bind(&mut m, "", "s", &params, &[]);
+        execute(&mut m, "");
+        frontend::sync(&mut m);
+        match prepared(&m, &mut st) {
+            Prepared::Refused(r) => assert!(r.message.contains("parameters"), "{r:?}"),
+            _ => panic!("a Bind that cannot hold pgmulti's values was prepared"),
+        }
+        let mut d = Vec::new();
+        let at = begin_message(&mut d, b't');
+        put_i16(&mut d, 1);
+        put_i32(&mut d, 23);
+        finish_message(&mut d, at);
+        let trimmed = trim_parameter_description(&d, 5);
+        assert_eq!(trimmed, d, "asked for more than there are: what there is");
     }
 }

@@ -369,7 +369,18 @@ pub fn rewrite(
                 hint: "use them in INSERT … VALUES (pgmulti then chooses one value per call for every node), or compute the value in the client".into(),
             });
         }
-        if let Some(new) = rewrite_statement(statement, &n, values)? {
+        let new = rewrite_statement(statement, &n, values)?;
+        // What the classifier finds and rewrite_statement cannot replace (a call with
+        // arguments, a quoted name, random_normal(), uuidv7(), CAST('now' AS …)) would run
+        // on every node with that node's own value.
+        let left = classify(new.as_deref().unwrap_or(statement)).nondeterministic;
+        if left.now || left.clock || left.random || left.uuid {
+            return Err(Refusal {
+                message: "this statement calls a non-deterministic function that pgmulti cannot replace with one value for every node".into(),
+                hint: "write now(), random() or gen_random_uuid() without arguments or quotes, or compute the value in the client".into(),
+            });
+        }
+        if let Some(new) = new {
             let offset = statement.as_ptr() as usize - sql.as_ptr() as usize;
             out.push_str(&sql[copied..offset]);
             out.push_str(&new);
@@ -486,7 +497,9 @@ fn rewrite_statement(
         };
         let mut replacement = None;
         let mut end_token = i + name_at;
-        if is_call(name_at + 1) {
+        // `myschema.now()` is the user's function, not the built-in: leave it alone.
+        let other_schema = !qualified && i.checked_sub(1).is_some_and(|p| tokens[p].is_punct(b'.'));
+        if is_call(name_at + 1) && !other_schema {
             let value = if name.is_kw("now") || name.is_kw("transaction_timestamp") {
                 Some(Value::TransactionTs)
             } else if name.is_kw("statement_timestamp") || name.is_kw("clock_timestamp") {
@@ -725,5 +738,21 @@ mod tests {
         let e = rw("insert into t values ('now'::timestamp)").unwrap_err();
         assert!(e.message.contains("'now'"), "{e:?}");
         assert!(rw("update t set a = timeofday()").is_err());
+    }
+
+    /// Found by fuzz/ (sql_request): what the classifier calls non-deterministic and the
+    /// rewrite cannot replace with one value used to run on every node with its own.
+    #[test]
+    fn calls_the_rewrite_cannot_replace_are_refused() {
+        for sql in [
+            "insert into t values (random(1, 10))",
+            "insert into t values (\"now\"())",
+            "insert into t values (random_normal())",
+            "insert into t values(random(",
+        ] {
+            assert!(rw(sql).is_err(), "{sql} accepted");
+        }
+        // Another schema's now() is not the built-in: not replaced, and refused as unsure.
+        assert!(rw("insert into t values (myschema.now())").is_err());
     }
 }
