@@ -704,6 +704,101 @@ fn bad_input_startup_length_2_pow_31() {
     assert_survived(&mut pm, port);
 }
 
+/// All a server sends after `packet` until it closes (or "<waits>" if it still waits after
+/// 1 s), ErrorResponses reduced to severity, code and message (PostgreSQL adds its source
+/// file and line), NegotiateProtocolVersion and old-style errors kept whole.
+fn startup_answer(port: u16, packet: &[u8]) -> Vec<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    s.write_all(packet).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let waits = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break false,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                break true
+            }
+            Err(_) => break false,
+        }
+    };
+    let mut out = Vec::new();
+    let mut rest = &got[..];
+    while let Some(&tag) = rest.first() {
+        if tag == b'E' && rest.get(1).is_some_and(|b| b.is_ascii_alphabetic()) {
+            out.push(String::from_utf8_lossy(rest).into_owned());
+            break;
+        }
+        let Some(len) = rest.get(1..5).map(|l| u32::from_be_bytes(l.try_into().unwrap()) as usize)
+        else {
+            out.push(format!("{rest:?}"));
+            break;
+        };
+        let body = &rest[5..(1 + len).min(rest.len())];
+        out.push(match tag {
+            b'E' => body
+                .split(|&b| b == 0)
+                .filter(|f| matches!(f.first(), Some(b'S' | b'C' | b'M')))
+                .map(|f| String::from_utf8_lossy(f).into_owned())
+                .collect::<Vec<_>>()
+                .join(" "),
+            b'v' => format!("v {body:?}"),
+            // The login goes on: the first message of it is enough.
+            t => {
+                out.push(format!("{}", t as char));
+                return out;
+            }
+        });
+        rest = &rest[(1 + len).min(rest.len())..];
+    }
+    if waits {
+        out.push("<waits>".into());
+    }
+    out
+}
+
+/// A StartupMessage with any version and parameters.
+fn startup_with(version: u32, params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = version.to_be_bytes().to_vec();
+    for (k, v) in params {
+        body.extend_from_slice(format!("{k}\0{v}\0").as_bytes());
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend(body);
+    packet
+}
+
+#[test]
+fn startup_refusals_match_postgresql_message_for_message() {
+    let node = shared_node();
+    let pm = Pgmulti::start(&PgmultiConf::relay(node));
+    let mut no_terminator = startup_with(3 << 16, &[("user", "postgres")]);
+    no_terminator.pop();
+    let n = no_terminator.len() as u32;
+    no_terminator[..4].copy_from_slice(&n.to_be_bytes());
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("length 2^31", vec![0x80, 0, 0, 0, 0, 3, 0, 0]),
+        ("length 4", vec![0, 0, 0, 4]),
+        ("HTTP", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("protocol 2.0", startup_with(2 << 16, &[("user", "postgres")])),
+        ("protocol 4.0", startup_with(4 << 16, &[("user", "postgres")])),
+        ("no terminator", no_terminator),
+        ("no user", startup_with(3 << 16, &[("database", "postgres")])),
+        (
+            "3.1 and an option",
+            startup_with((3 << 16) | 1, &[("user", "postgres"), ("_pq_.x", "1")]),
+        ),
+        ("short cancel", [16u32, 80877102, 1].iter().flat_map(|v| v.to_be_bytes()).collect()),
+    ];
+    for (what, packet) in cases {
+        let direct = startup_answer(node.port(), &packet);
+        let through = startup_answer(pm.port(), &packet);
+        assert_eq!(through, direct, "{what}");
+    }
+}
+
 #[test]
 fn bad_input_message_length_below_4_after_login() {
     let mut pm = Pgmulti::start(&PgmultiConf::relay(shared_node()));

@@ -118,6 +118,26 @@ pub fn backend_key_data(out: &mut Vec<u8>, process_id: u32, secret_key: u32) {
     finish_message(out, start);
 }
 
+/// An error as protocol 1 and 2 sent it: 'E' and a NUL-terminated line, no length. PostgreSQL
+/// still answers a client asking for those versions this way.
+pub fn error_response_legacy(out: &mut Vec<u8>, severity: &str, message: &str) {
+    out.push(b'E');
+    out.extend_from_slice(format!("{severity}:  {message}\n").as_bytes());
+    out.push(0);
+}
+
+/// NegotiateProtocolVersion ('v'): the newest version this server speaks (PostgreSQL sends the
+/// whole version number, 3.0 = 196608) and the protocol options it does not know.
+pub fn negotiate_protocol_version(out: &mut Vec<u8>, newest: u32, options: &[&str]) {
+    let start = begin_message(out, b'v');
+    put_u32(out, newest);
+    put_i32(out, options.len() as i32);
+    for o in options {
+        put_cstr(out, o.as_bytes());
+    }
+    finish_message(out, start);
+}
+
 /// ReadyForQuery ('Z'); `status` is the transaction status `b'I'`, `b'T'` or `b'E'`.
 pub fn ready_for_query(out: &mut Vec<u8>, status: u8) {
     let start = begin_message(out, b'Z');

@@ -110,20 +110,59 @@ impl<'a> Iterator for StartupParamsIter<'a> {
     }
 }
 
-/// Decode a whole untagged packet (`packet` includes its 4-byte length).
-pub fn parse_startup(packet: &[u8]) -> Result<StartupPacket<'_>, ProtocolError> {
-    let mut r = Reader::new(packet);
-    let len = r.i32()?;
-    if len < 8 || len as usize != packet.len() {
-        return Err(ProtocolError(format!(
-            "invalid length of startup packet: {len} (packet has {} bytes)",
-            packet.len()
-        )));
+/// Why a first packet was refused, and whether the client is told: PostgreSQL only logs a
+/// packet of the wrong length (a COMMERROR, then it closes) but answers an unsupported
+/// protocol version or a bad parameter layout with a FATAL ErrorResponse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartupError {
+    /// The SQLSTATE of the FATAL sent to the client; `None`: logged only.
+    pub code: Option<&'static str>,
+    pub message: String,
+    /// The client asked for protocol 1 or 2: the FATAL goes in that protocol's format.
+    pub legacy: bool,
+}
+
+impl StartupError {
+    fn logged(message: String) -> StartupError {
+        StartupError {
+            code: None,
+            message,
+            legacy: false,
+        }
     }
-    let code = r.u32()?;
+
+    fn layout() -> StartupError {
+        StartupError {
+            code: Some("08P01"),
+            message: "invalid startup packet layout: expected terminator as last byte".into(),
+            legacy: false,
+        }
+    }
+}
+
+impl fmt::Display for StartupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Decode a whole untagged packet (`packet` includes its 4-byte length).
+pub fn parse_startup(packet: &[u8]) -> Result<StartupPacket<'_>, StartupError> {
+    let wrong_length = || {
+        StartupError::logged(format!(
+            "invalid length of startup packet: {} bytes",
+            packet.len()
+        ))
+    };
+    let mut r = Reader::new(packet);
+    let len = r.i32().map_err(|_| wrong_length())?;
+    if len < 8 || len as usize != packet.len() {
+        return Err(wrong_length());
+    }
+    let code = r.u32().map_err(|_| wrong_length())?;
     match code {
         SSL_REQUEST_CODE | GSSENC_REQUEST_CODE => {
-            r.finish()?;
+            r.finish().map_err(|_| wrong_length())?;
             Ok(if code == SSL_REQUEST_CODE {
                 StartupPacket::SslRequest
             } else {
@@ -131,9 +170,10 @@ pub fn parse_startup(packet: &[u8]) -> Result<StartupPacket<'_>, ProtocolError> 
             })
         }
         CANCEL_REQUEST_CODE => {
-            let process_id = r.u32()?;
-            let secret_key = r.u32()?;
-            r.finish()?;
+            let (Ok(process_id), Ok(secret_key)) = (r.u32(), r.u32()) else {
+                return Err(wrong_length());
+            };
+            r.finish().map_err(|_| wrong_length())?;
             Ok(StartupPacket::CancelRequest {
                 process_id,
                 secret_key,
@@ -142,9 +182,13 @@ pub fn parse_startup(packet: &[u8]) -> Result<StartupPacket<'_>, ProtocolError> 
         version => {
             let (major, minor) = (version >> 16, version & 0xffff);
             if major != 3 {
-                return Err(ProtocolError(format!(
-                    "unsupported frontend protocol {major}.{minor}: server supports 3.0"
-                )));
+                return Err(StartupError {
+                    code: Some("0A000"),
+                    message: format!(
+                        "unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"
+                    ),
+                    legacy: major < 3,
+                });
             }
             let params = parse_startup_params(r.rest())?;
             Ok(StartupPacket::Startup { version, params })
@@ -153,28 +197,25 @@ pub fn parse_startup(packet: &[u8]) -> Result<StartupPacket<'_>, ProtocolError> 
 }
 
 /// Validate `name\0value\0 … \0` and return the pairs without the final terminator.
-fn parse_startup_params(bytes: &[u8]) -> Result<StartupParams<'_>, ProtocolError> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|_| ProtocolError("invalid UTF-8 in startup packet".to_string()))?;
+fn parse_startup_params(bytes: &[u8]) -> Result<StartupParams<'_>, StartupError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| StartupError {
+        code: Some("08P01"),
+        message: "invalid UTF-8 in startup packet".into(),
+        legacy: false,
+    })?;
     let mut rest = text;
     loop {
         let Some((name, after_name)) = rest.split_once('\0') else {
-            return Err(ProtocolError(
-                "invalid startup packet layout: expected terminator as last byte".to_string(),
-            ));
+            return Err(StartupError::layout());
         };
         if name.is_empty() {
             if !after_name.is_empty() {
-                return Err(ProtocolError(
-                    "invalid startup packet layout: expected terminator as last byte".to_string(),
-                ));
+                return Err(StartupError::layout());
             }
             break;
         }
         let Some((_value, after_value)) = after_name.split_once('\0') else {
-            return Err(ProtocolError(format!(
-                "invalid startup packet layout: missing value for parameter \"{name}\""
-            )));
+            return Err(StartupError::layout());
         };
         rest = after_value;
     }
@@ -518,8 +559,12 @@ mod tests {
         frontend::startup_message(&mut buf, &[("user", "u")]);
         buf[4..8].copy_from_slice(&(2u32 << 16).to_be_bytes());
         assert_eq!(
-            parse_startup(&buf).unwrap_err().0,
-            "unsupported frontend protocol 2.0: server supports 3.0"
+            parse_startup(&buf).unwrap_err(),
+            StartupError {
+                code: Some("0A000"),
+                message: "unsupported frontend protocol 2.0: server supports 3.0 to 3.0".into(),
+                legacy: true,
+            }
         );
     }
 
@@ -558,8 +603,9 @@ mod tests {
         let at = bad.len() - 3;
         bad[at] = 0xff;
         assert!(parse_startup(&bad).is_err());
-        assert!(parse_startup(b"").is_err());
-        assert!(parse_startup(b"\0\0\0\x04").is_err());
+        assert_eq!(parse_startup(b"").unwrap_err().code, None, "logged, not answered");
+        assert_eq!(parse_startup(b"\0\0\0\x04").unwrap_err().code, None);
+        assert_eq!(parse_startup(&bad).unwrap_err().code, Some("08P01"));
     }
 
     #[test]

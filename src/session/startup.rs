@@ -5,6 +5,7 @@
 use super::{Session, State, Transition};
 use crate::net::endpoint::Broken;
 use crate::net::transport::Handshake;
+use crate::protocol::{backend, PROTOCOL_3_0};
 use crate::protocol::describe::describe_startup;
 use crate::protocol::framing::{parse_startup, startup_header, StartupPacket};
 use crate::reactor::context::{CancelAsk, Context};
@@ -30,18 +31,27 @@ impl Session {
                         }
                     }
                 }
+                // As PostgreSQL: logged, and the connection closed without an answer.
                 Err(e) => {
                     cx.shared.stats.protocol_errors += 1;
-                    self.fatal(cx, "08P01", &format!("invalid startup packet: {e}"));
-                    return Transition::Close(format!("invalid startup packet: {e}"));
+                    return Transition::Close(e.to_string());
                 }
             };
             let packet = match parse_startup(&data[..len]) {
                 Ok(p) => p,
                 Err(e) => {
                     cx.shared.stats.protocol_errors += 1;
-                    self.fatal(cx, "08P01", &format!("invalid startup packet: {e}"));
-                    return Transition::Close(format!("invalid startup packet: {e}"));
+                    match e.code {
+                        Some(_) if e.legacy => {
+                            let out = &mut cx.shared.out;
+                            out.clear();
+                            backend::error_response_legacy(out, "FATAL", &e.message);
+                            self.client.tx.extend_always(out);
+                        }
+                        Some(code) => self.fatal(cx, code, &e.message),
+                        None => {}
+                    }
+                    return Transition::Close(e.message);
                 }
             };
             if log::log_enabled!(log::Level::Trace) {
@@ -71,11 +81,23 @@ impl Session {
                     });
                     return Transition::Close(format!("cancel request for process {process_id}"));
                 }
-                StartupPacket::Startup { params, .. } => {
+                StartupPacket::Startup { version, params } => {
                     self.params = params
                         .iter()
                         .map(|(k, v)| (super::node::param_name(k), v.to_string()))
                         .collect();
+                    // A newer minor version or protocol options: say what is spoken (3.0, none).
+                    let options: Vec<&str> = params
+                        .iter()
+                        .map(|(k, _)| k)
+                        .filter(|k| k.starts_with("_pq_."))
+                        .collect();
+                    if version & 0xffff > 0 || !options.is_empty() {
+                        let out = &mut cx.shared.out;
+                        out.clear();
+                        backend::negotiate_protocol_version(out, PROTOCOL_3_0, &options);
+                        self.send_to_client(cx);
+                    }
                     self.client.rx.consume(len);
                     return self.on_startup_message(cx);
                 }
