@@ -730,7 +730,9 @@ fn startup_answer(port: u16, packet: &[u8]) -> Vec<String> {
             out.push(String::from_utf8_lossy(rest).into_owned());
             break;
         }
-        let Some(len) = rest.get(1..5).map(|l| u32::from_be_bytes(l.try_into().unwrap()) as usize)
+        let Some(len) = rest
+            .get(1..5)
+            .map(|l| u32::from_be_bytes(l.try_into().unwrap()) as usize)
         else {
             out.push(format!("{rest:?}"));
             break;
@@ -782,15 +784,30 @@ fn startup_refusals_match_postgresql_message_for_message() {
         ("length 2^31", vec![0x80, 0, 0, 0, 0, 3, 0, 0]),
         ("length 4", vec![0, 0, 0, 4]),
         ("HTTP", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
-        ("protocol 2.0", startup_with(2 << 16, &[("user", "postgres")])),
-        ("protocol 4.0", startup_with(4 << 16, &[("user", "postgres")])),
+        (
+            "protocol 2.0",
+            startup_with(2 << 16, &[("user", "postgres")]),
+        ),
+        (
+            "protocol 4.0",
+            startup_with(4 << 16, &[("user", "postgres")]),
+        ),
         ("no terminator", no_terminator),
-        ("no user", startup_with(3 << 16, &[("database", "postgres")])),
+        (
+            "no user",
+            startup_with(3 << 16, &[("database", "postgres")]),
+        ),
         (
             "3.1 and an option",
             startup_with((3 << 16) | 1, &[("user", "postgres"), ("_pq_.x", "1")]),
         ),
-        ("short cancel", [16u32, 80877102, 1].iter().flat_map(|v| v.to_be_bytes()).collect()),
+        (
+            "short cancel",
+            [16u32, 80877102, 1]
+                .iter()
+                .flat_map(|v| v.to_be_bytes())
+                .collect(),
+        ),
     ];
     for (what, packet) in cases {
         let direct = startup_answer(node.port(), &packet);

@@ -603,7 +603,11 @@ mod tests {
         let at = bad.len() - 3;
         bad[at] = 0xff;
         assert!(parse_startup(&bad).is_err());
-        assert_eq!(parse_startup(b"").unwrap_err().code, None, "logged, not answered");
+        assert_eq!(
+            parse_startup(b"").unwrap_err().code,
+            None,
+            "logged, not answered"
+        );
         assert_eq!(parse_startup(b"\0\0\0\x04").unwrap_err().code, None);
         assert_eq!(parse_startup(&bad).unwrap_err().code, Some("08P01"));
     }

@@ -39,7 +39,9 @@ pub struct TimerEvent {
 #[derive(Debug, Clone, Copy)]
 pub struct CancelAsk {
     pub process_id: u32,
-    pub secret_key: u32,
+    /// What the client's CancelRequest carried; `None`: pgmulti's own ask, after a node
+    /// allowed `pg_cancel_backend()` of that session.
+    pub secret_key: Option<u32>,
 }
 
 /// Requests from the admin console that the loop carries out (it owns reload and exit).
@@ -101,6 +103,8 @@ pub struct Shared {
     /// pgmulti-issued process id → session, for CancelRequest.
     pub cancel_index: HashMap<u32, ConnKey>,
     pub cancel_asks: Vec<CancelAsk>,
+    /// The node backends behind each client pid (notifications, pg_terminate_backend).
+    pub pids: crate::session::pids::Pids,
     pub next_process_id: u32,
     pub stats: Stats,
     /// Reused for formatting trace lines.

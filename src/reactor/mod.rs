@@ -510,7 +510,7 @@ impl Reactor {
                 continue;
             };
             let targets = match self.live_entry(key).map(|e| &e.conn) {
-                Some(Conn::Session(s)) if s.cancel_key.1 == ask.secret_key => {
+                Some(Conn::Session(s)) if ask.secret_key.is_none_or(|k| k == s.cancel_key.1) => {
                     s.node_cancel_targets()
                 }
                 _ => {
@@ -893,12 +893,20 @@ impl Reactor {
     }
 }
 
-/// Pids handed to clients are small, unique among live sessions, and never 0.
+/// Pids pgmulti makes up for clients (replication mode, transaction pooling) are unique
+/// among live sessions and above Linux's highest process number (2^22), so they never name
+/// a real backend on a node: a pid read from a node's pg_stat_activity is never mistaken
+/// for a pgmulti session's.
+const FIRST_OWN_PID: u32 = 1 << 22;
+
 impl Shared {
     pub fn new_cancel_key(&mut self) -> (u32, u32) {
         loop {
-            self.next_process_id = self.next_process_id.wrapping_add(1).max(1) & 0x7fff_ffff;
-            if self.next_process_id != 0 && !self.cancel_index.contains_key(&self.next_process_id) {
+            self.next_process_id = self.next_process_id.wrapping_add(1) & 0x7fff_ffff;
+            if self.next_process_id <= FIRST_OWN_PID {
+                self.next_process_id = FIRST_OWN_PID + 1;
+            }
+            if !self.cancel_index.contains_key(&self.next_process_id) {
                 break;
             }
         }
@@ -930,7 +938,8 @@ impl Shared {
             cluster,
             cancel_index: HashMap::new(),
             cancel_asks: Vec::new(),
-            next_process_id: std::process::id() & 0xffff,
+            pids: Default::default(),
+            next_process_id: FIRST_OWN_PID + (std::process::id() & 0xffff),
             stats: Default::default(),
             scratch: String::with_capacity(4096),
             ddl_epoch: 0,

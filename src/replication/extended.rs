@@ -52,6 +52,11 @@ pub struct Statement {
     pub effects: Option<Arc<Effects>>,
     /// The parameter types the client declared (its replicas' statements declare them too).
     pub param_types: Vec<u32>,
+    /// A statement calling `pg_terminate_backend` / `pg_cancel_backend` with a pgmulti
+    /// client pid: it runs on the lead only, with the lead's pid in its place. Listed: the
+    /// parameters (from 0) that name one, which each Bind replaces, and whether the call
+    /// terminates.
+    pub signals: Option<Vec<(usize, bool)>>,
 }
 
 impl Statement {
@@ -176,6 +181,9 @@ pub struct Batch {
     /// this many messages end their answers (ParseComplete, BindComplete, CloseComplete,
     /// ParameterDescription + RowDescription/NoData, CommandComplete…; or an error).
     pub flush_replies: Option<usize>,
+    /// Client pids the batch signals, and whether it terminates them
+    /// (`pg_terminate_backend`) or cancels their statements (`pg_cancel_backend`).
+    pub signals: Vec<(u32, bool)>,
 }
 
 /// What a batch needs before it can be prepared.
@@ -231,12 +239,14 @@ pub fn prepare(
         executes: 0,
         parses_only: None,
         flush_replies: None,
+        signals: Vec::new(),
     };
     let mut replies = 0;
     let mut ends_with_flush = false;
     let mut parses = Vec::new();
     let mut parsed_here: Vec<String> = Vec::new();
     let mut locks: Vec<String> = Vec::new();
+    let mut signal_executes = false;
     for (tag, body) in Messages(messages) {
         let start = out.len();
         replies += match tag {
@@ -252,8 +262,49 @@ pub fn prepare(
                     copy(&mut out, tag, body);
                     continue;
                 };
-                if let Some(refusal) = request::signals_a_given_backend(p.query) {
-                    return Prepared::Refused(refusal);
+                let signals = request::signals(p.query);
+                if !signals.is_empty() {
+                    let text = match request::signal_text(p.query, &signals, values.backend) {
+                        Ok(text) => text,
+                        Err(refusal) => return Prepared::Refused(refusal),
+                    };
+                    let mut signalled = Vec::new();
+                    for s in &signals {
+                        let terminates = s.function == "pg_terminate_backend";
+                        match s.target {
+                            request::SignalTarget::Param(n) => signalled.push((n - 1, terminates)),
+                            request::SignalTarget::Literal(_, pid) => {
+                                batch.signals.push((pid, terminates))
+                            }
+                            request::SignalTarget::Expression => {}
+                        }
+                    }
+                    let param_types: Vec<u32> = p.param_types.iter().collect();
+                    frontend::parse_message(&mut out, p.statement, &text, &param_types);
+                    if !p.statement.is_empty() {
+                        parses.extend_from_slice(&out[start..]);
+                    }
+                    parsed_here.push(p.statement.to_string());
+                    statements.statements.insert(
+                        p.statement.to_string(),
+                        Statement {
+                            class: Class::LeadOnly,
+                            client_params: max_param(&text),
+                            extras: Vec::new(),
+                            ordering_lock: None,
+                            ddl: false,
+                            only_on: None,
+                            parse: if p.statement.is_empty() {
+                                Vec::new()
+                            } else {
+                                out[start..].to_vec()
+                            },
+                            effects: None,
+                            param_types: Vec::new(),
+                            signals: Some(signalled),
+                        },
+                    );
+                    continue;
                 }
                 let inserts = analyse(p.query).inserts;
                 let filled = defaults::fill(p.query, &inserts, &|key| {
@@ -326,6 +377,7 @@ pub fn prepare(
                             Vec::new()
                         },
                         effects,
+                        signals: None,
                     },
                 );
             }
@@ -347,6 +399,12 @@ pub fn prepare(
                         ),
                         hint: "bind fewer parameters, or compute now(), random() and similar in the client".into(),
                     });
+                }
+                if let Some(signals) = st.and_then(|st| st.signals.as_ref()) {
+                    match signal_bind(&mut out, &b, signals, values.backend) {
+                        Ok(signalled) => batch.signals.extend(signalled),
+                        Err(refusal) => return Prepared::Refused(refusal),
+                    }
                 }
                 let args = st.and_then(|st| bind(&mut out, &b, st, values));
                 if out.len() == start {
@@ -377,6 +435,7 @@ pub fn prepare(
                 let bound = statements.portals.get(portal);
                 let st = bound.and_then(|p| statements.statements.get(&p.statement));
                 classes.push(st.map_or(Class::Write, |s| s.class));
+                signal_executes |= st.is_some_and(|s| s.signals.is_some());
                 if let Some(lock) = st.and_then(|s| s.ordering_lock.clone()) {
                     locks.push(lock);
                 }
@@ -446,7 +505,16 @@ pub fn prepare(
     let executed = fold(&classes);
     let one_node = classes.is_empty() || matches!(executed, Class::Read | Class::LeadOnly);
     batch.class = executed;
-    if one_node {
+    // The lead's pids in a signal mean other backends, or none, on the other nodes.
+    if signal_executes {
+        if !one_node {
+            return Prepared::Refused(Refusal {
+                message: "pg_terminate_backend() and pg_cancel_backend() run on one node: they cannot be executed in one batch with statements that change data or session state".into(),
+                hint: "send them in a batch of their own (Sync before and after)".into(),
+            });
+        }
+        batch.class = Class::LeadOnly;
+    } else if one_node {
         let named = parsed_here.iter().any(|n| !n.is_empty());
         let unnamed = parsed_here.iter().any(|n| n.is_empty());
         if named || (unnamed && (classes.is_empty() || executed != Class::Read)) {
@@ -513,6 +581,63 @@ fn bind(
         formats,
         values: params.iter().map(|v| v.map(<[u8]>::to_vec)).collect(),
     })
+}
+
+/// A Bind of a statement that signals backends, with each pgmulti client pid among its
+/// parameters replaced by the lead's pid (`backend`), text or binary as the client sent it.
+/// Returns the pids it signals (and whether it terminates them), or the refusal of a number
+/// pgmulti did not hand out.
+fn signal_bind(
+    out: &mut Vec<u8>,
+    b: &frontend::Bind,
+    signals: &[(usize, bool)],
+    backend: &dyn Fn(u32) -> Option<u32>,
+) -> Result<Vec<(u32, bool)>, Refusal> {
+    let formats: Vec<i16> = b.param_formats.iter().collect();
+    let mut values: Vec<Option<Vec<u8>>> = b.params.iter().map(|v| v.map(<[u8]>::to_vec)).collect();
+    let mut signalled = Vec::new();
+    for &(i, terminates) in signals {
+        let binary = match formats.len() {
+            0 => false,
+            1 => formats[0] == 1,
+            _ => formats.get(i) == Some(&1),
+        };
+        let Some(Some(value)) = values.get_mut(i) else {
+            continue; // NULL (or missing, which the node refuses): nothing is signalled
+        };
+        let pid = if binary {
+            <[u8; 4]>::try_from(value.as_slice())
+                .ok()
+                .map(u32::from_be_bytes)
+        } else {
+            std::str::from_utf8(value)
+                .ok()
+                .and_then(|t| t.trim().parse::<u32>().ok())
+        };
+        let function = if terminates {
+            "pg_terminate_backend"
+        } else {
+            "pg_cancel_backend"
+        };
+        let refusal = || {
+            request::Signal {
+                function,
+                target: request::SignalTarget::Param(i + 1),
+            }
+            .refusal()
+        };
+        let node_pid = pid.and_then(backend).ok_or_else(refusal)?;
+        *value = if binary {
+            node_pid.to_be_bytes().to_vec()
+        } else {
+            node_pid.to_string().into_bytes()
+        };
+        signalled.extend(pid.map(|pid| (pid, terminates)));
+    }
+    let params: Vec<Option<&[u8]>> = values.iter().map(|v| v.as_deref()).collect();
+    let results: Vec<i16> = b.result_formats.iter().collect();
+    frontend::bind_message(out, b.portal, b.statement, &formats, &params, &results);
+    Ok(signalled)
 }
 
 /// The statement and portal pgmulti prepares on a replica for an Execute it replaces.
@@ -791,6 +916,7 @@ mod tests {
             transaction_ts: (1795240800, 1),
             statement_ts: (1795240805, 0),
             random: &mut random,
+            backend: &|pid| (pid < 100).then_some(pid + 1000),
         };
         prepare(messages, st, &tables(), &mut values)
     }
@@ -1072,5 +1198,69 @@ mod tests {
         finish_message(&mut d, at);
         let trimmed = trim_parameter_description(&d, 5);
         assert_eq!(trimmed, d, "asked for more than there are: what there is");
+    }
+
+    /// The Bind values a batch sends, per Bind.
+    fn bound_values(bytes: &[u8]) -> Vec<Vec<Option<Vec<u8>>>> {
+        Messages(bytes)
+            .filter(|(t, _)| *t == b'B')
+            .map(|(_, body)| {
+                let b = parse_bind(body).unwrap();
+                b.params.iter().map(|v| v.map(<[u8]>::to_vec)).collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_signal_names_the_leads_backend_and_runs_there_only() {
+        // `prepared` maps client pids below 100 to lead pid + 1000.
+        let mut st = Statements::default();
+        let mut m = Vec::new();
+        parse(&mut m, "", "SELECT pg_terminate_backend($1)");
+        bind(&mut m, "", "", &["7"], &[]);
+        execute(&mut m, "");
+        frontend::sync(&mut m);
+        let b = run(&m, &mut st);
+        assert_eq!(b.class, Class::LeadOnly);
+        assert_eq!(bound_values(&b.bytes), vec![vec![Some(b"1007".to_vec())]]);
+        assert_eq!(b.signals, vec![(7, true)]);
+
+        let mut m = Vec::new();
+        parse(
+            &mut m,
+            "c",
+            "SELECT pg_cancel_backend($1::int), pg_cancel_backend(8)",
+        );
+        let values: Vec<Option<&[u8]>> = vec![Some(&[0, 0, 0, 9])];
+        frontend::bind_message(&mut m, "", "c", &[1], &values, &[]);
+        execute(&mut m, "");
+        frontend::sync(&mut m);
+        let b = run(&m, &mut st);
+        assert_eq!(b.class, Class::LeadOnly, "a named Parse is not widened");
+        assert_eq!(b.signals, vec![(8, false), (9, false)]);
+        assert_eq!(
+            bound_values(&b.bytes),
+            vec![vec![Some(1009u32.to_be_bytes().to_vec())]]
+        );
+        let parsed = Messages(&b.bytes).find(|(t, _)| *t == b'P').unwrap().1;
+        assert!(parse_parse(parsed)
+            .unwrap()
+            .query
+            .contains("pg_cancel_backend(1008)"));
+
+        // Not a pid pgmulti handed out; a signal beside a write.
+        let mut m = Vec::new();
+        bind(&mut m, "", "c", &["500"], &[]);
+        execute(&mut m, "");
+        frontend::sync(&mut m);
+        assert!(matches!(prepared(&m, &mut st), Prepared::Refused(_)));
+        let mut m = Vec::new();
+        parse(&mut m, "", "INSERT INTO h VALUES (1)");
+        bind(&mut m, "", "", &[], &[]);
+        execute(&mut m, "");
+        bind(&mut m, "", "c", &["9"], &[]);
+        execute(&mut m, "");
+        frontend::sync(&mut m);
+        assert!(matches!(prepared(&m, &mut st), Prepared::Refused(_)));
     }
 }

@@ -181,20 +181,48 @@ pub struct Refusal {
     pub hint: String,
 }
 
-/// `pg_terminate_backend(12345)`, `pg_cancel_backend($1)`: a process number the client
-/// learned from somewhere names a different backend (or none) on each node, so pgmulti
-/// refuses to send it anywhere. Numbers a node computes itself (`pg_backend_pid()`, `pid`
-/// from `pg_stat_activity`) are fine.
-pub fn signals_a_given_backend(sql: &str) -> Option<Refusal> {
+/// A call of `pg_terminate_backend` or `pg_cancel_backend` with a process number the client
+/// gave (`pg_terminate_backend(12345)`, `pg_cancel_backend($1)`). The number is one pgmulti
+/// handed out: it names a different backend, or none, on each node, so such a call runs only
+/// where pgmulti can put the node's own pid in its place (`Signal::target`). Numbers a node
+/// computes itself (`pg_backend_pid()`, `pid` from `pg_stat_activity`) are not signals here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signal {
+    pub function: &'static str,
+    pub target: SignalTarget,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignalTarget {
+    /// A number literal: where it is in the text, and its value.
+    Literal(std::ops::Range<usize>, u32),
+    /// `$n` (counted from 1), possibly cast.
+    Param(usize),
+    /// Anything else made of numbers, parameters and casts.
+    Expression,
+}
+
+impl Signal {
+    pub fn refusal(&self) -> Refusal {
+        Refusal {
+            message: format!("{}() with a process number pgmulti did not hand out cannot be run through pgmulti: the number names a different backend, or none, on each node", self.function),
+            hint: "give the pid of a pgmulti session (as its BackendKeyData or NotificationResponse showed it) as a literal or a parameter, connect to the node itself, or select the process from pg_stat_activity in the same statement (… FROM pg_stat_activity WHERE …)".into(),
+        }
+    }
+}
+
+/// Every call in `sql` that signals a process the client named (see `Signal`).
+pub fn signals(sql: &str) -> Vec<Signal> {
     // Most queries name neither function: no lexing for them.
     if !sql
         .as_bytes()
         .windows(8)
         .any(|w| w.eq_ignore_ascii_case(b"_backend"))
     {
-        return None;
+        return Vec::new();
     }
     let tokens: Vec<Token> = Lexer::new(sql).collect();
+    let mut found = Vec::new();
     for (i, t) in tokens.iter().enumerate() {
         let function = ["pg_terminate_backend", "pg_cancel_backend"]
             .into_iter()
@@ -230,14 +258,55 @@ pub fn signals_a_given_backend(sql: &str) -> Option<Refusal> {
                     || t.is_kw("integer")
                     || t.is_kw("int4")
             });
-        if given {
-            return Some(Refusal {
-                message: format!("{function}() with a process number cannot be run through pgmulti: the number names a different backend, or none, on each node"),
-                hint: "connect to the node itself, or select the process from pg_stat_activity in the same statement (… FROM pg_stat_activity WHERE …)".into(),
-            });
+        if !given {
+            continue;
         }
+        // What is cast to int stays the same number.
+        let core: Vec<&&Token> = argument
+            .iter()
+            .take_while(|t| t.kind != TokenKind::Cast)
+            .collect();
+        let target = match core.as_slice() {
+            [n] if n.kind == TokenKind::Number => match n.text.parse::<u32>() {
+                Ok(pid) => SignalTarget::Literal(n.start..n.start + n.text.len(), pid),
+                Err(_) => SignalTarget::Expression,
+            },
+            [p] if p.kind == TokenKind::Param => match p.text[1..].parse::<usize>() {
+                Ok(n) if n > 0 => SignalTarget::Param(n),
+                _ => SignalTarget::Expression,
+            },
+            _ => SignalTarget::Expression,
+        };
+        found.push(Signal { function, target });
     }
-    None
+    found
+}
+
+/// `sql` with each signalled process number replaced by the node's own pid for it
+/// (`backend`), or the refusal of the first call that cannot be: an expression, or not a
+/// pid pgmulti handed out. Parameters (`$n`) are left for the Bind (`extended.rs`).
+pub fn signal_text(
+    sql: &str,
+    calls: &[Signal],
+    backend: impl Fn(u32) -> Option<u32>,
+) -> Result<String, Refusal> {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut copied = 0;
+    for c in calls {
+        let (at, pid) = match &c.target {
+            SignalTarget::Literal(at, pid) => (at, pid),
+            SignalTarget::Param(_) => continue,
+            SignalTarget::Expression => return Err(c.refusal()),
+        };
+        let Some(node_pid) = backend(*pid) else {
+            return Err(c.refusal());
+        };
+        out.push_str(&sql[copied..at.start]);
+        out.push_str(&node_pid.to_string());
+        copied = at.end;
+    }
+    out.push_str(&sql[copied..]);
+    Ok(out)
 }
 
 /// A moment on pgmulti's clock: seconds since the Unix epoch, and microseconds.
@@ -284,6 +353,9 @@ pub struct Values<'a> {
     pub transaction_ts: Moment,
     pub statement_ts: Moment,
     pub random: &'a mut dyn FnMut() -> u64,
+    /// The lead's pid of the backend behind a client pid pgmulti handed out
+    /// (`pg_terminate_backend` & co, see `Signal`).
+    pub backend: &'a dyn Fn(u32) -> Option<u32>,
 }
 
 impl Values<'_> {
@@ -596,21 +668,56 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_given_process_number_is_refused() {
-        for sql in [
-            "SELECT pg_terminate_backend(12345)",
-            "select PG_CANCEL_BACKEND($1::int)",
-            "SELECT pg_terminate_backend(42, 1000)",
-        ] {
-            assert!(signals_a_given_backend(sql).is_some(), "{sql}");
-        }
+    fn a_given_process_number_is_found_with_its_place() {
+        let sql = "SELECT pg_terminate_backend(12345)";
+        assert_eq!(
+            signals(sql),
+            vec![Signal {
+                function: "pg_terminate_backend",
+                target: SignalTarget::Literal(28..33, 12345)
+            }]
+        );
+        assert_eq!(
+            signals("select PG_CANCEL_BACKEND($1::int)")[0].target,
+            SignalTarget::Param(1)
+        );
+        assert_eq!(
+            signals("SELECT pg_terminate_backend(42, 1000)")[0].target,
+            SignalTarget::Literal(28..30, 42)
+        );
+        assert_eq!(
+            signals("SELECT pg_cancel_backend(1 + 2)")[0].target,
+            SignalTarget::Expression
+        );
+        let calls = signals("SELECT pg_cancel_backend(7), pg_terminate_backend(8::int)");
+        let text = signal_text(
+            "SELECT pg_cancel_backend(7), pg_terminate_backend(8::int)",
+            &calls,
+            |pid| Some(pid * 1000),
+        );
+        assert_eq!(
+            text.unwrap(),
+            "SELECT pg_cancel_backend(7000), pg_terminate_backend(8000::int)"
+        );
+        assert!(
+            signal_text(sql, &signals(sql), |_| None).is_err(),
+            "not ours"
+        );
+        let p = "SELECT pg_cancel_backend($1)";
+        assert_eq!(
+            signal_text(p, &signals(p), |_| None).unwrap(),
+            p,
+            "for the Bind"
+        );
+        let e = "SELECT pg_cancel_backend(1 + 2)";
+        assert!(signal_text(e, &signals(e), |_| Some(1)).is_err());
         for sql in [
             "SELECT pg_terminate_backend(pg_backend_pid())",
             "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE datname = 'x'",
             "SELECT 'pg_terminate_backend(1)'",
             "SELECT 12345",
         ] {
-            assert!(signals_a_given_backend(sql).is_none(), "{sql}");
+            assert!(signals(sql).is_empty(), "{sql}");
         }
     }
 
@@ -624,6 +731,7 @@ mod tests {
             transaction_ts: (1795240800, 1),
             statement_ts: (1795240805, 2),
             random: &mut random,
+            backend: &|_| None,
         };
         rewrite(sql, &analyse(sql), &mut v)
     }

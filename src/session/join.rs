@@ -91,6 +91,7 @@ impl Session {
                         .unwrap_or(self.nodes.len());
                     log::info!("{} node {} joined", self.prefix, j.conn.index);
                     self.nodes.insert(at, j.conn);
+                    self.publish_pids(cx);
                 }
                 Some(false) => i += 1,
                 None => {

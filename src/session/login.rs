@@ -6,7 +6,7 @@
 use super::node::{LoginContext, LoginStep, NodeConn};
 use super::{Session, State, Transition};
 use crate::cluster::pool::PoolKey;
-use crate::config::Mode;
+use crate::config::{Mode, PoolMode};
 use crate::net::endpoint::Broken;
 use crate::protocol::backend;
 use crate::reactor::context::{Context, TimerKind};
@@ -111,6 +111,16 @@ impl Session {
         if let Some(lead) = self.nodes.first() {
             for (name, value) in lead.server_params.iter() {
                 backend::parameter_status(out, name, value);
+            }
+        }
+        // Session pooling in relay mode: the client is shown its backend's own pid, so that
+        // pg_backend_pid(), pg_terminate_backend() and notifications agree (pgmulti keeps
+        // its own secret, which CancelRequest is checked against).
+        if cx.shared.config.mode == Mode::Relay && cx.shared.config.pool_mode == PoolMode::Session {
+            if let Some((pid, _)) = self.nodes.first().and_then(|n| n.backend_key) {
+                if pid != 0 && !cx.shared.cancel_index.contains_key(&pid) {
+                    self.cancel_key.0 = pid;
+                }
             }
         }
         backend::backend_key_data(out, self.cancel_key.0, self.cancel_key.1);

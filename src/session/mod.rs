@@ -12,6 +12,7 @@ mod client_auth;
 mod join;
 mod login;
 pub mod node;
+pub mod pids;
 mod relay;
 mod replicate;
 mod startup;
@@ -206,6 +207,16 @@ impl Session {
             .iter()
             .filter_map(|n| n.backend_key.map(|(pid, secret)| (n.addr, pid, secret)))
             .collect()
+    }
+
+    /// Record which node backends stand behind the pid the client was given (after login and
+    /// whenever a node connection is dropped or joins).
+    fn publish_pids(&self, cx: &mut Context) {
+        let backends = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.backend_key.map(|(pid, _)| (n.index, pid)));
+        cx.shared.pids.publish(self.cancel_key.0, backends);
     }
 
     /// In a transaction or running a request: what PAUSE and node changes wait for.
@@ -403,6 +414,7 @@ impl Session {
                 cx.cancel(&mut self.auth_timer);
                 cx.cancel(&mut self.connect_timer);
                 cx.shared.cancel_index.insert(self.cancel_key.0, cx.key);
+                self.publish_pids(cx);
                 self.last_activity = cx.now;
                 self.idle_timer = Some(cx.schedule(IDLE_SWEEP, TimerKind::Idle));
                 cx.again = true;
@@ -478,6 +490,7 @@ impl Session {
         cx.cancel(&mut self.idle_timer);
         if cx.shared.cancel_index.get(&self.cancel_key.0) == Some(&cx.key) {
             cx.shared.cancel_index.remove(&self.cancel_key.0);
+            cx.shared.pids.forget(self.cancel_key.0);
         }
         cx.shared.stats.sessions_closed += 1;
         log::info!("{} closing: {}", self.prefix, reason);

@@ -11,6 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use super::node::NodeConn;
+use super::pids;
 use super::{Session, Transition};
 use crate::net::endpoint::Broken;
 use crate::protocol::backend;
@@ -185,6 +186,10 @@ struct Request {
     lead: u8,
     voice: u8,
     lead_failed: bool,
+    /// Client pids this request signals (`pg_terminate_backend` / `pg_cancel_backend`),
+    /// and whether it terminates them. A cancel the lead allowed reaches every node the
+    /// session runs on, as its own CancelRequest would.
+    signals: Vec<(u32, bool)>,
     /// The voice's last ReadyForQuery status.
     status: u8,
     /// The client is sending COPY data for the running nodes.
@@ -264,6 +269,7 @@ impl Request {
             lead,
             voice,
             lead_failed: false,
+            signals: Vec::new(),
             status: b'I',
             copy_in: false,
             error: None,
@@ -461,6 +467,15 @@ impl Session {
     /// when a COMMIT of the request was sent (to this node or others) is the node detached at
     /// once: it may hold or lack a commit the others made.
     fn lose_connection(&mut self, id: u8, why: &str, cx: &mut Context) -> Result<(), Transition> {
+        if cx
+            .shared
+            .pids
+            .take_terminating(self.cancel_key.0, cx.now, false)
+        {
+            let msg = "terminating connection due to administrator command";
+            self.fatal(cx, "57P01", msg);
+            return Err(Transition::Close(format!("{msg} (node {id}: {why})")));
+        }
         let may_have_committed = self.repl.request.as_ref().is_some_and(|r| {
             r.plan.phases[..r.next_phase]
                 .iter()
@@ -474,7 +489,7 @@ impl Session {
             self.prefix
         );
         cx.shared.health_now.push(id);
-        self.drop_node(id);
+        self.drop_node(id, cx);
         self.repl.reconnect = true;
         let Some(new_lead) = self.nodes.first().map(|n| n.index) else {
             let msg = format!("the connection to node {id} was lost and no other is left: {why}");
@@ -529,7 +544,7 @@ impl Session {
     /// it had finished, the survivors' answers decide. A lost lead is replaced by the next.
     fn lose_node(&mut self, id: u8, why: &str, cx: &mut Context) -> Result<(), Transition> {
         cx.shared.cluster.detach(id, why);
-        self.drop_node(id);
+        self.drop_node(id, cx);
         if self.nodes.is_empty() {
             let msg = format!("node {id} failed and no node is left: {why}");
             self.fatal(cx, "08006", &msg);
@@ -602,10 +617,11 @@ impl Session {
         Ok(())
     }
 
-    fn drop_node(&mut self, id: u8) {
+    fn drop_node(&mut self, id: u8, cx: &mut Context) {
         if let Some(pos) = self.nodes.iter().position(|n| n.index == id) {
             let mut n = self.nodes.remove(pos);
             n.terminate();
+            self.publish_pids(cx);
         }
     }
 
@@ -698,6 +714,8 @@ impl Session {
                 msg.extend_from_slice(&data[..len]);
                 node.ep.rx.consume(len);
                 progress = true;
+                // The sender is named as the client knows it: its pgmulti session's pid.
+                pids::translate_notification(&mut msg, |pid| cx.shared.pids.client_of(id, pid));
                 let handled = self.on_node_message(id, tag, &msg, cx);
                 if msg.capacity() <= NODE_MSG_KEEP {
                     cx.shared.node_msg = msg;
@@ -1118,7 +1136,7 @@ impl Session {
                 crate::cluster::DISAGREEMENTS_BEFORE_DETACH
             );
             cx.shared.cluster.detach(id, &why);
-            self.drop_node(id);
+            self.drop_node(id, cx);
         }
     }
 
@@ -1234,7 +1252,7 @@ impl Session {
                         *id,
                         &format!("its answer differed from the majority on \"{}\"", r.text),
                     );
-                    self.drop_node(*id);
+                    self.drop_node(*id, cx);
                 }
                 if verdict.differ.contains(&r.voice) {
                     r.error = Some((
@@ -1295,6 +1313,20 @@ impl Session {
             }
             if r.class == plan::Class::Commit && r.error.is_none() {
                 r.complete_tag = Some("COMMIT");
+            }
+        }
+        if r.error.is_none() && !r.lead_failed {
+            for &(process_id, terminates) in &r.signals {
+                if terminates {
+                    cx.shared.pids.confirm_terminated(process_id);
+                } else {
+                    cx.shared
+                        .cancel_asks
+                        .push(crate::reactor::context::CancelAsk {
+                            process_id,
+                            secret_key: None,
+                        });
+                }
             }
         }
         if let Some((code, msg)) = &r.error {
@@ -1546,6 +1578,15 @@ impl Session {
     }
 
     fn start_request(&mut self, msg: Vec<u8>, cx: &mut Context) -> Result<(), Transition> {
+        if cx
+            .shared
+            .pids
+            .take_terminating(self.cancel_key.0, cx.now, true)
+        {
+            let msg = "terminating connection due to administrator command";
+            self.fatal(cx, "57P01", msg);
+            return Err(Transition::Close(msg.into()));
+        }
         // (Nodes detached elsewhere were dropped by `node_io` in this pass.)
         let Some(lead) = self.nodes.first().map(|n| n.index) else {
             self.fatal(cx, "08006", "no node is left");
@@ -1573,8 +1614,9 @@ impl Session {
             self.ready_for_query(self.repl.tx.status(), cx);
             return Ok(());
         }
-        if let Some(refusal) = request::signals_a_given_backend(sql) {
-            return self.refuse_statement(&refusal.message, &refusal.hint, cx);
+        let signals = request::signals(sql);
+        if !signals.is_empty() {
+            return self.signal_session(sql, &signals, lead, cx);
         }
         let text = short(sql);
         let analysed = request::analyse(sql);
@@ -1746,6 +1788,67 @@ impl Session {
 
     /// The phases for a request of `class`; None when it was answered already (inside a
     /// failed transaction, with 25P02 as PostgreSQL would).
+    /// `pg_terminate_backend(N)` / `pg_cancel_backend(N)` naming pgmulti sessions: run on the
+    /// lead with the lead's pid of each session's backend, where the node checks the
+    /// permission. A terminated session closes when it notices its lost connection.
+    fn signal_session(
+        &mut self,
+        sql: &str,
+        signals: &[request::Signal],
+        lead: u8,
+        cx: &mut Context,
+    ) -> Result<(), Transition> {
+        let pids = &cx.shared.pids;
+        let text = match request::signal_text(sql, signals, |pid| pids.backend_on(pid, lead)) {
+            Ok(text) => text,
+            Err(refusal) => return self.refuse_statement(&refusal.message, &refusal.hint, cx),
+        };
+        let Some(plan) = self.plan_or_refuse(plan::Class::LeadOnly, cx) else {
+            return Ok(());
+        };
+        let signals: Vec<(u32, bool)> = signals
+            .iter()
+            .filter_map(|s| match s.target {
+                request::SignalTarget::Literal(_, pid) => {
+                    Some((pid, s.function == "pg_terminate_backend"))
+                }
+                _ => None,
+            })
+            .collect();
+        self.mark_terminating(&signals, cx);
+        log::debug!(
+            "{} signal sent to node {lead} as: {}",
+            self.prefix,
+            short(&text)
+        );
+        let mut msg = Vec::with_capacity(text.len() + 6);
+        frontend::query(&mut msg, &text);
+        self.repl.request = Some(Box::new(Request::new(
+            msg,
+            short(&text),
+            plan,
+            lead,
+            lead,
+            cx.now,
+        )));
+        let lost = self.lost_commit(plan::Class::LeadOnly);
+        if let Some(r) = self.repl.request.as_mut() {
+            r.class = plan::Class::LeadOnly;
+            r.signals = signals;
+            r.fail_commit(lost);
+        }
+        self.advance(cx)
+    }
+
+    /// The sessions a request terminates close when they notice their lost connection.
+    fn mark_terminating(&self, signals: &[(u32, bool)], cx: &mut Context) {
+        for &(pid, terminates) in signals {
+            if terminates {
+                cx.shared.pids.mark_terminating(pid, cx.now);
+            }
+        }
+    }
+
     fn plan_or_refuse(&mut self, class: plan::Class, cx: &mut Context) -> Option<Plan> {
         match plan::plan(class, self.repl.tx.view, cx.shared.two_phase.is_some()) {
             Planned::Run(p) => Some(p),
@@ -1787,10 +1890,12 @@ impl Session {
         let repl = &mut *self.repl;
         let tables = &repl.tables;
         let mut random = random_u64;
+        let pids = &cx.shared.pids;
         let mut values = request::Values {
             transaction_ts,
             statement_ts,
             random: &mut random,
+            backend: &|pid| pids.backend_on(pid, lead),
         };
         let prepared = extended::prepare(&msg, &mut repl.statements, tables, &mut values);
         let batch = match prepared {
@@ -1802,6 +1907,8 @@ impl Session {
                 return self.refuse_statement(&refusal.message, &refusal.hint, cx);
             }
         };
+        let signals = batch.signals.clone();
+        self.mark_terminating(&signals, cx);
         if batch.flush_replies == Some(0) {
             // Only Flush: nothing is pending, so nothing is answered (psycopg sends one
             // after Sync).
@@ -1836,6 +1943,7 @@ impl Session {
         r.ordering_lock = batch.ordering_lock.filter(|_| writes);
         r.ddl = batch.ddl;
         r.class = batch.class;
+        r.signals = signals;
         r.describes = batch.describes.into();
         r.unnamed_read = batch.unnamed_read;
         r.parses_only = batch.parses_only;
@@ -1989,6 +2097,7 @@ impl Session {
             transaction_ts,
             statement_ts,
             random: &mut random,
+            backend: &|_| None,
         };
         match request::rewrite(text, analysed, &mut values) {
             Ok(Some(r)) => Ok(Some(r)),

@@ -5,9 +5,9 @@
 use super::{Session, State, Transition};
 use crate::net::endpoint::Broken;
 use crate::net::transport::Handshake;
-use crate::protocol::{backend, PROTOCOL_3_0};
 use crate::protocol::describe::describe_startup;
 use crate::protocol::framing::{parse_startup, startup_header, StartupPacket};
+use crate::protocol::{backend, PROTOCOL_3_0};
 use crate::reactor::context::{CancelAsk, Context};
 
 impl Session {
@@ -77,7 +77,7 @@ impl Session {
                 } => {
                     cx.shared.cancel_asks.push(CancelAsk {
                         process_id,
-                        secret_key,
+                        secret_key: Some(secret_key),
                     });
                     return Transition::Close(format!("cancel request for process {process_id}"));
                 }

@@ -1089,6 +1089,8 @@ pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
 /// trust authentication over TCP.
 pub struct RawClient {
     pub stream: TcpStream,
+    /// The process number BackendKeyData gave.
+    pub pid: u32,
 }
 
 impl RawClient {
@@ -1102,9 +1104,16 @@ impl RawClient {
         let mut startup = ((body.len() + 4) as u32).to_be_bytes().to_vec();
         startup.extend(body);
         stream.write_all(&startup).unwrap();
-        let mut c = RawClient { stream };
-        let (_, status) = c.read_until_ready();
-        assert_eq!(status, b'I', "logged in");
+        let mut c = RawClient { stream, pid: 0 };
+        loop {
+            let (tag, body) = c.read_message();
+            match tag {
+                b'K' => c.pid = u32::from_be_bytes(body[..4].try_into().unwrap()),
+                b'E' => panic!("login refused: {}", String::from_utf8_lossy(&body)),
+                b'Z' => break,
+                _ => {}
+            }
+        }
         c
     }
 
@@ -1120,6 +1129,32 @@ impl RawClient {
         let mut body = vec![0; len - 4];
         self.stream.read_exact(&mut body).unwrap();
         (h[0], body)
+    }
+
+    /// A simple Query; the messages up to ReadyForQuery.
+    pub fn query(&mut self, sql: &str) -> Vec<(u8, Vec<u8>)> {
+        let mut body = sql.as_bytes().to_vec();
+        body.push(0);
+        self.send(&message(b'Q', &body));
+        let mut got = Vec::new();
+        loop {
+            let m = self.read_message();
+            let done = m.0 == b'Z';
+            got.push(m);
+            if done {
+                return got;
+            }
+        }
+    }
+
+    /// The first column of the first DataRow of a simple Query, as text.
+    pub fn query_value(&mut self, sql: &str) -> String {
+        let got = self.query(sql);
+        let Some((_, row)) = got.iter().find(|(t, _)| *t == b'D') else {
+            panic!("no row for {sql}: {got:?}");
+        };
+        let len = i32::from_be_bytes(row[2..6].try_into().unwrap());
+        String::from_utf8_lossy(&row[6..6 + len.max(0) as usize]).into_owned()
     }
 
     /// The tags of the messages up to ReadyForQuery, and its status.

@@ -1,0 +1,166 @@
+//! What drivers rely on, through pgmulti as directly: the startup phase, the process number
+//! BackendKeyData gives (pg_backend_pid, pg_terminate_backend, NotificationResponse), in
+//! relay and replication mode, with raw protocol clients and the `postgres` crate.
+
+mod common;
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Three nodes shared by the tests of this binary.
+fn nodes() -> &'static [Node; 3] {
+    static NODES: OnceLock<[Node; 3]> = OnceLock::new();
+    NODES.get_or_init(|| {
+        [
+            Node::start(NodeOptions::default()),
+            Node::start(NodeOptions::default()),
+            Node::start(NodeOptions::default()),
+        ]
+    })
+}
+
+fn replication_conf() -> PgmultiConf {
+    let [n0, n1, n2] = nodes();
+    PgmultiConf::relay(n0)
+        .mode("replication")
+        .line("admin_users = 'postgres'")
+        .backend(n1.host(), n1.port())
+        .backend(n2.host(), n2.port())
+}
+
+/// (Each test listens on its own channel: the nodes are shared.)
+/// The sender pid and channel of a NotificationResponse body.
+fn notification(body: &[u8]) -> (u32, String) {
+    let pid = u32::from_be_bytes(body[..4].try_into().unwrap());
+    let channel = body[4..].split(|&b| b == 0).next().unwrap();
+    (pid, String::from_utf8_lossy(channel).into_owned())
+}
+
+/// The NotificationResponse a session gets for its own NOTIFY (before its ReadyForQuery).
+fn notify_self(c: &mut RawClient, sql: &str) -> (u32, String) {
+    let got = c.query(sql);
+    let Some((_, body)) = got.iter().find(|(t, _)| *t == b'A') else {
+        panic!("no notification in {got:?}");
+    };
+    notification(body)
+}
+
+/// The next NotificationResponse, skipping anything else.
+fn next_notification(c: &mut RawClient) -> (u32, String) {
+    loop {
+        let (tag, body) = c.read_message();
+        if tag == b'A' {
+            return notification(&body);
+        }
+    }
+}
+
+/// The SQLSTATE of an ErrorResponse body.
+fn sqlstate(body: &[u8]) -> String {
+    body.split(|&b| b == 0)
+        .find_map(|f| f.strip_prefix(b"C"))
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .unwrap_or_default()
+}
+
+/// What a terminated session sees on its next query: FATAL 57P01, then the end.
+fn assert_terminated(c: &mut RawClient) {
+    let _ = std::io::Write::write_all(&mut c.stream, &message(b'Q', b"SELECT 1\0"));
+    let mut buf = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut c.stream, &mut buf);
+    assert!(
+        buf.first() == Some(&b'E') && sqlstate(&buf[5..]) == "57P01",
+        "the terminated session got {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+}
+
+#[test]
+fn relay_sessions_are_shown_their_backends_own_pid() {
+    let node = &nodes()[0];
+    let pm = Pgmulti::start(&PgmultiConf::relay(node));
+    let mut a = RawClient::connect(pm.port(), "postgres", "postgres");
+    let mut b = RawClient::connect(pm.port(), "postgres", "postgres");
+    assert_eq!(a.query_value("SELECT pg_backend_pid()"), a.pid.to_string());
+    // A notification's sender is the pid the client knows.
+    a.query("LISTEN ch");
+    assert_eq!(notify_self(&mut a, "NOTIFY ch"), (a.pid, "ch".into()));
+    b.query("NOTIFY ch");
+    assert_eq!(next_notification(&mut a), (b.pid, "ch".into()));
+    // One session ends another by the pid it was given.
+    assert_eq!(
+        b.query_value(&format!("SELECT pg_terminate_backend({})", a.pid)),
+        "t"
+    );
+    assert_terminated(&mut a);
+}
+
+#[test]
+fn replication_maps_the_pid_it_hands_out() {
+    let pm = Pgmulti::start(&replication_conf());
+    let mut a = RawClient::connect(pm.port(), "postgres", "postgres");
+    let mut b = RawClient::connect(pm.port(), "postgres", "postgres");
+    assert_ne!(a.pid, b.pid);
+    a.query("LISTEN rch");
+    assert_eq!(
+        notify_self(&mut a, "NOTIFY rch"),
+        (a.pid, "rch".into()),
+        "a driver tells its own notifications by the pid"
+    );
+    b.query("NOTIFY rch, 'from b'");
+    assert_eq!(next_notification(&mut a), (b.pid, "rch".into()));
+
+    // pg_cancel_backend with a parameter, from a real driver: the sleeping session's
+    // statement is cancelled on the lead.
+    let mut sleeper = RawClient::connect(pm.port(), "postgres", "postgres");
+    sleeper.send(&message(b'Q', b"SELECT pg_sleep(30)\0"));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut driver = connect(&pm.conn_str("postgres", "postgres"));
+    let started = Instant::now();
+    let row = driver
+        .query_one("SELECT pg_cancel_backend($1)", &[&(sleeper.pid as i32)])
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "the lead found the backend");
+    let (tag, body) = loop {
+        let (tag, body) = sleeper.read_message();
+        if tag != b'T' {
+            break (tag, body);
+        }
+    };
+    assert_eq!((tag, sqlstate(&body)), (b'E', "57014".into()));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    sleeper.read_until_ready();
+    assert_eq!(
+        sleeper.query_value("SELECT 2"),
+        "2",
+        "a cancel ends a statement only"
+    );
+
+    // A pid pgmulti did not hand out is refused, not sent to every node.
+    let err = driver
+        .query_one("SELECT pg_terminate_backend(1)", &[])
+        .unwrap_err();
+    assert!(
+        err.as_db_error()
+            .is_some_and(|e| e.message().contains("did not hand out")),
+        "{err}"
+    );
+
+    // Terminate by literal: the session ends with PostgreSQL's FATAL; no node is detached.
+    assert_eq!(
+        b.query_value(&format!("SELECT pg_terminate_backend({})", a.pid)),
+        "t"
+    );
+    assert_terminated(&mut a);
+    let admin = pm.psql("postgres", "pgmulti", None, "SHOW NODES");
+    assert!(admin.success(), "{}", admin.stderr);
+    assert_eq!(
+        admin.stdout.matches("up").count(),
+        3,
+        "every node still up:\n{}",
+        admin.stdout
+    );
+    assert_eq!(b.query_value("SELECT 3"), "3");
+}
