@@ -164,3 +164,47 @@ fn replication_maps_the_pid_it_hands_out() {
     );
     assert_eq!(b.query_value("SELECT 3"), "3");
 }
+
+/// A database that pgmulti's idle pooled connections still hold can be dropped, renamed
+/// and used as a template, as directly: the pool lets go of it first.
+fn databases_held_by_the_pool_can_be_dropped(pm: &Pgmulti, tag: &str) {
+    let (a, b, c) = (format!("{tag}_a"), format!("{tag}_b"), format!("{tag}_c"));
+    let admin = |sql: &str| {
+        let out = pm.psql("postgres", "postgres", None, sql);
+        assert!(out.success(), "{sql}: {}", out.stderr);
+    };
+    for db in [&a, &b, &c] {
+        admin(&format!("DROP DATABASE IF EXISTS {db}"));
+    }
+    admin(&format!("DROP DATABASE IF EXISTS {a}_renamed"));
+    for db in [&a, &b, &c] {
+        admin(&format!("CREATE DATABASE {db}"));
+        // A client comes and goes: its node connections stay in the pool.
+        let out = pm.psql("postgres", db, None, "SELECT 1");
+        assert!(out.success(), "{}", out.stderr);
+    }
+    let log_before = pm.log().matches("pooled connection(s) to database").count();
+    admin(&format!("DROP DATABASE {a}"));
+    admin(&format!("ALTER DATABASE {b} RENAME TO {a}_renamed"));
+    // The extended protocol, as drivers send it.
+    let mut driver = connect(&pm.conn_str("postgres", "postgres"));
+    driver
+        .execute(&format!("CREATE DATABASE {a} TEMPLATE {c}"), &[])
+        .unwrap();
+    assert!(pm.log().matches("pooled connection(s) to database").count() >= log_before + 3);
+    for db in [a.clone(), format!("{a}_renamed"), c] {
+        admin(&format!("DROP DATABASE {db}"));
+    }
+}
+
+#[test]
+fn relay_pool_lets_go_of_a_database_being_dropped() {
+    let pm = Pgmulti::start(&PgmultiConf::relay(&nodes()[0]));
+    databases_held_by_the_pool_can_be_dropped(&pm, "relaydrop");
+}
+
+#[test]
+fn replication_pool_lets_go_of_a_database_being_dropped() {
+    let pm = Pgmulti::start(&replication_conf());
+    databases_held_by_the_pool_can_be_dropped(&pm, "repldrop");
+}

@@ -319,16 +319,8 @@ impl Pool {
         };
         let healthy = p.conn.flush().is_ok() && read_replies(p);
         if !healthy {
-            let mut p = self.slots.remove(slot);
-            if let Some(list) = self.idle.get_mut(&p.key) {
-                list.retain(|&s| s != slot);
-            }
-            if let State::Resetting(_) = p.state {
-                self.reset_done(&p.key);
-            }
             log::debug!("pooled connection to node {} dropped", p.key.node);
-            p.conn.ep.transport.deregister(registry);
-            self.wake_one(&p.key);
+            self.drop_slot(slot, registry);
             return;
         }
         if let State::Resetting(0) = p.state {
@@ -339,6 +331,36 @@ impl Pool {
             self.wake_one(&key);
             self.idle.entry(key).or_default().push(slot);
         }
+    }
+
+    /// Take a connection out of the pool and close it.
+    fn drop_slot(&mut self, slot: usize, registry: &Registry) {
+        let mut p = self.slots.remove(slot);
+        if let Some(list) = self.idle.get_mut(&p.key) {
+            list.retain(|&s| s != slot);
+        }
+        if let State::Resetting(_) = p.state {
+            self.reset_done(&p.key);
+        }
+        p.conn.ep.transport.deregister(registry);
+        p.conn.terminate();
+        self.wake_one(&p.key);
+    }
+
+    /// Close every pooled connection to `database` (on any node): a statement that needs
+    /// the database without other connections is about to run (`DROP DATABASE` & co,
+    /// `request::databases_needed_alone`). Returns how many were closed.
+    pub fn close_database(&mut self, database: &str, registry: &Registry) -> usize {
+        let slots: Vec<usize> = self
+            .slots
+            .iter()
+            .filter(|(_, p)| p.key.database == database)
+            .map(|(slot, _)| slot)
+            .collect();
+        for &slot in &slots {
+            self.drop_slot(slot, registry);
+        }
+        slots.len()
     }
 
     /// Rows of SHOW SERVERS for the pooled connections (node, key, state, backend pid).

@@ -184,6 +184,9 @@ pub struct Batch {
     /// Client pids the batch signals, and whether it terminates them
     /// (`pg_terminate_backend`) or cancels their statements (`pg_cancel_backend`).
     pub signals: Vec<(u32, bool)>,
+    /// Databases a parsed statement needs without other connections
+    /// (`request::databases_needed_alone`).
+    pub databases_alone: Vec<String>,
 }
 
 /// What a batch needs before it can be prepared.
@@ -240,6 +243,7 @@ pub fn prepare(
         parses_only: None,
         flush_replies: None,
         signals: Vec::new(),
+        databases_alone: Vec::new(),
     };
     let mut replies = 0;
     let mut ends_with_flush = false;
@@ -262,6 +266,9 @@ pub fn prepare(
                     copy(&mut out, tag, body);
                     continue;
                 };
+                batch
+                    .databases_alone
+                    .extend(request::databases_needed_alone(p.query));
                 let signals = request::signals(p.query);
                 if !signals.is_empty() {
                     let text = match request::signal_text(p.query, &signals, values.backend) {

@@ -7,7 +7,9 @@
 use super::classify::{classify, Kind, Nondeterminism, Tx};
 use super::defaults::{insert_shape, InsertShape};
 use super::effects::{self, Command};
-use super::lexer::{qualified_name, split_statements, Lexer, Token, TokenKind};
+use super::lexer::{
+    fold_ident, qualified_name, split_statements, Lexer, Token, TokenKind, NAMEDATALEN,
+};
 use super::plan::Class;
 
 pub struct Analysed {
@@ -307,6 +309,58 @@ pub fn signal_text(
     }
     out.push_str(&sql[copied..]);
     Ok(out)
+}
+
+/// The databases a statement needs without other connections: PostgreSQL refuses
+/// `DROP DATABASE d`, `ALTER DATABASE d RENAME` / `SET TABLESPACE` and `CREATE DATABASE …
+/// TEMPLATE t` (template1 by default) while any other backend is connected to `d` or `t`.
+/// pgmulti closes its idle pooled connections to them before such a statement runs.
+/// Cheap for everything else: no lexing unless the text says DATABASE.
+pub fn databases_needed_alone(sql: &str) -> Vec<String> {
+    if !sql
+        .as_bytes()
+        .windows(8)
+        .any(|w| w.eq_ignore_ascii_case(b"database"))
+    {
+        return Vec::new();
+    }
+    let mut found = Vec::new();
+    for statement in split_statements(sql) {
+        let t: Vec<Token> = Lexer::new(statement).collect();
+        let name = |i: usize| {
+            let tok = t.get(i).filter(|t| t.is_name())?;
+            let mut buf = [0u8; NAMEDATALEN];
+            Some(fold_ident(tok.text, &mut buf).to_string())
+        };
+        let kw = |i: usize, k: &str| t.get(i).is_some_and(|t| t.is_kw(k));
+        if !kw(1, "database") {
+            continue;
+        }
+        if kw(0, "drop") {
+            let at = if kw(2, "if") && kw(3, "exists") { 4 } else { 2 };
+            found.extend(name(at));
+        } else if kw(0, "alter") {
+            let renames = kw(3, "rename") || (kw(3, "set") && kw(4, "tablespace"));
+            if renames {
+                found.extend(name(2));
+            }
+        } else if kw(0, "create") {
+            let template = (3..t.len()).find(|&i| kw(i, "template")).map(|i| {
+                let at = if t.get(i + 1).is_some_and(|t| t.text == "=") {
+                    i + 2
+                } else {
+                    i + 1
+                };
+                name(at)
+            });
+            match template {
+                Some(Some(t)) => found.push(t),
+                Some(None) => {}
+                None => found.push("template1".into()),
+            }
+        }
+    }
+    found
 }
 
 /// A moment on pgmulti's clock: seconds since the Unix epoch, and microseconds.
@@ -862,5 +916,28 @@ mod tests {
         }
         // Another schema's now() is not the built-in: not replaced, and refused as unsure.
         assert!(rw("insert into t values (myschema.now())").is_err());
+    }
+
+    #[test]
+    fn databases_that_must_have_no_other_connection() {
+        let d = databases_needed_alone;
+        assert_eq!(
+            d("DROP DATABASE IF EXISTS \"Regress\" WITH (FORCE)"),
+            ["Regress"]
+        );
+        assert_eq!(d("drop database regression"), ["regression"]);
+        assert_eq!(d("ALTER DATABASE a RENAME TO b"), ["a"]);
+        assert_eq!(d("alter database a set tablespace t"), ["a"]);
+        assert!(d("ALTER DATABASE a SET work_mem = '1MB'").is_empty());
+        assert_eq!(
+            d("CREATE DATABASE x TEMPLATE = tpl ENCODING 'UTF8'"),
+            ["tpl"]
+        );
+        assert_eq!(d("CREATE DATABASE x WITH OWNER bob"), ["template1"]);
+        assert_eq!(
+            d("SELECT 1; DROP DATABASE y; CREATE DATABASE y TEMPLATE template0"),
+            ["y", "template0"]
+        );
+        assert!(d("SELECT current_database()").is_empty());
     }
 }

@@ -32,6 +32,19 @@ use client_auth::ClientAuth;
 use node::Credentials;
 use node::NodeConn;
 
+/// Close pgmulti's idle pooled connections to `databases`: a client statement needs them
+/// without other connections (`replication::request::databases_needed_alone`).
+fn close_pooled(prefix: &str, databases: &[String], cx: &mut Context) {
+    for database in databases {
+        let closed = cx.shared.pool.close_database(database, cx.registry);
+        if closed > 0 {
+            log::info!(
+                "{prefix} closed {closed} pooled connection(s) to database \"{database}\" for this statement"
+            );
+        }
+    }
+}
+
 /// After this long without traffic a session frees its buffers.
 const IDLE_SWEEP: Duration = Duration::from_secs(1);
 

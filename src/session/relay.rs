@@ -6,14 +6,16 @@
 //! streamed through in pieces. Every message passing is traced (see `crate::trace`).
 
 use super::node::{LoginContext, LoginStep};
-use super::{Session, Transition};
+use super::{close_pooled, Session, Transition};
 use crate::cluster::pool::PoolKey;
 use crate::config::{Mode, PoolMode};
 use crate::net::buffer::Buf;
 use crate::net::endpoint::Broken;
 use crate::protocol::framing::message_header;
+use crate::protocol::frontend;
 use crate::protocol::{Direction, MAX_MESSAGE_LEN};
 use crate::reactor::context::{Context, TimerKind};
+use crate::replication::request;
 use crate::trace::{direction, trace_message, Peer};
 
 /// Relay passes per wakeup before yielding to other sessions.
@@ -37,6 +39,9 @@ pub struct Pumped {
     /// FunctionCall (an extended-protocol batch is still open).
     pub messages: u32,
     pub open_batch: bool,
+    /// Databases a client statement needs without other connections (`DROP DATABASE` &
+    /// co): pgmulti's idle pooled connections to them are closed.
+    pub databases_alone: Vec<String>,
 }
 
 /// Copy messages from `src` to `dst` while whole messages fit; stream oversized ones.
@@ -103,6 +108,19 @@ pub fn pump(
             (Direction::ToBackend, b'Q' | b'S' | b'F') => {
                 out.requests += 1;
                 out.open_batch = false;
+                if tag == b'Q' {
+                    if let Ok(sql) = frontend::parse_query(&msg[5..]) {
+                        out.databases_alone
+                            .extend(request::databases_needed_alone(sql));
+                    }
+                }
+            }
+            (Direction::ToBackend, b'P') => {
+                out.open_batch = true;
+                if let Ok(p) = frontend::parse_parse(&msg[5..]) {
+                    out.databases_alone
+                        .extend(request::databases_needed_alone(p.query));
+                }
             }
             (Direction::ToBackend, _) => out.open_batch = true,
             (Direction::ToClient, b'Z') => {
@@ -357,6 +375,9 @@ impl Session {
                 }
             };
             moved += up.bytes;
+            if !up.databases_alone.is_empty() {
+                close_pooled(&self.prefix, &up.databases_alone, cx);
+            }
             let stats = &mut cx.shared.cluster.nodes[node.index as usize];
             stats.queries += u64::from(up.requests);
             if up.requests > 0 && self.awaiting_ready == 0 {

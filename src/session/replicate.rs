@@ -1614,6 +1614,7 @@ impl Session {
             self.ready_for_query(self.repl.tx.status(), cx);
             return Ok(());
         }
+        super::close_pooled(&self.prefix, &request::databases_needed_alone(sql), cx);
         let signals = request::signals(sql);
         if !signals.is_empty() {
             return self.signal_session(sql, &signals, lead, cx);
@@ -1909,6 +1910,7 @@ impl Session {
         };
         let signals = batch.signals.clone();
         self.mark_terminating(&signals, cx);
+        super::close_pooled(&self.prefix, &batch.databases_alone, cx);
         if batch.flush_replies == Some(0) {
             // Only Flush: nothing is pending, so nothing is answered (psycopg sends one
             // after Sync).
