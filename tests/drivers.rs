@@ -208,3 +208,66 @@ fn replication_pool_lets_go_of_a_database_being_dropped() {
     let pm = Pgmulti::start(&replication_conf());
     databases_held_by_the_pool_can_be_dropped(&pm, "repldrop");
 }
+
+/// A Python interpreter with psycopg and asyncpg: Debian's (`.ci/run` installs
+/// python3-psycopg and python3-asyncpg), else whichever `python3` comes first.
+fn python() -> &'static str {
+    for p in ["/usr/bin/python3", "python3"] {
+        let ok = std::process::Command::new(p)
+            .args(["-c", "import psycopg, asyncpg"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return p;
+        }
+    }
+    panic!("no python3 with psycopg and asyncpg: apt-get install python3-psycopg python3-asyncpg");
+}
+
+/// Run `tests/python/<script>` against `port`/`db`; its stdout.
+fn run_suite(script: &str, port: u16, db: &str) -> String {
+    let path = format!("{}/tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
+    let mut cmd = std::process::Command::new(python());
+    cmd.args([&path, "127.0.0.1", &port.to_string(), db]);
+    let out = run_with_timeout(cmd, None, Duration::from_secs(120));
+    assert!(out.success(), "{script} on port {port}: {}", out.stderr);
+    out.stdout
+}
+
+/// What psycopg and asyncpg applications see through pgmulti in replication mode equals
+/// what they see from PostgreSQL directly, and the nodes end identical.
+#[test]
+fn python_drivers_see_what_they_see_directly() {
+    let pm = Pgmulti::start(&replication_conf());
+    for (script, db) in [
+        ("psycopg_suite.py", "py_psycopg"),
+        ("asyncpg_suite.py", "py_asyncpg"),
+    ] {
+        for n in nodes() {
+            n.fresh_db(db, "postgres");
+        }
+        let direct = run_suite(script, nodes()[0].port(), db);
+        for n in nodes() {
+            n.fresh_db(db, "postgres");
+        }
+        let through = run_suite(script, pm.port(), db);
+        assert_eq!(through, direct, "{script}: through pgmulti vs directly");
+        assert!(direct.lines().count() >= 8, "{script} printed {direct}");
+        let sums: Vec<String> = nodes()
+            .iter()
+            .map(|n| {
+                n.psql(
+                    "postgres",
+                    db,
+                    "SELECT string_agg(t, ' ') FROM (SELECT c.relname || ':' || \
+                     (xpath('/row/c/text()', query_to_xml(format('SELECT md5(string_agg(x::text, '','' ORDER BY x::text)) AS c FROM %I x', c.relname), false, true, '')))[1]::text AS t \
+                     FROM pg_class c WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace ORDER BY 1) s",
+                )
+            })
+            .collect();
+        assert!(
+            sums.iter().all(|s| s == &sums[0]) && !sums[0].is_empty(),
+            "{script}: nodes differ: {sums:?}"
+        );
+    }
+}
