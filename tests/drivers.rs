@@ -271,3 +271,75 @@ fn python_drivers_see_what_they_see_directly() {
         );
     }
 }
+
+/// psql's \lo_import / \lo_export / \lo_unlink (libpq's fast-path FunctionCalls) in
+/// replication mode: every node holds the same object under the same OID; the export reads
+/// back the file; a failing call fails alike everywhere; other functions are refused.
+#[test]
+fn large_objects_through_the_function_call_protocol() {
+    let pm = Pgmulti::start(&replication_conf());
+    for n in nodes() {
+        n.fresh_db("lo", "postgres");
+    }
+    let dir = temp_dir("lo");
+    let file = dir.join("in.txt");
+    let data: String = (0..30_000).map(|i| format!("{i}\n")).collect();
+    std::fs::write(&file, &data).unwrap();
+    let psql = |cmd: &str| {
+        let out = pm.psql("postgres", "lo", None, cmd);
+        assert!(out.success(), "{cmd}: {}", out.stderr);
+        out.stdout
+    };
+    psql(&format!("\\lo_import {}", file.display()));
+    let oid: u32 = nodes()[0]
+        .psql("postgres", "lo", "SELECT oid FROM pg_largeobject_metadata")
+        .parse()
+        .unwrap();
+    assert!(
+        oid >= 1 << 31,
+        "the OID pgmulti chose, not the node's: {oid}"
+    );
+    let per_node: Vec<String> = nodes()
+        .iter()
+        .map(|n| {
+            n.psql(
+                "postgres",
+                "lo",
+                "SELECT m.oid || ' ' || md5(string_agg(data, ''::bytea ORDER BY pageno)) \
+                 FROM pg_largeobject_metadata m JOIN pg_largeobject l ON l.loid = m.oid GROUP BY m.oid",
+            )
+        })
+        .collect();
+    assert!(per_node[0].starts_with(&format!("{oid} ")), "{per_node:?}");
+    assert!(per_node.iter().all(|s| s == &per_node[0]), "{per_node:?}");
+    let out = dir.join("out.txt");
+    psql(&format!("\\lo_export {oid} {}", out.display()));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), data);
+    let missing = pm.psql("postgres", "lo", None, "\\lo_export 12345 /dev/null");
+    assert!(
+        !missing.success() && missing.stderr.contains("does not exist"),
+        "{}",
+        missing.stderr
+    );
+    psql(&format!("\\lo_unlink {oid}"));
+    for n in nodes() {
+        assert_eq!(
+            n.psql(
+                "postgres",
+                "lo",
+                "SELECT count(*) FROM pg_largeobject_metadata"
+            ),
+            "0"
+        );
+    }
+    // random() by the fast path: what it does is not pgmulti's to know.
+    let mut raw = RawClient::connect(pm.port(), "postgres", "lo");
+    let mut call = Vec::new();
+    call.extend(1598u32.to_be_bytes());
+    call.extend([0, 0, 0, 0, 0, 1]);
+    raw.send(&message(b'F', &call));
+    let (tags, status) = raw.read_until_ready();
+    assert_eq!((tags, status), (vec![b'E', b'Z'], b'I'));
+    let admin = pm.psql("postgres", "pgmulti", None, "SHOW NODES");
+    assert_eq!(admin.stdout.matches("up").count(), 3, "{}", admin.stdout);
+}

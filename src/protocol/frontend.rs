@@ -116,6 +116,16 @@ pub fn bind_message(
     let start = begin_message(out, b'B');
     put_cstr(out, portal.as_bytes());
     put_cstr(out, statement.as_bytes());
+    put_values(out, formats, values);
+    put_i16(out, result_formats.len() as i16);
+    for &f in result_formats {
+        put_i16(out, f);
+    }
+    finish_message(out, start);
+}
+
+/// Format codes, then values, as Bind and FunctionCall carry them.
+fn put_values(out: &mut Vec<u8>, formats: &[i16], values: &[Option<&[u8]>]) {
     put_i16(out, formats.len() as i16);
     for &f in formats {
         put_i16(out, f);
@@ -130,10 +140,20 @@ pub fn bind_message(
             None => put_i32(out, -1),
         }
     }
-    put_i16(out, result_formats.len() as i16);
-    for &f in result_formats {
-        put_i16(out, f);
-    }
+}
+
+/// FunctionCall ('F'): call function `oid` with `args`, the result in `result_format`.
+pub fn function_call_message(
+    out: &mut Vec<u8>,
+    oid: u32,
+    formats: &[i16],
+    args: &[Option<&[u8]>],
+    result_format: i16,
+) {
+    let start = begin_message(out, b'F');
+    put_u32(out, oid);
+    put_values(out, formats, args);
+    put_i16(out, result_format);
     finish_message(out, start);
 }
 
@@ -248,6 +268,29 @@ pub fn parse_execute(body: &[u8]) -> Result<(&str, i32), ProtocolError> {
     let max_rows = r.i32()?;
     r.finish()?;
     Ok((portal, max_rows))
+}
+
+/// A FunctionCall body (the fast-path interface libpq's and JDBC's large-object calls use).
+pub struct FunctionCall<'a> {
+    pub oid: u32,
+    pub arg_formats: FormatCodes<'a>,
+    pub args: BindParams<'a>,
+    pub result_format: i16,
+}
+
+pub fn parse_function_call(body: &[u8]) -> Result<FunctionCall<'_>, ProtocolError> {
+    let mut r = Reader::new(body);
+    let oid = r.u32()?;
+    let arg_formats = FormatCodes::read(&mut r)?;
+    let args = BindParams::read(&mut r)?;
+    let result_format = r.i16()?;
+    r.finish()?;
+    Ok(FunctionCall {
+        oid,
+        arg_formats,
+        args,
+        result_format,
+    })
 }
 
 /// `(kind, name)` of a Describe or Close body; kind is `b'S'` (statement) or `b'P'` (portal).

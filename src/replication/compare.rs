@@ -44,7 +44,8 @@ pub fn outcome(tag: u8, msg: &[u8], checked: Option<&Outcome>) -> Outcome {
                     .and_then(backend::command_tag_rows),
             )
         }
-        (b'I', _) => Outcome::Complete(None),
+        // EmptyQueryResponse; FunctionCallResponse.
+        (b'I' | b'V', _) => Outcome::Complete(None),
         _ => match backend::parse_error_fields(body) {
             Ok(f) => match super::effects::failed_check(f.message) {
                 Some(rows) => Outcome::Differs(rows),

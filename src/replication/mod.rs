@@ -19,6 +19,7 @@ pub mod defaults;
 pub mod effect_runs;
 pub mod effects;
 pub mod extended;
+pub mod large_objects;
 pub mod lexer;
 pub mod plan;
 pub mod request;

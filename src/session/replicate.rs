@@ -24,6 +24,7 @@ use crate::replication::defaults;
 use crate::replication::effect_runs::EffectRuns;
 use crate::replication::effects;
 use crate::replication::extended::{self, Statements};
+use crate::replication::large_objects;
 use crate::replication::lexer::split_statements;
 use crate::replication::plan::{self, Plan, Planned, Segment, Targets, TxView};
 use crate::replication::request;
@@ -776,8 +777,8 @@ impl Session {
                 b'Z' => {
                     b.pending.pop_front();
                 }
-                b'C' | b'I' | b's' if !main => {}
-                b'C' | b'I' | b'E' | b's' => {
+                b'C' | b'I' | b's' | b'V' if !main => {}
+                b'C' | b'I' | b'E' | b's' | b'V' => {
                     let checked = b.checked.pop_front().flatten();
                     if tag != b's' {
                         let outcome = compare::outcome(tag, msg, checked.as_ref());
@@ -887,7 +888,7 @@ impl Session {
             b's' if main => {
                 run.checked.pop_front();
             }
-            b'C' | b'I' | b'E' => {
+            b'C' | b'I' | b'E' | b'V' => {
                 let checked = if main {
                     run.checked.pop_front().flatten()
                 } else {
@@ -1394,17 +1395,7 @@ impl Session {
                 b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'S' => {
                     self.add_to_batch(tag, msg.len(), Some(&msg), cx)?;
                 }
-                b'F' => {
-                    self.repl.tx.fail();
-                    self.send_error(
-                        cx,
-                        "ERROR",
-                        "0A000",
-                        "the function call protocol is not supported in replication mode",
-                        Some("call the function with SELECT"),
-                    );
-                    self.ready_for_query(self.repl.tx.status(), cx);
-                }
+                b'F' => self.start_function_call(msg, cx)?,
                 // Copy messages outside COPY are ignored, as PostgreSQL does after an error.
                 b'd' | b'c' | b'f' => {}
                 other => {
@@ -1836,6 +1827,44 @@ impl Session {
         if let Some(r) = self.repl.request.as_mut() {
             r.class = plan::Class::LeadOnly;
             r.signals = signals;
+            r.fail_commit(lost);
+        }
+        self.advance(cx)
+    }
+
+    /// A FunctionCall: a large-object function runs on every node like a write, a new
+    /// object with the OID pgmulti chose (`large_objects`); anything else is refused.
+    fn start_function_call(&mut self, msg: Vec<u8>, cx: &mut Context) -> Result<(), Transition> {
+        let Some(lead) = self.nodes.first().map(|n| n.index) else {
+            self.fatal(cx, "08006", "no node is left");
+            return Err(Transition::Close("no node is left".into()));
+        };
+        let oid = large_objects::new_oid(random_u64());
+        let main = match large_objects::function_call(msg.get(5..).unwrap_or_default(), oid) {
+            large_objects::Call::AsIs => msg,
+            large_objects::Call::Rewritten(m) => m,
+            large_objects::Call::Refused(message) => {
+                return self.refuse_statement(
+                    &message,
+                    "call the function with SELECT (or connect to a node directly)",
+                    cx,
+                );
+            }
+        };
+        let Some(plan) = self.plan_or_refuse(plan::Class::Write, cx) else {
+            return Ok(());
+        };
+        self.repl.request = Some(Box::new(Request::new(
+            main,
+            "function call".into(),
+            plan,
+            lead,
+            lead,
+            cx.now,
+        )));
+        let lost = self.lost_commit(plan::Class::Write);
+        if let Some(r) = self.repl.request.as_mut() {
+            r.class = plan::Class::Write;
             r.fail_commit(lost);
         }
         self.advance(cx)
