@@ -332,6 +332,44 @@ fn large_objects_through_the_function_call_protocol() {
             "0"
         );
     }
+    // The same in SQL, as PostgreSQL's largeobject regression test writes it: the OID is
+    // chosen once, and lo_open's descriptor exists on every node.
+    psql(
+        "CREATE TABLE stash (loid oid, fd integer);
+         INSERT INTO stash (loid) SELECT lo_creat(42);
+         BEGIN;
+         UPDATE stash SET fd = lo_open(loid, CAST(x'20000' | x'40000' AS integer));
+         SELECT lowrite(fd, 'I wandered lonely as a cloud') FROM stash;
+         SELECT lo_lseek(fd, 2, 0) FROM stash;
+         SELECT lo_close(fd) FROM stash;
+         END;",
+    );
+    assert_eq!(
+        psql("SELECT convert_from(lo_get(loid), 'UTF8') FROM stash").trim(),
+        "I wandered lonely as a cloud"
+    );
+    let stash: Vec<String> = nodes()
+        .iter()
+        .map(|n| {
+            n.psql(
+                "postgres",
+                "lo",
+                "SELECT loid || ' ' || md5(lo_get(loid)) FROM stash",
+            )
+        })
+        .collect();
+    assert!(stash.iter().all(|s| s == &stash[0]), "{stash:?}");
+    let refused = pm.psql(
+        "postgres",
+        "lo",
+        None,
+        "SELECT lo_creat(-1) FROM generate_series(1, 2)",
+    );
+    assert!(
+        !refused.success() && refused.stderr.contains("large object"),
+        "{}",
+        refused.stderr
+    );
     // random() by the fast path: what it does is not pgmulti's to know.
     let mut raw = RawClient::connect(pm.port(), "postgres", "lo");
     let mut call = Vec::new();

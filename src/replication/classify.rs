@@ -112,12 +112,21 @@ pub struct Nondeterminism {
     pub sequence: bool,
     /// A bare `'now'`/`'today'`/… literal: non-deterministic if it lands in a date/time column.
     pub maybe_now: bool,
+    /// `lo_creat()`, `lo_create()`, `lo_from_bytea()`, `lo_import()`: a new large object whose
+    /// OID the node may choose.
+    pub large_object: bool,
 }
 
 impl Nondeterminism {
     /// Any flag set?
     pub fn any(&self) -> bool {
-        self.now || self.clock || self.random || self.uuid || self.sequence || self.maybe_now
+        self.now
+            || self.clock
+            || self.random
+            || self.uuid
+            || self.sequence
+            || self.maybe_now
+            || self.large_object
     }
 
     /// Add the constructs `o` found.
@@ -128,6 +137,7 @@ impl Nondeterminism {
         self.uuid |= o.uuid;
         self.sequence |= o.sequence;
         self.maybe_now |= o.maybe_now;
+        self.large_object |= o.large_object;
     }
 }
 
@@ -149,6 +159,9 @@ pub struct Classified<'a> {
     /// VALUES/TABLE/parenthesised queries; the main statement's for WITH; "COMMIT" for END,
     /// "ROLLBACK" for ABORT), "" for `Empty`, "UNKNOWN" for an unrecognised command.
     pub command: &'static str,
+    /// It calls a function that writes or may (`nextval`, `lo_open`, a user's function not
+    /// known to be read-only): a replica must run it too, not only apply what the lead did.
+    pub calls_writing_function: bool,
 }
 
 impl<'a> Classified<'a> {
@@ -160,6 +173,7 @@ impl<'a> Classified<'a> {
             name: None,
             body: None,
             command,
+            calls_writing_function: false,
         }
     }
 }
@@ -209,6 +223,7 @@ fn classify_depth<'a>(sql: &'a str, hook: &dyn Fn(&str) -> bool, depth: u32) -> 
     let scan = scan(sql, hook);
     let mut c = dispatch(sql, first, lx, &scan, hook, depth);
     c.nondeterministic.merge(scan.flags);
+    c.calls_writing_function = scan.calls_writing_function;
     if scan.unterminated || scan.multi {
         c.kind = Kind::Write;
     }
@@ -693,6 +708,8 @@ fn top_level_as_query(lx: Lexer<'_>) -> Option<Token<'_>> {
 struct Scan {
     /// A writing or unknown function, a locking clause, or a data-modifying sub-statement.
     writes: bool,
+    /// A writing or unknown function.
+    calls_writing_function: bool,
     /// `pg_notify()` was called.
     notify: bool,
     /// `SELECT … INTO`: `Some(true)` for a temporary table.
@@ -886,6 +903,7 @@ fn call(hist: &History<'_>, cte_name: bool, hook: &dyn Fn(&str) -> bool, s: &mut
     if qualified && schema.is_none() {
         // `x.(` or `"a".b.c(`: not something we understand; unsure.
         s.writes = true;
+        s.calls_writing_function = true;
         return;
     }
     let before = if qualified {
@@ -922,6 +940,7 @@ fn call(hist: &History<'_>, cte_name: bool, hook: &dyn Fn(&str) -> bool, s: &mut
     match effect(fname) {
         Effect::Writes(flag) => {
             s.writes = true;
+            s.calls_writing_function = true;
             set_flag(&mut s.flags, flag);
             return;
         }
@@ -954,6 +973,7 @@ fn call(hist: &History<'_>, cte_name: bool, hook: &dyn Fn(&str) -> bool, s: &mut
     };
     if !read_only {
         s.writes = true;
+        s.calls_writing_function = true;
     }
 }
 
@@ -991,6 +1011,7 @@ enum Flag {
     Random,
     Uuid,
     Sequence,
+    LargeObject,
 }
 
 fn set_flag(f: &mut Nondeterminism, flag: Flag) {
@@ -1001,6 +1022,7 @@ fn set_flag(f: &mut Nondeterminism, flag: Flag) {
         Flag::Random => f.random = true,
         Flag::Uuid => f.uuid = true,
         Flag::Sequence => f.sequence = true,
+        Flag::LargeObject => f.large_object = true,
     }
 }
 
@@ -1017,6 +1039,9 @@ fn effect(name: &str) -> Effect {
     match name {
         "nextval" | "setval" => Effect::Writes(Flag::Sequence),
         "setseed" => Effect::Writes(Flag::Random),
+        "lo_creat" | "lo_create" | "lo_from_bytea" | "lo_import" => {
+            Effect::Writes(Flag::LargeObject)
+        }
         "pg_notify" => Effect::Notify,
         "now"
         | "transaction_timestamp"
@@ -1192,7 +1217,7 @@ mod tests {
     use super::*;
     use Kind::*;
 
-    /// Flags from a comma-separated list: now, clock, random, uuid, seq, maybe.
+    /// Flags from a comma-separated list: now, clock, random, uuid, seq, maybe, lo.
     fn flags(spec: &str) -> Nondeterminism {
         let mut f = Nondeterminism::default();
         for w in spec.split(',').filter(|w| !w.is_empty()) {
@@ -1203,6 +1228,7 @@ mod tests {
                 "uuid" => f.uuid = true,
                 "seq" => f.sequence = true,
                 "maybe" => f.maybe_now = true,
+                "lo" => f.large_object = true,
                 _ => panic!("bad flag {w}"),
             }
         }
@@ -1303,7 +1329,7 @@ mod tests {
         ("SELECT set_config('a.b', 'c', false)", Write, ""),
         ("SELECT pg_advisory_lock(1)", Write, ""),
         ("SELECT pg_try_advisory_xact_lock(1)", Write, ""),
-        ("SELECT lo_import('/tmp/x')", Write, ""),
+        ("SELECT lo_import('/tmp/x')", Write, "lo"),
         ("SELECT dblink_exec('c', 'insert')", Write, ""),
         ("SELECT pg_terminate_backend(1), pg_cancel_backend(2)", Write, ""),
         ("SELECT pg_reload_conf()", Write, ""),

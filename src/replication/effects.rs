@@ -11,7 +11,8 @@
 //!   UPDATE/DELETE of exactly those keys with exactly those values (`Apply::ByKey`); for a
 //!   table without a primary key, the statement itself with the lead's values in SET
 //!   (`Apply::Uniform`, when every row got the same ones); otherwise the statement itself
-//!   (`Apply::Rerun`: INSERT … SELECT, tables with triggers).
+//!   (`Apply::Rerun`: INSERT … SELECT, tables with triggers, statements calling a function
+//!   that writes, such as `nextval()` or `lo_open()`, whose side effect the replica needs).
 //! - Every replica statement is wrapped so that the node itself checks that it changed as
 //!   many rows as the lead, with the same digest of row images; if not, it raises an error,
 //!   so its transaction cannot commit a different effect. The session turns that into 40001
@@ -536,8 +537,11 @@ pub fn plan_shape(
     };
     let keys = typed(&info.key).filter(|k| !k.is_empty());
     let set = typed(&shape.set_columns);
+    // What a writing function does besides its value (lo_open, nextval) would be lost on a
+    // replica that only applied the lead's values.
+    let side_effects = super::classify::classify(statement).calls_writing_function;
     let apply = match (shape.command, keys, set) {
-        _ if !info.triggers.is_empty() => Apply::Rerun,
+        _ if !info.triggers.is_empty() || side_effects => Apply::Rerun,
         (Command::Delete, Some(keys), _) => Apply::ByKey {
             keys,
             values: Vec::new(),
@@ -1009,5 +1013,27 @@ mod tests {
         let sql = e.replica_sql(&same);
         assert!(sql.contains("SET \"n\" = CAST(E'7' AS bigint)"), "{sql}");
         assert!(!sql.contains("recount"), "{sql}");
+    }
+
+    /// An UPDATE calling a function with a side effect (lo_open opens a descriptor the next
+    /// statements use) runs on the replicas too, not only its values.
+    #[test]
+    fn a_writing_function_runs_on_the_replicas_too() {
+        let stash = TableInfo {
+            exists: true,
+            columns: vec![
+                ("loid".into(), "oid".into()),
+                ("fd".into(), "integer".into()),
+            ],
+            ..Default::default()
+        };
+        let e = plan("UPDATE stash SET fd = lo_open(loid, 393216)", &stash)
+            .unwrap()
+            .unwrap();
+        let same = rows(&[&[Some("0")]], &["0000000000000001"]);
+        let sql = e.replica_sql(&same);
+        assert!(sql.contains("SET fd = lo_open(loid, 393216)"), "{sql}");
+        let plain = plan("UPDATE stash SET fd = 0", &stash).unwrap().unwrap();
+        assert!(plain.replica_sql(&same).contains("CAST(E'0' AS integer)"));
     }
 }

@@ -176,6 +176,24 @@ fn is_insert_values(statement: &str) -> bool {
     saw_values
 }
 
+/// Whether each call in `statement` runs once: INSERT … VALUES, or a SELECT (or INSERT …
+/// SELECT) without FROM.
+fn runs_once(statement: &str, command: &str) -> bool {
+    if command == "INSERT" && is_insert_values(statement) {
+        return true;
+    }
+    let mut depth = 0i32;
+    let from = Lexer::new(statement).any(|t| {
+        match t.kind {
+            TokenKind::Punct(b'(') => depth += 1,
+            TokenKind::Punct(b')') => depth -= 1,
+            _ => {}
+        }
+        depth == 0 && t.is_kw("FROM")
+    });
+    matches!(command, "SELECT" | "INSERT") && !from
+}
+
 /// Why a statement cannot be replicated as written.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Refusal {
@@ -382,6 +400,8 @@ pub enum Value {
     Random,
     /// gen_random_uuid().
     Uuid,
+    /// The OID of a new large object (`large_objects::new_oid`).
+    LargeObject,
 }
 
 impl Value {
@@ -390,6 +410,7 @@ impl Value {
             Value::TransactionTs | Value::StatementTs => "timestamptz",
             Value::Random => "float8",
             Value::Uuid => "uuid",
+            Value::LargeObject => "oid",
         }
     }
 }
@@ -424,6 +445,7 @@ impl Values<'_> {
                 format!("{:.17}", r as f64 / (1u64 << 53) as f64)
             }
             Value::Uuid => uuid_v4(self.random),
+            Value::LargeObject => super::large_objects::new_oid((self.random)()).to_string(),
         }
     }
 }
@@ -488,6 +510,12 @@ pub fn rewrite(
                 })
             }
             _ => {}
+        }
+        if n.large_object && !runs_once(statement, c.command) {
+            return Err(Refusal {
+                message: "a large object created in this statement cannot be replicated: the statement may create several, and each node would choose their OIDs".into(),
+                hint: "create one per statement (SELECT lo_creat(-1), or INSERT … VALUES (lo_create(0))), or give the OID: lo_create(12345)".into(),
+            });
         }
         if (n.random || n.uuid) && !(c.command == "INSERT" && is_insert_values(statement)) {
             return Err(Refusal {
@@ -582,6 +610,72 @@ fn creates_from_query(statement: &str) -> bool {
 }
 
 /// Replace the non-deterministic calls of one data statement by literals.
+/// A call at `tokens[at]` that lets the node choose a new large object's OID, rewritten
+/// with the OID pgmulti chose: (start, end) bytes of what it replaces, and the new text.
+/// `lo_creat(mode)` → `lo_create(oid)`, `lo_create(0)` → `lo_create(oid)`,
+/// `lo_from_bytea(0, data)` → `lo_from_bytea(oid, data)`, `lo_import(path)` →
+/// `lo_import(path, oid)`.
+fn large_object_call(
+    tokens: &[Token],
+    at: usize,
+    values: &mut dyn Substitute,
+) -> Option<(usize, usize, String)> {
+    let name = tokens.get(at)?;
+    let function = ["lo_creat", "lo_create", "lo_from_bytea", "lo_import"]
+        .into_iter()
+        .find(|f| name.is_kw(f))?;
+    if !tokens.get(at + 1)?.is_punct(b'(') {
+        return None;
+    }
+    // The arguments' top-level commas and the closing parenthesis.
+    let mut depth = 0;
+    let mut commas = Vec::new();
+    let mut close = None;
+    for (k, t) in tokens.iter().enumerate().skip(at + 1) {
+        match t.kind {
+            TokenKind::Punct(b'(') => depth += 1,
+            TokenKind::Punct(b')') => {
+                depth -= 1;
+                if depth == 0 {
+                    close = Some(k);
+                    break;
+                }
+            }
+            TokenKind::Punct(b',') if depth == 1 => commas.push(k),
+            _ => {}
+        }
+    }
+    let close = close?;
+    let first_is_zero = tokens.get(at + 2).is_some_and(|t| t.text == "0")
+        && (commas.first() == Some(&(at + 3)) || close == at + 3);
+    let (start, end) = (name.start, tokens[close].end());
+    match function {
+        "lo_creat" => Some((
+            start,
+            end,
+            format!("lo_create({})", values.expr(Value::LargeObject)),
+        )),
+        "lo_create" if first_is_zero && commas.is_empty() => Some((
+            start,
+            end,
+            format!("lo_create({})", values.expr(Value::LargeObject)),
+        )),
+        "lo_from_bytea" if first_is_zero && commas.len() == 1 => {
+            let zero = &tokens[at + 2];
+            Some((zero.start, zero.end(), values.expr(Value::LargeObject)))
+        }
+        "lo_import" if commas.is_empty() && close > at + 2 => {
+            let at_close = tokens[close].start;
+            Some((
+                at_close,
+                at_close,
+                format!(", {}", values.expr(Value::LargeObject)),
+            ))
+        }
+        _ => None,
+    }
+}
+
 fn rewrite_statement(
     sql: &str,
     n: &Nondeterminism,
@@ -621,6 +715,16 @@ fn rewrite_statement(
             i += 1;
             continue;
         };
+        if let Some((start, end, text)) = large_object_call(&tokens, i + name_at, values) {
+            out.push_str(&sql[copied..start]);
+            out.push_str(&text);
+            copied = end;
+            i = tokens
+                .iter()
+                .position(|t| t.start >= end)
+                .unwrap_or(tokens.len());
+            continue;
+        }
         let mut replacement = None;
         let mut end_token = i + name_at;
         // `myschema.now()` is the user's function, not the built-in: leave it alone.
@@ -939,5 +1043,42 @@ mod tests {
             ["y", "template0"]
         );
         assert!(d("SELECT current_database()").is_empty());
+    }
+
+    #[test]
+    fn a_new_large_object_gets_an_oid_chosen_once_for_every_node() {
+        let r = rw("INSERT INTO lotest (loid) SELECT lo_creat(42)")
+            .unwrap()
+            .unwrap();
+        assert!(
+            r.starts_with("INSERT INTO lotest (loid) SELECT lo_create('"),
+            "{r}"
+        );
+        assert!(r.ends_with("'::oid)"), "{r}");
+        let oid: u32 = r.split('\'').nth(1).unwrap().parse().unwrap();
+        assert!(oid >= 1 << 31);
+        assert!(rw("select lo_create(0)")
+            .unwrap()
+            .unwrap()
+            .contains("lo_create('"));
+        assert_eq!(rw("select lo_create(4242)").unwrap(), None, "its own OID");
+        let b = rw("SELECT lo_from_bytea(0, '\\x00'::bytea)")
+            .unwrap()
+            .unwrap();
+        assert!(
+            b.starts_with("SELECT lo_from_bytea('") && b.ends_with("'::oid, '\\x00'::bytea)"),
+            "{b}"
+        );
+        let i = rw("select lo_import('/tmp/f')").unwrap().unwrap();
+        assert!(
+            i.starts_with("select lo_import('/tmp/f', '") && i.ends_with("'::oid)"),
+            "{i}"
+        );
+        assert_eq!(rw("select lo_import('/tmp/f', 77)").unwrap(), None);
+        assert!(
+            rw("UPDATE t SET loid = lo_creat(-1)").is_err(),
+            "once per row"
+        );
+        assert!(rw("SELECT lo_creat(-1) FROM generate_series(1, 3)").is_err());
     }
 }
