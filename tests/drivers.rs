@@ -381,3 +381,45 @@ fn large_objects_through_the_function_call_protocol() {
     let admin = pm.psql("postgres", "pgmulti", None, "SHOW NODES");
     assert_eq!(admin.stdout.matches("up").count(), 3, "{}", admin.stdout);
 }
+
+/// psql's `\d` looks a table's OID up, then asks for its columns by that OID: the session's
+/// reads must reach one node, whose OIDs they are.
+#[test]
+fn psql_describe_shows_what_it_shows_directly() {
+    let pm = Pgmulti::start(&replication_conf());
+    for n in nodes() {
+        n.fresh_db("describe", "postgres");
+    }
+    let out = pm.psql(
+        "postgres",
+        "describe",
+        None,
+        "CREATE TABLE d (id int PRIMARY KEY, name text NOT NULL, at timestamptz DEFAULT now());
+         CREATE INDEX ON d (name)",
+    );
+    assert!(out.success(), "{}", out.stderr);
+    let direct = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-h",
+            nodes()[0].host(),
+            "-p",
+            &nodes()[0].port().to_string(),
+        ])
+        .args(["-U", "postgres", "-d", "describe", "-c", "\\d d"])
+        .output()
+        .unwrap();
+    let direct = String::from_utf8_lossy(&direct.stdout).into_owned();
+    assert!(direct.contains("timestamptz") || direct.contains("timestamp with time zone"));
+    for _ in 0..6 {
+        let through = pm.psql("postgres", "describe", None, "\\d d");
+        assert!(through.success(), "{}", through.stderr);
+        let shown = |s: &str| s.lines().filter(|l| l.contains('|')).count();
+        assert_eq!(
+            shown(&through.stdout),
+            shown(&direct) - 1,
+            "{}\nvs\n{direct}",
+            through.stdout
+        );
+    }
+}

@@ -49,6 +49,11 @@ pub const MAX_REPLICATED_MESSAGE: usize = 64 * 1024 * 1024;
 pub struct Replication {
     request: Option<Box<Request>>,
     tx: Tx,
+    /// The node this session's reads go to, chosen at its first read (weights × speed) and
+    /// kept while it stays in the session: OIDs a catalog query returned, txid_current(),
+    /// pg_relation_size() and the like then agree from one statement to the next, as psql's
+    /// `\d` needs (pgpool-II balances per session too).
+    read_node: Option<u8>,
     /// A client message larger than the receive buffer, being collected.
     large: Vec<u8>,
     /// What the lead's catalog says of the tables this session wrote to, by folded name;
@@ -112,8 +117,6 @@ pub(super) const SESSION_SQL_LIMIT: usize = 256;
 #[derive(Default)]
 struct Tx {
     view: TxView,
-    /// The node a transaction's reads go to until it writes.
-    read_node: Option<u8>,
     /// The transaction's timestamp for rewritten now() & co.
     timestamp: Option<request::Moment>,
     /// `write_ack = async`: every node's answers to the statements that ran behind, compared
@@ -499,8 +502,8 @@ impl Session {
         };
         self.repl.behind.retain(|b| b.node != id);
         self.repl.tx.async_answers.retain(|(n, _)| *n != id);
-        if self.repl.tx.read_node == Some(id) {
-            self.repl.tx.read_node = None;
+        if self.repl.read_node == Some(id) {
+            self.repl.read_node = None;
         }
         let open = self.repl.tx.view.open;
         let message = format!(
@@ -554,8 +557,8 @@ impl Session {
         let new_lead = self.nodes[0].index;
         self.repl.behind.retain(|b| b.node != id);
         self.repl.tx.async_answers.retain(|(n, _)| *n != id);
-        if self.repl.tx.read_node == Some(id) {
-            self.repl.tx.read_node = None;
+        if self.repl.read_node == Some(id) {
+            self.repl.read_node = None;
         }
         let autocommit = !self.repl.tx.view.open;
         let Some(r) = self.repl.request.as_mut() else {
@@ -1992,15 +1995,13 @@ impl Session {
                 .filter(|id| nodes.iter().any(|n| n.index == *id))
                 .unwrap_or(lead)
         };
-        if self.repl.tx.view.open {
-            *self
-                .repl
-                .tx
-                .read_node
-                .get_or_insert_with(|| pick(&cx.shared.cluster, &self.nodes))
-        } else {
-            pick(&cx.shared.cluster, &self.nodes)
-        }
+        let kept = self
+            .repl
+            .read_node
+            .filter(|id| self.nodes.iter().any(|n| n.index == *id) && cx.shared.cluster.is_up(*id));
+        let id = kept.unwrap_or_else(|| pick(&cx.shared.cluster, &self.nodes));
+        self.repl.read_node = Some(id);
+        id
     }
 
     /// At COMMIT with `write_ack = async`: compare what every node answered to the statements
