@@ -1103,3 +1103,50 @@ fn begin_travels_with_the_first_statement() {
         to_node0.join("\n")
     );
 }
+
+/// A statement the lead fails can still leave something behind there: a value drawn from a
+/// sequence, the invalid index of a failed CREATE INDEX CONCURRENTLY. The replicas run it
+/// too and fail alike, so the next INSERT gets the same id everywhere.
+#[test]
+fn a_failure_with_side_effects_happens_on_every_node() {
+    fresh_db("failalike");
+    let pm = Pgmulti::start(&replication_conf());
+    let run = |s: &str| pm.psql("postgres", "failalike", None, s);
+    assert!(run("CREATE TABLE s (id serial PRIMARY KEY, u int UNIQUE)").success());
+    assert!(run("INSERT INTO s (u) VALUES (1)").success());
+    let dup = run("INSERT INTO s (u) VALUES (1)");
+    assert!(dup.stderr.contains("duplicate key"), "{}", dup.stderr);
+    let dup = run("BEGIN; INSERT INTO s (u) VALUES (1); COMMIT");
+    assert!(dup.stderr.contains("duplicate key"), "{}", dup.stderr);
+    assert!(run("INSERT INTO s (u) VALUES (2)").success());
+    for n in nodes() {
+        assert_eq!(
+            n.psql(
+                "postgres",
+                "failalike",
+                "SELECT string_agg(id || ':' || u, ',' ORDER BY id) FROM s"
+            ),
+            "1:1,4:2",
+            "every node drew the failed INSERTs' ids"
+        );
+    }
+    assert!(run("INSERT INTO s (u) VALUES (2), (3)")
+        .stderr
+        .contains("duplicate key"));
+    let ci = run("CREATE UNIQUE INDEX CONCURRENTLY s_positive ON s ((u > 0))");
+    assert!(!ci.success(), "duplicate values: the index build fails");
+    for n in nodes() {
+        assert_eq!(
+            n.psql(
+                "postgres",
+                "failalike",
+                "SELECT count(*) FROM pg_index WHERE NOT indisvalid"
+            ),
+            "1",
+            "the invalid index is left on every node"
+        );
+    }
+    assert_identical("failalike", &[0, 1, 2]);
+    let admin = pm.psql("postgres", "failalike", None, "SHOW POOL_NODES");
+    assert_eq!(admin.stdout.matches("up").count(), 3, "{}", admin.stdout);
+}

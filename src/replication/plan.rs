@@ -127,6 +127,23 @@ fn two_phase_commit(phases: &mut Vec<Phase>, after_lead: bool) {
     }
 }
 
+/// The replicas' phase of a statement the lead failed whose failure still left something
+/// behind there (a sequence drawn from, an invalid index of CREATE INDEX CONCURRENTLY): the
+/// replicas run it too, so that they fail alike and are left alike, and what pgmulti's own
+/// transaction wrapped is rolled back, not committed.
+pub fn fail_alike(segments: &mut Vec<Segment>) {
+    let mut ended = false;
+    for s in segments.iter_mut() {
+        if *s == Segment::Wrapper("COMMIT") {
+            *s = Segment::Wrapper("ROLLBACK");
+            ended = true;
+        }
+    }
+    if !ended && segments.first() == Some(&Segment::Wrapper("BEGIN")) {
+        segments.push(Segment::Wrapper("ROLLBACK"));
+    }
+}
+
 /// `two_phase`: `commit_protocol = two_phase`.
 pub fn plan(class: Class, tx: TxView, two_phase: bool) -> Planned {
     use Segment::*;
@@ -400,5 +417,26 @@ mod two_phase_tests {
         };
         assert_eq!(p.phases.len(), 5);
         assert!(p.phases[4].only_if_lead_failed && p.phases[2].skip_if_lead_failed);
+    }
+
+    #[test]
+    fn a_statement_failed_alike_is_rolled_back_on_the_replicas() {
+        use Segment::*;
+        let mut autocommit = vec![Wrapper("BEGIN"), Main, Wrapper("COMMIT")];
+        fail_alike(&mut autocommit);
+        assert_eq!(
+            autocommit,
+            vec![Wrapper("BEGIN"), Main, Wrapper("ROLLBACK")]
+        );
+        let mut two_phase = vec![Wrapper("BEGIN"), Main];
+        fail_alike(&mut two_phase);
+        assert_eq!(two_phase, vec![Wrapper("BEGIN"), Main, Wrapper("ROLLBACK")]);
+        let mut in_tx = vec![Main];
+        fail_alike(&mut in_tx);
+        assert_eq!(
+            in_tx,
+            vec![Main],
+            "the client's transaction fails there too"
+        );
     }
 }

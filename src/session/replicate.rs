@@ -957,14 +957,22 @@ impl Session {
             r.next_phase += 1;
             let mut phase = phase;
             if phase.skip_if_lead_failed && r.lead_failed {
+                let replicas_main =
+                    phase.targets == Targets::Replicas && phase.segments.contains(&Segment::Main);
+                // A failure that still drew from a sequence (the ordering lock says it
+                // draws) or left an invalid index behind must happen on the replicas too.
+                let fails_alike = replicas_main
+                    && (r.ordering_lock.is_some() || r.class == plan::Class::NoTransactionBlock);
                 // The replicas must still learn the statements a failed batch prepared.
-                let keeps_parses = phase.targets == Targets::Replicas
-                    && phase.segments.contains(&Segment::Main)
-                    && r.parses_only.is_some();
-                if !keeps_parses {
+                let keeps_parses = replicas_main && r.parses_only.is_some();
+                if fails_alike {
+                    plan::fail_alike(&mut phase.segments);
+                    r.rolled_back |= !repl.tx.view.open;
+                } else if keeps_parses {
+                    phase.segments = vec![Segment::ParsesOnly];
+                } else {
                     continue;
                 }
-                phase.segments = vec![Segment::ParsesOnly];
             }
             if phase.only_if_lead_failed && !r.lead_failed {
                 continue;
