@@ -12,6 +12,10 @@ use super::defaults::{draws_from_sequence, is_volatile, VolatileDefault};
 pub struct TableInfo {
     /// The name resolved to a table (`to_regclass`); false: every other field is empty.
     pub exists: bool,
+    /// A view, or a table with rules: a RETURNING pgmulti adds may be refused there.
+    pub rules: bool,
+    /// A system catalog (pg_catalog): its OIDs, hence its rows, differ from node to node.
+    pub system: bool,
     /// Columns whose default is not deterministic (written into INSERTs).
     pub volatile: Vec<VolatileDefault>,
     /// A column may draw from a sequence (SERIAL, IDENTITY, a function default).
@@ -55,7 +59,9 @@ pub fn probe_sql(tables: &[&str]) -> String {
     let list = list.join(", ");
     let from = format!("FROM (VALUES {list}) AS t(name)");
     format!(
-        "SELECT t.name, 'table', '', '' {from} WHERE to_regclass(t.name) IS NOT NULL \
+        "SELECT t.name, 'table', CASE WHEN c.relhasrules THEN 'rules' ELSE '' END, \
+         CASE WHEN c.relnamespace = 'pg_catalog'::regnamespace THEN 'system' ELSE '' END {from} \
+         JOIN pg_class c ON c.oid = to_regclass(t.name) \
          UNION ALL \
          SELECT t.name, 'default', a.attname, pg_get_expr(d.adbin, d.adrelid) {from} \
          JOIN pg_attrdef d ON d.adrelid = to_regclass(t.name) \
@@ -90,7 +96,11 @@ pub fn read_probe(table: &str, rows: &[[String; 4]]) -> TableInfo {
     for [t, kind, name, detail] in rows.iter().filter(|r| r[0] == table) {
         debug_assert_eq!(t, table);
         match kind.as_str() {
-            "table" => info.exists = true,
+            "table" => {
+                info.exists = true;
+                info.rules = name == "rules";
+                info.system = detail == "system";
+            }
             "default" => {
                 if is_volatile(detail) {
                     info.volatile.push(VolatileDefault {
@@ -148,6 +158,8 @@ mod tests {
     fn probe_rows_make_a_table() {
         let rows = vec![
             row("jobs", "table", "", ""),
+            row("v", "table", "rules", ""),
+            row("pg_class", "table", "", "system"),
             row("jobs", "column", "id", "integer"),
             row("jobs", "column", "at", "timestamp with time zone"),
             row("jobs", "default", "id", "nextval('jobs_id_seq'::regclass)"),
@@ -178,6 +190,8 @@ mod tests {
         );
         assert_eq!(info.volatile_trigger('D'), None);
         assert!(!read_probe("missing", &rows).exists);
+        assert!(!info.rules && !info.system);
+        assert!(read_probe("v", &rows).rules && read_probe("pg_class", &rows).system);
     }
 
     #[test]

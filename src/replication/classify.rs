@@ -32,11 +32,13 @@
 //! - `CREATE TEMP|TEMPORARY TABLE/VIEW/SEQUENCE …` and `SELECT … INTO TEMP …` are
 //!   `SessionState` (unless their query writes: then `Write`); `CREATE [UNLOGGED] TABLE … AS`,
 //!   `CREATE MATERIALIZED VIEW … AS`, `SELECT … INTO` and `REFRESH MATERIALIZED VIEW` are `Write`.
-//! - `ANALYZE`, `CHECKPOINT`, `CLUSTER name`, `REINDEX INDEX|TABLE name` are `Ddl` (every node).
+//! - `ANALYZE`, `CHECKPOINT` are `Ddl` (every node).
 //!   `NoTransactionBlock`: `VACUUM`, `CREATE|DROP DATABASE`, `CREATE|DROP TABLESPACE`,
-//!   `CREATE|DROP SUBSCRIPTION`, `ALTER SUBSCRIPTION … PUBLICATION`, `CREATE INDEX CONCURRENTLY`,
-//!   `DROP INDEX CONCURRENTLY`, `REINDEX … CONCURRENTLY`, `REINDEX SCHEMA|DATABASE|SYSTEM`,
-//!   `CLUSTER` without a table, `ALTER SYSTEM`, `ALTER DATABASE … SET TABLESPACE`.
+//!   `CREATE|DROP SUBSCRIPTION`, `ALTER SUBSCRIPTION … PUBLICATION|REFRESH`,
+//!   `CREATE INDEX CONCURRENTLY`, `DROP INDEX CONCURRENTLY`, every `REINDEX` and `CLUSTER`
+//!   (of a partitioned table they refuse a transaction block, which a classifier cannot
+//!   tell), `ALTER TABLE … DETACH PARTITION … CONCURRENTLY`, `ALTER SYSTEM`,
+//!   `ALTER DATABASE … SET TABLESPACE`.
 //! - `currval()`/`lastval()` and `random()`, `gen_random_uuid()`, `now()`, … in a query keep it
 //!   a `Read`; the flags tell the caller. `setseed()` is a `Write` (it changes session state).
 //! - `EXPLAIN` without `ANALYZE` is `Read`; `EXPLAIN ANALYZE stmt` has the kind of `stmt` (a
@@ -379,33 +381,11 @@ fn dispatch<'a>(
         "vacuum" => Classified::new(NoTransactionBlock, "VACUUM"),
         "analyze" | "analyse" => Classified::new(Ddl, "ANALYZE"),
         "checkpoint" => Classified::new(Ddl, "CHECKPOINT"),
-        "cluster" => {
-            let mut rest = lx.peekable();
-            if rest.peek().is_some_and(|t| t.is_punct(b'(')) {
-                skip_group(&mut rest);
-            }
-            let has_table = rest.any(|t| t.is_name() && !t.is_kw("verbose"));
-            Classified::new(if has_table { Ddl } else { NoTransactionBlock }, "CLUSTER")
-        }
-        "reindex" => {
-            let mut rest = lx.peekable();
-            if rest.peek().is_some_and(|t| t.is_punct(b'(')) {
-                skip_group(&mut rest);
-            }
-            let what = rest.next();
-            let whole = ["schema", "database", "system"]
-                .iter()
-                .any(|w| is_kw(what, w));
-            let concurrently = is_kw(rest.next(), "concurrently");
-            Classified::new(
-                if whole || concurrently {
-                    NoTransactionBlock
-                } else {
-                    Ddl
-                },
-                "REINDEX",
-            )
-        }
+        // Of a partitioned table (which a classifier cannot tell), concurrently, or of a
+        // whole schema or database, these refuse a transaction block; any of them runs
+        // fine outside one, so none is wrapped in pgmulti's.
+        "cluster" => Classified::new(NoTransactionBlock, "CLUSTER"),
+        "reindex" => Classified::new(NoTransactionBlock, "REINDEX"),
         "create" => create(sql, lx, hook),
         "drop" => {
             let what = lx.next();
@@ -419,7 +399,10 @@ fn dispatch<'a>(
             let what = lx.next();
             let no_tx = is_kw(what, "system")
                 || (is_kw(what, "subscription")
-                    && top_level(lx.clone()).any(|t| t.is_kw("publication")))
+                    && top_level(lx.clone()).any(|t| t.is_kw("publication") || t.is_kw("refresh")))
+                || (is_kw(what, "table")
+                    && top_level(lx.clone()).any(|t| t.is_kw("detach"))
+                    && top_level(lx.clone()).any(|t| t.is_kw("concurrently")))
                 || (is_kw(what, "database") && set_tablespace(lx));
             Classified::new(if no_tx { NoTransactionBlock } else { Ddl }, "ALTER")
         }
@@ -430,21 +413,6 @@ fn dispatch<'a>(
         "reassign" => Classified::new(Ddl, "REASSIGN OWNED"),
         "import" => Classified::new(Ddl, "IMPORT FOREIGN SCHEMA"),
         _ => Classified::new(Write, "UNKNOWN"),
-    }
-}
-
-/// Consumes a parenthesised group whose `(` is the next token.
-fn skip_group<'a>(it: &mut impl Iterator<Item = Token<'a>>) {
-    let mut depth = 0u32;
-    for t in it {
-        if t.is_punct(b'(') {
-            depth += 1;
-        } else if t.is_punct(b')') {
-            depth = depth.saturating_sub(1);
-            if depth == 0 {
-                return;
-            }
-        }
     }
 }
 
@@ -1442,10 +1410,10 @@ mod tests {
         ("REVOKE ALL ON t FROM bob", Ddl, ""),
         ("ANALYZE t", Ddl, ""),
         ("CHECKPOINT", Ddl, ""),
-        ("CLUSTER t USING i", Ddl, ""),
-        ("CLUSTER VERBOSE t", Ddl, ""),
-        ("REINDEX TABLE t", Ddl, ""),
-        ("REINDEX (VERBOSE) INDEX i", Ddl, ""),
+        ("CLUSTER t USING i", NoTransactionBlock, ""),
+        ("CLUSTER VERBOSE t", NoTransactionBlock, ""),
+        ("REINDEX TABLE t", NoTransactionBlock, ""),
+        ("REINDEX (VERBOSE) INDEX i", NoTransactionBlock, ""),
         ("ALTER DATABASE d SET search_path = a", Ddl, ""),
         ("ALTER SUBSCRIPTION s DISABLE", Ddl, ""),
         // Outside a transaction block.
@@ -1459,6 +1427,12 @@ mod tests {
         ("CREATE UNIQUE INDEX CONCURRENTLY i ON t (a)", NoTransactionBlock, ""),
         ("DROP INDEX CONCURRENTLY i", NoTransactionBlock, ""),
         ("REINDEX TABLE CONCURRENTLY t", NoTransactionBlock, ""),
+        ("REINDEX (CONCURRENTLY) INDEX i", NoTransactionBlock, ""),
+        ("REINDEX TABLE partitioned", NoTransactionBlock, ""),
+        ("CLUSTER partitioned USING i", NoTransactionBlock, ""),
+        ("ALTER TABLE p DETACH PARTITION p1 CONCURRENTLY", NoTransactionBlock, ""),
+        ("ALTER TABLE p DETACH PARTITION p1", Ddl, ""),
+        ("ALTER SUBSCRIPTION s REFRESH PUBLICATION", NoTransactionBlock, ""),
         ("REINDEX (VERBOSE) DATABASE d", NoTransactionBlock, ""),
         ("REINDEX SYSTEM", NoTransactionBlock, ""),
         ("REINDEX SCHEMA s", NoTransactionBlock, ""),

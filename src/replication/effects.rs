@@ -515,7 +515,15 @@ pub fn plan_shape(
             hint: "compute the value in the statement itself (pgmulti gives now(), random() and gen_random_uuid() in a statement one value on every node), or make the trigger deterministic".into(),
         });
     }
-    if !info.exists || shape.current_of || (shape.command == Command::Insert && !shape.selects) {
+    // A view or a table with rules may refuse the RETURNING pgmulti adds; a system
+    // catalog's rows hold OIDs that differ by node, so no digest of them can agree. Both run
+    // as written, compared by row count.
+    if !info.exists
+        || info.rules
+        || info.system
+        || shape.current_of
+        || (shape.command == Command::Insert && !shape.selects)
+    {
         return Ok(None);
     }
     let keyed = !info.key.is_empty() && info.key.iter().all(|k| shape.pinned.contains(k));
@@ -536,7 +544,15 @@ pub fn plan_shape(
             .collect()
     };
     let keys = typed(&info.key).filter(|k| !k.is_empty());
-    let set = typed(&shape.set_columns);
+    // Assignments that are not one whole value per column (`arr[1] = …, arr[2] = …`,
+    // `SET a = DEFAULT` of an identity column) cannot be replaced by the lead's values.
+    let whole_values = shape.set.is_some_and(|(from, to)| {
+        let mut seen = std::collections::HashSet::new();
+        shape.set_columns.iter().all(|c| seen.insert(c))
+            && !Lexer::new(statement.get(from..to).unwrap_or_default())
+                .any(|t| t.is_kw("default") || t.is_punct(b'['))
+    });
+    let set = typed(&shape.set_columns).filter(|_| whole_values);
     // What a writing function does besides its value (lo_open, nextval) would be lost on a
     // replica that only applied the lead's values.
     let side_effects = super::classify::classify(statement).calls_writing_function;
@@ -1035,5 +1051,41 @@ mod tests {
         assert!(sql.contains("SET fd = lo_open(loid, 393216)"), "{sql}");
         let plain = plan("UPDATE stash SET fd = 0", &stash).unwrap().unwrap();
         assert!(plain.replica_sql(&same).contains("CAST(E'0' AS integer)"));
+    }
+
+    /// Views, tables with rules and system catalogs run as written; subscripted, repeated
+    /// and DEFAULT assignments are re-run, not replaced by the lead's values.
+    #[test]
+    fn what_cannot_be_applied_by_value_runs_as_written() {
+        let mut t = jobs();
+        t.rules = true;
+        assert_eq!(
+            plan("UPDATE jobs SET status = 'x' WHERE id = (SELECT 1)", &t),
+            Ok(None)
+        );
+        let mut t = jobs();
+        t.system = true;
+        assert_eq!(plan("DELETE FROM jobs WHERE worker = 3", &t), Ok(None));
+        let arr = TableInfo {
+            exists: true,
+            columns: vec![
+                ("id".into(), "integer".into()),
+                ("a".into(), "integer[]".into()),
+            ],
+            key: vec!["id".into()],
+            ..Default::default()
+        };
+        for sql in [
+            "UPDATE arr SET a[1] = 42, a[2] = 77 WHERE id > 0",
+            "UPDATE arr SET a = DEFAULT WHERE id > 0",
+        ] {
+            let e = plan(sql, &arr).unwrap().unwrap();
+            let same = rows(&[&[Some("1")]], &["0000000000000001"]);
+            assert!(
+                e.replica_sql(&same)
+                    .contains(&sql["UPDATE arr ".len()..sql.len() - 12]),
+                "{sql}"
+            );
+        }
     }
 }
