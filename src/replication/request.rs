@@ -24,6 +24,9 @@ pub struct Analysed {
     /// A table this request defines (defaults, sequences, triggers) and then writes to: the
     /// catalog lookup cannot see it yet, so the request is refused.
     pub defines_then_writes: Option<String>,
+    /// `COPY … FROM STDIN` beside other statements in one Query: pgmulti copies one COPY at
+    /// a time, between requests, so such a request is refused.
+    pub copy_among_others: bool,
 }
 
 /// Classify a whole Query (one or more statements). Unsure means write.
@@ -75,7 +78,9 @@ pub fn analyse(sql: &str) -> Analysed {
         });
     }
     let class = fold(&classes);
+    let copy_among_others = classes.len() > 1 && classes.contains(&Class::CopyIn);
     Analysed {
+        copy_among_others,
         class,
         nondeterminism,
         inserts,
@@ -174,6 +179,12 @@ fn is_insert_values(statement: &str) -> bool {
         saw_values |= t.is_kw("VALUES");
     }
     saw_values
+}
+
+/// `COMMIT AND CHAIN` / `ROLLBACK AND CHAIN` (not `AND NO CHAIN`).
+pub fn chains(sql: &str) -> bool {
+    let tokens: Vec<Token> = Lexer::new(sql).filter(|t| !t.is_punct(b';')).collect();
+    matches!(tokens.as_slice(), [.., and, chain] if and.is_kw("and") && chain.is_kw("chain"))
 }
 
 /// Whether each call in `statement` runs once: INSERT … VALUES, or a SELECT (or INSERT …
@@ -589,7 +600,19 @@ fn fills_rows(statement: &str) -> bool {
 fn creates_from_query(statement: &str) -> bool {
     let mut depth = 0u32;
     let mut after_as = false;
+    let mut view = false;
     for t in Lexer::new(statement) {
+        // A view keeps its query, now() included, as PostgreSQL stores it; a materialized
+        // view's rows are made now.
+        if depth == 0 && !after_as && t.is_kw("VIEW") {
+            view = true;
+        }
+        if depth == 0 && !after_as && t.is_kw("MATERIALIZED") {
+            return true;
+        }
+        if view {
+            continue;
+        }
         if t.is_punct(b'(') {
             if after_as && depth == 0 {
                 return true;
@@ -609,7 +632,6 @@ fn creates_from_query(statement: &str) -> bool {
     false
 }
 
-/// Replace the non-deterministic calls of one data statement by literals.
 /// A call at `tokens[at]` that lets the node choose a new large object's OID, rewritten
 /// with the OID pgmulti chose: (start, end) bytes of what it replaces, and the new text.
 /// `lo_creat(mode)` → `lo_create(oid)`, `lo_create(0)` → `lo_create(oid)`,
@@ -676,6 +698,7 @@ fn large_object_call(
     }
 }
 
+/// Replace the non-deterministic calls of one data statement by literals.
 fn rewrite_statement(
     sql: &str,
     n: &Nondeterminism,
@@ -930,6 +953,10 @@ mod tests {
             Class::Write
         );
         assert_eq!(analyse("copy t from stdin").class, Class::CopyIn);
+        assert!(!analyse("copy t from stdin").copy_among_others);
+        assert!(analyse("select 0; copy t from stdin; select 1").copy_among_others);
+        assert!(chains("COMMIT AND CHAIN;") && chains("end and chain"));
+        assert!(!chains("COMMIT AND NO CHAIN") && !chains("COMMIT"));
         assert_eq!(analyse("copy t to stdout").class, Class::Read);
         assert_eq!(analyse("vacuum").class, Class::NoTransactionBlock);
         assert_eq!(analyse("set search_path = x").class, Class::SessionState);
@@ -975,6 +1002,14 @@ mod tests {
             None
         );
         assert!(rw("prepare p as insert into t values (now())").is_err());
+        assert_eq!(
+            rw("create or replace temp view v as select current_date as d, now() as n").unwrap(),
+            None,
+            "a view keeps its definition"
+        );
+        assert!(rw("create materialized view m as select now() as n")
+            .unwrap()
+            .is_some());
         assert_eq!(
             rw("create table x (a timestamptz default now()); insert into x values (now())").unwrap().unwrap(),
             "create table x (a timestamptz default now()); insert into x values (('2026-11-21 06:00:00.000001+00'::timestamptz))"

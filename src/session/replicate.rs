@@ -1308,6 +1308,11 @@ impl Session {
         let tx = &mut self.repl.tx;
         match status {
             b'I' => *tx = Tx::default(),
+            // COMMIT/ROLLBACK AND CHAIN: a new transaction, already open on every node.
+            b'T' if matches!(r.class, plan::Class::Commit | plan::Class::Rollback) => {
+                *tx = Tx::default();
+                tx.view.open = true;
+            }
             b'T' => {
                 // Also after ROLLBACK TO SAVEPOINT, which recovers a failed transaction.
                 tx.view.open = true;
@@ -1623,6 +1628,13 @@ impl Session {
         }
         let text = short(sql);
         let analysed = request::analyse(sql);
+        if analysed.copy_among_others {
+            return self.refuse_statement(
+                "COPY … FROM STDIN cannot be replicated together with other statements in one query",
+                "send the COPY as a query of its own (in psql, not joined to others with \\;)",
+                cx,
+            );
+        }
         if analysed.class == plan::Class::Begin
             && !self.repl.tx.view.open
             && request::is_plain_begin(sql)
@@ -1663,6 +1675,14 @@ impl Session {
             return Ok(());
         };
         let mut plan = plan;
+        if analysed.class == plan::Class::Commit && request::chains(sql) {
+            // COMMIT AND CHAIN of a failed transaction: rolled back, and chained all the same.
+            for s in plan.phases.iter_mut().flat_map(|p| p.segments.iter_mut()) {
+                if *s == Segment::MainAs("ROLLBACK") {
+                    *s = Segment::MainAs("ROLLBACK AND CHAIN");
+                }
+            }
+        }
         if plan.writes {
             if let Some(table) = &analysed.defines_then_writes {
                 let message = format!("this query defines a non-deterministic default or a trigger for {table} and writes to it: pgmulti cannot see the new definition before it runs, so the nodes could store different values");
@@ -1789,8 +1809,6 @@ impl Session {
         Some(self.advance(cx))
     }
 
-    /// The phases for a request of `class`; None when it was answered already (inside a
-    /// failed transaction, with 25P02 as PostgreSQL would).
     /// `pg_terminate_backend(N)` / `pg_cancel_backend(N)` naming pgmulti sessions: run on the
     /// lead with the lead's pid of each session's backend, where the node checks the
     /// permission. A terminated session closes when it notices its lost connection.
@@ -1890,6 +1908,8 @@ impl Session {
         }
     }
 
+    /// The phases for a request of `class`; None when it was answered already (inside a
+    /// failed transaction, with 25P02 as PostgreSQL would).
     fn plan_or_refuse(&mut self, class: plan::Class, cx: &mut Context) -> Option<Plan> {
         match plan::plan(class, self.repl.tx.view, cx.shared.two_phase.is_some()) {
             Planned::Run(p) => Some(p),
