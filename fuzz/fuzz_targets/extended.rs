@@ -141,6 +141,7 @@ impl Session {
                 transaction_ts: (1_795_240_800, 1),
                 statement_ts: (1_795_240_805, 2),
                 random: &mut random,
+                backend: &|_| None,
             };
             match prepare(batch, &mut self.statements, &self.tables, &mut values) {
                 Prepared::NeedTables(needed) => {

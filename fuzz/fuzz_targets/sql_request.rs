@@ -16,7 +16,7 @@ use pgmulti::replication::defaults::{fill, VolatileDefault};
 use pgmulti::replication::lexer::split_statements;
 use pgmulti::replication::plan::Class;
 use pgmulti::replication::request::{
-    analyse, ordering_lock, rewrite, signals_a_given_backend, Parameters, Values,
+    analyse, ordering_lock, rewrite, signal_text, signals, Parameters, Values,
 };
 
 fn check_determinism() -> bool {
@@ -39,7 +39,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(sql) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = signals_a_given_backend(sql);
+    let calls = signals(sql);
+    let _ = signal_text(sql, &calls, |pid| pid.checked_mul(3));
     let analysed = analyse(sql);
     for shape in &analysed.inserts {
         // Offsets are into the whole request.
@@ -88,6 +89,7 @@ fuzz_target!(|data: &[u8]| {
         transaction_ts: (1_795_240_800, 1),
         statement_ts: (1_795_240_805, 999_999),
         random: &mut random,
+        backend: &|_| None,
     };
     let literal = rewrite(text, analysed, &mut values);
     if let Ok(Some(new)) = &literal {
