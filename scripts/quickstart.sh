@@ -12,7 +12,10 @@
 #   pgmulti.pid, pgmulti.log, pgmulti.out
 #
 # NODES (default 3) sets how many nodes to run: 3 (or any number above 1) gives
-# `mode = replication` over all of them; 1 gives `mode = relay` in front of node 0. Re-running is safe: running nodes are
+# `mode = replication` over all of them; 1 gives `mode = relay` in front of node 0.
+# MODE=streaming makes node 0 a primary and the others its hot standbys (pg_basebackup,
+# PostgreSQL's streaming replication), with pgmulti in `mode = streaming`; a folder made for
+# one mode is not reused for the other (stop, delete it). Re-running is safe: running nodes are
 # reused, pgmulti is restarted. To start from scratch: stop, then delete the folder (and the
 # folder pg/ points to, if it is a symlink).
 set -euo pipefail
@@ -20,6 +23,11 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 QS=${PGMULTI_QUICKSTART_DIR:-$PWD/.quickstart}
 NODES=${NODES:-3}
+MODE=${MODE:-}
+if [ -n "$MODE" ] && [ "$MODE" != streaming ]; then
+    echo "MODE is 'streaming' or unset" >&2
+    exit 2
+fi
 PG_BIN=/usr/lib/postgresql/15/bin
 DEMO_USER=demo
 DEMO_PASSWORD=demo
@@ -126,6 +134,14 @@ for ((i = 0; i < NODES; i++)); do
     data=$PGROOT/node$i
     port=$(stored_port "$QS/node$i.port")
     node_ports+=("$port")
+    if [ ! -f "$data/PG_VERSION" ] && [ "$MODE" = streaming ] && [ "$i" -gt 0 ]; then
+        echo "creating node $i (port $port), a standby of node 0"
+        as_pg "$PG_BIN/pg_basebackup" -h "$PGROOT" -p "${node_ports[0]}" -U postgres -D "$data" \
+            -R -X stream -c fast >"$QS/basebackup-node$i.log" 2>&1 ||
+            { cat "$QS/basebackup-node$i.log" >&2; exit 1; }
+        printf '\n# scripts/quickstart.sh: standby of node 0\nport = %s\nhot_standby = on\n' "$port" |
+            as_pg tee -a "$data/postgresql.conf" >/dev/null
+    fi
     if [ ! -f "$data/PG_VERSION" ]; then
         echo "creating node $i (port $port)"
         as_pg "$PG_BIN/initdb" -D "$data" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
@@ -150,6 +166,8 @@ EOF
         echo "node $i started (port $port)"
     fi
     node_psql() { psql -X -q -At -h "$PGROOT" -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 "$@"; }
+    # A standby has what its primary has.
+    [ "$(node_psql -c 'SELECT pg_is_in_recovery()')" = t ] && continue
     if [ -z "$(node_psql -c "SELECT 1 FROM pg_roles WHERE rolname = '$DEMO_USER'")" ]; then
         node_psql -c "CREATE ROLE $DEMO_USER LOGIN PASSWORD '$DEMO_PASSWORD'"
     fi
@@ -163,6 +181,7 @@ pm_port=$(stored_port "$QS/pgmulti.port")
 metrics_port=$(stored_port "$QS/metrics.port")
 mode=relay
 [ "$NODES" -gt 1 ] && mode=replication
+[ "$MODE" = streaming ] && mode=streaming
 printf '"%s" "%s"\n' "$DEMO_USER" "$DEMO_PASSWORD" >"$QS/userlist.txt"
 chmod 600 "$QS/userlist.txt"
 {
@@ -178,9 +197,11 @@ chmod 600 "$QS/userlist.txt"
     done
     # Online recovery (RECOVER NODE n) with the shipped scripts, over the nodes' Unix socket
     # directory (local connections are trusted here; TCP needs a password).
-    for stage in 1st 2nd; do
-        echo "recovery_${stage}_stage_command = '$REPO/scripts/recovery_${stage}_stage.sh %d $PGROOT %p %D %m $PGROOT %r %R'"
-    done
+    if [ "$mode" = replication ]; then
+        for stage in 1st 2nd; do
+            echo "recovery_${stage}_stage_command = '$REPO/scripts/recovery_${stage}_stage.sh %d $PGROOT %p %D %m $PGROOT %r %R'"
+        done
+    fi
     echo "metrics_port = $metrics_port"
     echo "auth_file = '$QS/userlist.txt'"
     echo "client_auth = 'scram-sha-256'"

@@ -86,6 +86,9 @@ config_enum! {
         Relay => "relay",
         /// Multi-main: reads go to one node, writes are replicated to every live node.
         Replication => "replication",
+        /// A primary and hot standbys (PostgreSQL's streaming replication): writes go to the
+        /// primary, reads to a standby that has the session's last commit.
+        Streaming => "streaming",
     }
 }
 
@@ -222,6 +225,9 @@ pub struct Config {
     /// Idle node connections kept per node, database and user for the next client to
     /// reuse (0: no pooling).
     pub max_pool_size: usize,
+    /// `mode = streaming`: a standby further behind the primary than this many bytes of WAL
+    /// serves no reads.
+    pub max_standby_lag: u64,
     /// (database, user) pairs whose node connections are opened at start-up.
     pub preconnect: Vec<(String, String)>,
     /// Idle connections kept ready per node for each `preconnect` pair.
@@ -278,6 +284,7 @@ const PARAMETERS: &[&str] = &[
     "shutdown_timeout",
     "max_client_conn",
     "max_pool_size",
+    "max_standby_lag",
     "preconnect",
     "min_pool_size",
     "pool_mode",
@@ -539,6 +546,9 @@ impl Parser<'_> {
                         .parse::<usize>()
                         .map_err(|_| bad("expected a non-negative integer"))?;
                 }
+                "max_standby_lag" => {
+                    config.max_standby_lag = parse_bytes(value).map_err(bad)?;
+                }
                 "max_pool_size" => {
                     max_pool_line = line;
                     config.max_pool_size = value
@@ -730,6 +740,7 @@ impl Config {
             shutdown_timeout: Duration::from_secs(30),
             max_client_conn: 10000,
             max_pool_size: 20,
+            max_standby_lag: 16 << 20,
             preconnect: Vec::new(),
             min_pool_size: 1,
             pool_mode: PoolMode::Session,
@@ -903,6 +914,7 @@ impl Config {
             ("shutdown_timeout", format_duration(self.shutdown_timeout)),
             ("max_client_conn", self.max_client_conn.to_string()),
             ("max_pool_size", self.max_pool_size.to_string()),
+            ("max_standby_lag", self.max_standby_lag.to_string()),
             (
                 "preconnect",
                 self.preconnect
@@ -1058,6 +1070,25 @@ fn parse_bool(value: &str) -> Option<bool> {
 
 const DURATION_ALLOWED: &str = "expected a whole number of seconds, or a whole number with \
                                 one of the units ms, s, min, h, such as '500ms' or '2min'";
+
+/// A size: a number of bytes, or with a unit `kB`, `MB`, `GB` (powers of 1024, as
+/// PostgreSQL's memory settings).
+fn parse_bytes(value: &str) -> Result<u64, &'static str> {
+    let v = value.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (number, unit) = v.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| "expected a size in bytes, kB, MB or GB")?;
+    let scale = match unit.trim() {
+        "" | "B" => 1,
+        "kB" => 1 << 10,
+        "MB" => 1 << 20,
+        "GB" => 1 << 30,
+        _ => return Err("expected a size in bytes, kB, MB or GB"),
+    };
+    n.checked_mul(scale).ok_or("size too large")
+}
 
 /// A duration: a bare integer is seconds (as in pgpool.conf); `ms`, `s`, `min` and `h` are
 /// accepted as units, optionally separated by spaces from the number.
@@ -1628,5 +1659,16 @@ mod tests {
         assert_eq!(c.backends[0].hostname, "127.0.0.1");
         assert_eq!(c.backends[0].port, 5432);
         assert_eq!(c.port, 9999);
+    }
+
+    #[test]
+    fn streaming_mode_and_standby_lag() {
+        let c = parse_ok("backend_hostname0 = h\nmode = streaming\nmax_standby_lag = '4MB'\n");
+        assert_eq!((c.mode, c.max_standby_lag), (Mode::Streaming, 4 << 20));
+        assert_eq!(parse_bytes("1024"), Ok(1024));
+        assert!(parse_bytes("4 parsecs").is_err());
+        assert!(
+            parse_err("backend_hostname0 = h\nmax_standby_lag = lots\n").contains("test.conf:2")
+        );
     }
 }

@@ -107,6 +107,7 @@ fn build_parts(config: &Config) -> Result<Parts, String> {
     )?;
     let mut cluster = Cluster::new(resolve_nodes(config)?, config.status_file.clone())?;
     cluster.failover_command = config.failover_command.clone();
+    cluster.streaming = config.mode == Mode::Streaming;
     Ok(Parts {
         users,
         client_tls,

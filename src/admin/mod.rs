@@ -148,12 +148,12 @@ fn show_nodes(shared: &Shared, out: &mut Vec<u8>) {
                 n.host.clone(),
                 n.addr.port().to_string(),
                 n.status.as_str().to_string(),
-                if lead == Some(n.id) {
-                    "lead"
-                } else if n.status == NodeStatus::Up {
-                    "replica"
-                } else {
-                    "-"
+                match (shared.cluster.streaming, n.standby) {
+                    (true, Some(false)) => "primary",
+                    (true, Some(true)) => "standby",
+                    _ if lead == Some(n.id) => "lead",
+                    _ if n.status == NodeStatus::Up => "replica",
+                    _ => "-",
                 }
                 .to_string(),
                 n.weight.to_string(),

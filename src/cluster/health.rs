@@ -11,6 +11,30 @@ use crate::protocol::frontend;
 use crate::reactor::context::Context;
 use crate::session::node::{Credentials, LoginStep};
 
+/// `mode = streaming`: the check also reads the node's role and WAL position.
+const ROLE_AND_POSITION: &str = "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() \
+     THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END";
+
+/// (in recovery, WAL position) from the DataRow answering `ROLE_AND_POSITION`.
+fn read_role_and_position(body: &[u8]) -> Option<(bool, u64)> {
+    let fields = crate::protocol::backend::data_row_fields(body).ok()?;
+    let text = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.0)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    };
+    let standby = text(0)? == "t";
+    let lsn = text(1).and_then(parse_lsn).unwrap_or(0);
+    Some((standby, lsn))
+}
+
+/// A WAL position as PostgreSQL writes it (`16/B374D848`).
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.trim().split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
 pub struct HealthCheck {
     node: u8,
     own: OwnConnection,
@@ -76,7 +100,12 @@ impl HealthCheck {
                 LoginStep::Failed { reason, .. } => return self.fail(&reason, cx),
                 LoginStep::Ready => {
                     let mut q = Vec::new();
-                    frontend::query(&mut q, "SELECT 1");
+                    let check = if cx.shared.config.mode == crate::config::Mode::Streaming {
+                        ROLE_AND_POSITION
+                    } else {
+                        "SELECT 1"
+                    };
+                    frontend::query(&mut q, check);
                     if let Some(conn) = self.own.conn.as_mut() {
                         conn.send(&q);
                     }
@@ -95,6 +124,9 @@ impl HealthCheck {
             let data = conn.ep.rx.data();
             match message_header(data, conn.ep.rx.capacity()) {
                 Ok(Some((tag, len))) if data.len() >= len => {
+                    let reading = (tag == b'D')
+                        .then(|| read_role_and_position(&data[5..len]))
+                        .flatten();
                     conn.ep.rx.consume(len);
                     match tag {
                         b'Z' => {
@@ -107,6 +139,23 @@ impl HealthCheck {
                                 cx.shared.cluster.observe_latency(self.node, ms);
                             }
                             return true;
+                        }
+                        b'D' => {
+                            if let Some((standby, lsn)) = reading {
+                                let cluster = &mut cx.shared.cluster;
+                                if let Some(n) = cluster.nodes.get_mut(self.node as usize) {
+                                    if n.standby != Some(standby) {
+                                        log::info!(
+                                            "node {} is a {}",
+                                            self.node,
+                                            if standby { "standby" } else { "primary" }
+                                        );
+                                        cluster.changes += 1;
+                                    }
+                                    n.standby = Some(standby);
+                                    n.wal_lsn = lsn;
+                                }
+                            }
                         }
                         b'E' => return self.fail("SELECT 1 failed", cx),
                         _ => {}

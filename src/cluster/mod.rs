@@ -58,6 +58,12 @@ pub struct Node {
     /// Votes in a row (in any session) in which this node's answer differed from the
     /// majority's and the transaction was rolled back (`Cluster::disagreed`).
     pub disagreements: u32,
+    /// `mode = streaming`: whether the last health check found the node in recovery (a
+    /// standby); `None` before the first one.
+    pub standby: Option<bool>,
+    /// `mode = streaming`: the node's WAL position at the last health check (the primary's
+    /// current position, a standby's replay position).
+    pub wal_lsn: u64,
 }
 
 impl Node {
@@ -86,6 +92,8 @@ impl Node {
             note: String::new(),
             health_failures: 0,
             disagreements: 0,
+            standby: None,
+            wal_lsn: 0,
         }
     }
 }
@@ -99,6 +107,8 @@ pub struct Cluster {
     children: Vec<std::process::Child>,
     /// Bumped by every status change: sessions compare it to notice attached nodes.
     pub changes: u64,
+    /// `mode = streaming`: the lead is the primary, as the nodes say (`Node::standby`).
+    pub streaming: bool,
 }
 
 /// A node whose answers differ from the majority's in this many votes in a row is detached:
@@ -133,6 +143,7 @@ impl Cluster {
             failover_command: String::new(),
             children: Vec::new(),
             changes: 0,
+            streaming: false,
         };
         if let Some(path) = c.status_file.clone() {
             if path.exists() {
@@ -210,8 +221,46 @@ impl Cluster {
     pub fn lead(&self) -> Option<u8> {
         self.nodes
             .iter()
-            .find(|n| n.status == NodeStatus::Up)
+            .find(|n| n.status == NodeStatus::Up && (!self.streaming || n.standby == Some(false)))
             .map(|n| n.id)
+    }
+
+    /// `mode = streaming`: a node that may serve a read of a session whose last commit
+    /// ended at `lsn`: a standby that has replayed it and lags at most `max_lag` bytes
+    /// behind the primary (by the health checks' readings), chosen as `read_node` chooses
+    /// (`pick` uniform in [0, 1)); None: the primary.
+    pub fn standby_for(&self, lsn: u64, max_lag: u64, pick: f64) -> Option<u8> {
+        let primary = self.nodes.iter().find(|n| Some(n.id) == self.lead())?;
+        let eligible = |n: &&Node| {
+            n.status == NodeStatus::Up
+                && n.weight > 0.0
+                && n.standby == Some(true)
+                && n.wal_lsn >= lsn
+                && primary.wal_lsn.saturating_sub(n.wal_lsn) <= max_lag
+        };
+        let fastest = self
+            .nodes
+            .iter()
+            .filter(eligible)
+            .map(|n| n.latency_ms)
+            .filter(|&l| l > 0.0)
+            .fold(f64::INFINITY, f64::min);
+        let total: f64 = self
+            .nodes
+            .iter()
+            .filter(eligible)
+            .map(|n| read_share(n, fastest))
+            .sum();
+        let mut at = pick.clamp(0.0, 1.0) * total;
+        let mut chosen = None;
+        for n in self.nodes.iter().filter(eligible) {
+            chosen = Some(n.id);
+            at -= read_share(n, fastest);
+            if at < 0.0 {
+                break;
+            }
+        }
+        chosen
     }
 
     pub fn live(&self) -> impl Iterator<Item = u8> + '_ {

@@ -185,7 +185,12 @@ impl Reactor {
             log::info!("serving /metrics on {}", l.describe());
         }
         self.ask_preconnects();
-        self.schedule_health_checks(Instant::now());
+        if self.shared.config.mode == crate::config::Mode::Streaming {
+            // The nodes' roles are needed before the first write.
+            self.start_health_checks(Instant::now());
+        } else {
+            self.schedule_health_checks(Instant::now());
+        }
         loop {
             self.next_pass.append(&mut self.shared.pool.woken);
             let timeout = if !self.next_pass.is_empty() {
@@ -685,7 +690,7 @@ impl Reactor {
     fn schedule_health_checks(&mut self, now: Instant) {
         let period = self.shared.config.health_check_period;
         self.health_scheduled = false;
-        if self.shared.config.mode == crate::config::Mode::Replication && !period.is_zero() {
+        if self.shared.config.mode != crate::config::Mode::Relay && !period.is_zero() {
             self.health_scheduled = true;
             self.timers.schedule(
                 now + period,

@@ -123,6 +123,9 @@ pub struct DescribeFix {
 /// The session's prepared statements and portals.
 #[derive(Default)]
 pub struct Statements {
+    /// `mode = streaming`: statements run as the client wrote them (no catalog lookups,
+    /// rewrites or effect checks: one node writes).
+    pub as_written: bool,
     statements: HashMap<String, Statement>,
     portals: HashMap<String, Portal>,
     /// Portals bound by a read on one node.
@@ -209,7 +212,7 @@ pub fn prepare(
     values: &mut Values,
 ) -> Prepared {
     let mut unknown = Vec::new();
-    for (tag, body) in Messages(messages) {
+    for (tag, body) in Messages(messages).filter(|_| !statements.as_written) {
         if tag == b'P' {
             if let Ok(p) = parse_parse(body) {
                 let a = analyse(p.query);
@@ -314,12 +317,17 @@ pub fn prepare(
                     continue;
                 }
                 let inserts = analyse(p.query).inserts;
-                let filled = defaults::fill(p.query, &inserts, &|key| {
-                    tables
-                        .get(key)
-                        .map(|t| t.volatile.clone())
-                        .unwrap_or_default()
-                });
+                let as_written = statements.as_written;
+                let filled = if as_written {
+                    Ok(None)
+                } else {
+                    defaults::fill(p.query, &inserts, &|key| {
+                        tables
+                            .get(key)
+                            .map(|t| t.volatile.clone())
+                            .unwrap_or_default()
+                    })
+                };
                 let (text, analysed) = match filled {
                     Ok(Some(filled)) => {
                         let a = analyse(&filled);
@@ -334,7 +342,7 @@ pub fn prepare(
                     values: Vec::new(),
                 };
                 let mut effects = None;
-                let rewritten = if analysed.class == Class::Read {
+                let rewritten = if analysed.class == Class::Read || as_written {
                     None
                 } else {
                     let rewritten = match request::rewrite(&text, &analysed, &mut params) {

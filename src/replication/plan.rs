@@ -56,6 +56,10 @@ pub enum Segment {
     /// COMMIT PREPARED — or, when a node could not prepare, ROLLBACK PREPARED on those that
     /// did. The session decides (and writes the decision down) before sending it.
     CommitPrepared,
+    /// `mode = streaming`: after a commit, the primary's WAL position (pipelined
+    /// `SELECT pg_current_wal_insert_lsn()`), which the session's next reads wait for on a
+    /// standby. Answers swallowed.
+    WalPosition,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +145,39 @@ pub fn fail_alike(segments: &mut Vec<Segment>) {
     }
     if !ended && segments.first() == Some(&Segment::Wrapper("BEGIN")) {
         segments.push(Segment::Wrapper("ROLLBACK"));
+    }
+}
+
+/// `mode = streaming`: one node (the primary) runs writes and transactions; reads outside a
+/// transaction block go to a standby that has the session's last commit; session state
+/// reaches every node. A request that may commit ends by asking for the WAL position.
+pub fn plan_streaming(class: Class, tx: TxView) -> Plan {
+    use Segment::*;
+    let (targets, voice, writes) = match class {
+        Class::Read if !tx.open => (Targets::ReadNode, Targets::ReadNode, false),
+        Class::Read => (Targets::Lead, Targets::Lead, false),
+        Class::SessionState => (Targets::All, Targets::Lead, false),
+        Class::Begin | Class::Rollback | Class::RollbackTo | Class::Savepoint | Class::LeadOnly => {
+            (Targets::Lead, Targets::Lead, false)
+        }
+        Class::Commit => (Targets::Lead, Targets::Lead, false),
+        Class::Write | Class::CopyIn | Class::NoTransactionBlock | Class::Mixed => {
+            (Targets::Lead, Targets::Lead, true)
+        }
+    };
+    let commits = match class {
+        Class::Commit => true,
+        Class::Write | Class::CopyIn | Class::NoTransactionBlock | Class::Mixed => !tx.open,
+        _ => false,
+    };
+    let mut segments = vec![Main];
+    if commits && targets == Targets::Lead {
+        segments.push(WalPosition);
+    }
+    Plan {
+        phases: vec![phase(targets, &segments)],
+        voice,
+        writes,
     }
 }
 
@@ -437,6 +474,42 @@ mod two_phase_tests {
             in_tx,
             vec![Main],
             "the client's transaction fails there too"
+        );
+    }
+
+    #[test]
+    fn streaming_sends_writes_to_the_primary_and_asks_where_its_wal_ends() {
+        let idle = TxView::default();
+        let open = TxView {
+            open: true,
+            ..TxView::default()
+        };
+        let read = plan_streaming(Class::Read, idle);
+        assert_eq!(
+            (read.phases[0].targets, read.voice),
+            (Targets::ReadNode, Targets::ReadNode)
+        );
+        assert_eq!(
+            plan_streaming(Class::Read, open).phases[0].targets,
+            Targets::Lead
+        );
+        let write = plan_streaming(Class::Write, idle);
+        assert_eq!(write.phases[0].targets, Targets::Lead);
+        assert_eq!(
+            write.phases[0].segments,
+            vec![Segment::Main, Segment::WalPosition]
+        );
+        assert_eq!(
+            plan_streaming(Class::Write, open).phases[0].segments,
+            vec![Segment::Main]
+        );
+        assert_eq!(
+            plan_streaming(Class::Commit, open).phases[0].segments,
+            vec![Segment::Main, Segment::WalPosition]
+        );
+        assert_eq!(
+            plan_streaming(Class::SessionState, open).phases[0].targets,
+            Targets::All
         );
     }
 }

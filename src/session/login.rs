@@ -16,7 +16,7 @@ impl Session {
     pub(super) fn start_node_login(&mut self, cx: &mut Context) -> Transition {
         let targets: Vec<u8> = match cx.shared.config.mode {
             Mode::Relay => vec![0],
-            Mode::Replication => cx.shared.cluster.live().collect(),
+            Mode::Replication | Mode::Streaming => cx.shared.cluster.live().collect(),
         };
         if targets.is_empty() {
             self.fatal(cx, "08006", "no node is available: every node is detached");
@@ -30,7 +30,7 @@ impl Session {
             match self.open_node(id, cx) {
                 Ok(conn) => self.nodes.push(conn),
                 Err(e)
-                    if cx.shared.config.mode == Mode::Replication
+                    if cx.shared.config.mode != Mode::Relay
                         && cx.shared.cluster.live().count() > 1 =>
                 {
                     cx.shared.cluster.detach(id, &e);
@@ -128,7 +128,7 @@ impl Session {
         self.send_to_client(cx);
         Transition::Goto(match cx.shared.config.mode {
             Mode::Relay => State::Relaying,
-            Mode::Replication => State::Replicating,
+            Mode::Replication | Mode::Streaming => State::Replicating,
         })
     }
 
@@ -152,7 +152,7 @@ impl Session {
             LoginStep::Failed {
                 reason,
                 refused: None,
-            } if cx.shared.config.mode == Mode::Replication && self.nodes.len() > 1 => {
+            } if cx.shared.config.mode != Mode::Relay && self.nodes.len() > 1 => {
                 cx.shared.cluster.detach(id, &reason);
                 if let Some(pos) = self.nodes.iter().position(|n| n.index == id) {
                     let mut gone = self.nodes.remove(pos);

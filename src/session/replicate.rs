@@ -13,6 +13,7 @@ use std::time::Instant;
 use super::node::NodeConn;
 use super::pids;
 use super::{Session, Transition};
+use crate::config::Mode;
 use crate::net::endpoint::Broken;
 use crate::protocol::backend;
 use crate::protocol::framing::message_header;
@@ -54,6 +55,9 @@ pub struct Replication {
     /// pg_relation_size() and the like then agree from one statement to the next, as psql's
     /// `\d` needs (pgpool-II balances per session too).
     read_node: Option<u8>,
+    /// `mode = streaming`: where the primary's WAL ended after this session's last commit;
+    /// its reads go to a standby that has replayed that far.
+    wal_lsn: u64,
     /// A client message larger than the receive buffer, being collected.
     large: Vec<u8>,
     /// What the lead's catalog says of the tables this session wrote to, by folded name;
@@ -194,6 +198,8 @@ struct Request {
     /// and whether it terminates them. A cancel the lead allowed reaches every node the
     /// session runs on, as its own CancelRequest would.
     signals: Vec<(u32, bool)>,
+    /// `mode = streaming`: the primary's WAL position after this request committed.
+    wal_lsn: Option<u64>,
     /// The voice's last ReadyForQuery status.
     status: u8,
     /// The client is sending COPY data for the running nodes.
@@ -274,6 +280,7 @@ impl Request {
             voice,
             lead_failed: false,
             signals: Vec::new(),
+            wal_lsn: None,
             status: b'I',
             copy_in: false,
             error: None,
@@ -621,6 +628,17 @@ impl Session {
         Ok(())
     }
 
+    /// The node that runs this session's writes: the first of its nodes, or in streaming
+    /// mode the primary (while no primary is known, the first node: a standby then refuses
+    /// writes itself, 25006, and reads go on).
+    fn lead_node(&self, cx: &Context) -> Option<u8> {
+        let primary =
+            cx.shared.cluster.lead().filter(|id| {
+                cx.shared.cluster.streaming && self.nodes.iter().any(|n| n.index == *id)
+            });
+        primary.or_else(|| self.nodes.first().map(|n| n.index))
+    }
+
     fn drop_node(&mut self, id: u8, cx: &mut Context) {
         if let Some(pos) = self.nodes.iter().position(|n| n.index == id) {
             let mut n = self.nodes.remove(pos);
@@ -767,7 +785,7 @@ impl Session {
                 return Ok(());
             }
         }
-        let lead = self.nodes.first().map(|n| n.index);
+        let lead = self.lead_node(cx);
         if let Some(b) = self
             .repl
             .behind
@@ -824,6 +842,15 @@ impl Session {
                 }
                 _ => {}
             }
+        }
+        if segment == Segment::WalPosition && tag == b'D' {
+            let lsn = backend::data_row_fields(&msg[5..])
+                .ok()
+                .and_then(|f| f.first().and_then(|v| v.0))
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(crate::cluster::health::parse_lsn);
+            r.wal_lsn = r.wal_lsn.max(lsn);
+            return Ok(());
         }
         if let Some(probe) = r.probe.as_mut() {
             // pgmulti's own query: its answer is kept, never shown to the client.
@@ -1053,6 +1080,9 @@ impl Session {
                         Segment::ParsesOnly => {
                             out.extend_from_slice(r.parses_only.as_deref().unwrap_or_default())
                         }
+                        Segment::WalPosition => {
+                            frontend::query(&mut out, "SELECT pg_current_wal_insert_lsn()")
+                        }
                         Segment::Prepare => {
                             let gid = r.gid.get_or_insert_with(|| {
                                 cx.shared
@@ -1211,6 +1241,9 @@ impl Session {
         }
         if r.ddl {
             cx.shared.ddl_epoch += 1;
+        }
+        if let Some(lsn) = r.wal_lsn {
+            self.repl.wal_lsn = self.repl.wal_lsn.max(lsn);
         }
         if r.ran_behind {
             // The replicas' answers come later; the lead's are kept to compare at COMMIT.
@@ -1595,7 +1628,7 @@ impl Session {
             return Err(Transition::Close(msg.into()));
         }
         // (Nodes detached elsewhere were dropped by `node_io` in this pass.)
-        let Some(lead) = self.nodes.first().map(|n| n.index) else {
+        let Some(lead) = self.lead_node(cx) else {
             self.fatal(cx, "08006", "no node is left");
             return Err(Transition::Close("no node is left".into()));
         };
@@ -1628,7 +1661,8 @@ impl Session {
         }
         let text = short(sql);
         let analysed = request::analyse(sql);
-        if analysed.copy_among_others {
+        let streaming = cx.shared.config.mode == Mode::Streaming;
+        if analysed.copy_among_others && !streaming {
             return self.refuse_statement(
                 "COPY … FROM STDIN cannot be replicated together with other statements in one query",
                 "send the COPY as a query of its own (in psql, not joined to others with \\;)",
@@ -1683,7 +1717,9 @@ impl Session {
                 }
             }
         }
-        if plan.writes {
+        // Streaming mode: one node writes; nothing is rewritten, checked or looked up.
+        let replicated = plan.writes && !streaming;
+        if replicated {
             if let Some(table) = &analysed.defines_then_writes {
                 let message = format!("this query defines a non-deterministic default or a trigger for {table} and writes to it: pgmulti cannot see the new definition before it runs, so the nodes could store different values");
                 let hint = "send the CREATE/ALTER TABLE or CREATE TRIGGER and the statements that write to the table as separate queries";
@@ -1704,7 +1740,7 @@ impl Session {
             }
         }
         let mut effects = None;
-        let main = if plan.writes {
+        let main = if replicated {
             let rewritten = match self.replicated_text(sql, &analysed) {
                 Ok(r) => r,
                 Err((message, hint)) => return self.refuse_statement(&message, &hint, cx),
@@ -1744,7 +1780,7 @@ impl Session {
             Targets::ReadNode => self.read_node(lead, cx),
             _ => lead,
         };
-        let ordering_lock = if plan.writes {
+        let ordering_lock = if replicated {
             let tables = &self.repl.tables;
             // A table not probed (it is always probed first) counts as drawing from one.
             request::ordering_lock(&analysed, &|k| tables.get(k).is_none_or(|t| t.sequenced))
@@ -1792,7 +1828,7 @@ impl Session {
             return None;
         }
         let error = self.check_async_answers(lead, cx)?;
-        let Some(lead) = self.nodes.first().map(|n| n.index) else {
+        let Some(lead) = self.lead_node(cx) else {
             self.fatal(cx, "08006", "no node is left");
             return Some(Err(Transition::Close("no node is left".into())));
         };
@@ -1864,7 +1900,7 @@ impl Session {
     /// A FunctionCall: a large-object function runs on every node like a write, a new
     /// object with the OID pgmulti chose (`large_objects`); anything else is refused.
     fn start_function_call(&mut self, msg: Vec<u8>, cx: &mut Context) -> Result<(), Transition> {
-        let Some(lead) = self.nodes.first().map(|n| n.index) else {
+        let Some(lead) = self.lead_node(cx) else {
             self.fatal(cx, "08006", "no node is left");
             return Err(Transition::Close("no node is left".into()));
         };
@@ -1911,6 +1947,9 @@ impl Session {
     /// The phases for a request of `class`; None when it was answered already (inside a
     /// failed transaction, with 25P02 as PostgreSQL would).
     fn plan_or_refuse(&mut self, class: plan::Class, cx: &mut Context) -> Option<Plan> {
+        if cx.shared.config.mode == Mode::Streaming {
+            return Some(plan::plan_streaming(class, self.repl.tx.view));
+        }
         match plan::plan(class, self.repl.tx.view, cx.shared.two_phase.is_some()) {
             Planned::Run(p) => Some(p),
             Planned::RefuseInFailedTransaction => {
@@ -1951,6 +1990,7 @@ impl Session {
         let repl = &mut *self.repl;
         let tables = &repl.tables;
         let mut random = random_u64;
+        repl.statements.as_written = cx.shared.config.mode == Mode::Streaming;
         let pids = &cx.shared.pids;
         let mut values = request::Values {
             transaction_ts,
@@ -2002,7 +2042,9 @@ impl Session {
         let writes = plan.writes;
         let mut r = Request::new(batch.bytes, text, plan, lead, voice, cx.now);
         r.effects = effects.map(Box::new);
-        r.ordering_lock = batch.ordering_lock.filter(|_| writes);
+        r.ordering_lock = batch
+            .ordering_lock
+            .filter(|_| writes && cx.shared.config.mode != Mode::Streaming);
         r.ddl = batch.ddl;
         r.class = batch.class;
         r.signals = signals;
@@ -2018,6 +2060,15 @@ impl Session {
     /// The node for a read: the transaction's read node, or one drawn by weight and speed.
     fn read_node(&mut self, lead: u8, cx: &mut Context) -> u8 {
         let draw = (random_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        if cx.shared.config.mode == Mode::Streaming {
+            let max_lag = cx.shared.config.max_standby_lag;
+            return cx
+                .shared
+                .cluster
+                .standby_for(self.repl.wal_lsn, max_lag, draw)
+                .filter(|id| self.nodes.iter().any(|n| n.index == *id))
+                .unwrap_or(lead);
+        }
         let pick = |c: &crate::cluster::Cluster, nodes: &[NodeConn]| {
             c.read_node(draw)
                 .filter(|id| nodes.iter().any(|n| n.index == *id))
@@ -2195,6 +2246,8 @@ fn commits(segment: Segment, class: plan::Class) -> bool {
         Segment::Prepare | Segment::CommitPrepared => true,
         Segment::Main => matches!(class, plan::Class::Commit | plan::Class::Mixed),
         Segment::ParsesOnly => false,
+        // Streaming mode: it follows a statement that commits by itself on the primary.
+        Segment::WalPosition => true,
     }
 }
 

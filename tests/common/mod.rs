@@ -526,6 +526,83 @@ impl Node {
         node
     }
 
+    /// A hot standby of `primary` (pg_basebackup -R, streaming), with extra
+    /// postgresql.conf lines (`recovery_min_apply_delay = '2s'`). Started and in recovery.
+    pub fn standby_of(primary: &Node, extra_conf: &[&str]) -> Node {
+        let dir = temp_dir("standby");
+        let data = dir.join("data");
+        if is_root() {
+            let (uid, gid) = postgres_ids();
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown standby dir");
+        }
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let mut backup = pg_server_command("pg_basebackup");
+        backup
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .arg("-D")
+            .arg(&data)
+            .args(["-R", "-X", "stream", "-c", "fast"]);
+        let out = run_with_timeout(backup, None, Duration::from_secs(120));
+        assert!(
+            out.success(),
+            "pg_basebackup failed:\n{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        let mut conf = format!(
+            "\n# standby\nunix_socket_directories = '{}'\nhot_standby = on\n",
+            dir.display()
+        );
+        for line in extra_conf {
+            conf.push_str(line);
+            conf.push('\n');
+        }
+        append(&data.join("postgresql.conf"), &conf);
+        let log = dir.join("postgres.log");
+        let mut attempt = 0;
+        let port = loop {
+            let port = free_port();
+            append(&data.join("postgresql.conf"), &format!("port = {port}\n"));
+            let mut pg_ctl = pg_server_command("pg_ctl");
+            pg_ctl
+                .arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(&log)
+                .args(["-w", "-t", "60", "start"]);
+            let out = run_with_timeout(pg_ctl, None, Duration::from_secs(90));
+            if out.success() {
+                break port;
+            }
+            attempt += 1;
+            assert!(
+                attempt < 3,
+                "standby start failed:\n{}\n{}",
+                out.stderr,
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        lock(&RUNNING_NODES).push(data.clone());
+        let node = Node {
+            dir,
+            data,
+            port,
+            stopped: AtomicBool::new(false),
+        };
+        assert_eq!(
+            node.psql("postgres", "postgres", "SELECT pg_is_in_recovery()"),
+            "t"
+        );
+        node
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
