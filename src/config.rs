@@ -193,6 +193,10 @@ pub struct Config {
     /// Run (by `sh -c`, not waited for) whenever a node is detached; placeholders
     /// `%d %h %p %D` (failed node), `%m %H %r` (new lead), `%M` (old lead), `%%`.
     pub failover_command: String,
+    /// `mode = streaming`: run (by `sh -c`, not waited for) for every other standby after
+    /// pgmulti promoted one; placeholders as `failover_command`'s, `%d %h %p %D` the
+    /// standby, `%m %H %r` the new primary.
+    pub follow_primary_command: String,
     /// Further attempts after a failed health check before the node is detached.
     pub health_check_max_retries: usize,
     pub health_check_retry_delay: Duration,
@@ -268,6 +272,7 @@ const PARAMETERS: &[&str] = &[
     "status_file",
     "two_phase_log",
     "failover_command",
+    "follow_primary_command",
     "health_check_max_retries",
     "health_check_retry_delay",
     "recovery_1st_stage_command",
@@ -482,6 +487,7 @@ impl Parser<'_> {
                 }
                 "health_check_user" => config.health_check_user = value.trim().to_string(),
                 "failover_command" => config.failover_command = value.to_string(),
+                "follow_primary_command" => config.follow_primary_command = value.to_string(),
                 "health_check_max_retries" => {
                     config.health_check_max_retries = value
                         .trim()
@@ -725,6 +731,7 @@ impl Config {
             two_phase_log: PathBuf::from("pgmulti.2pc"),
             health_check_user: "postgres".into(),
             failover_command: String::new(),
+            follow_primary_command: String::new(),
             health_check_max_retries: 0,
             health_check_retry_delay: Duration::from_secs(1),
             recovery_1st_stage_command: String::new(),
@@ -881,6 +888,10 @@ impl Config {
             ("two_phase_log", self.two_phase_log.display().to_string()),
             ("health_check_user", self.health_check_user.clone()),
             ("failover_command", self.failover_command.clone()),
+            (
+                "follow_primary_command",
+                self.follow_primary_command.clone(),
+            ),
             (
                 "health_check_max_retries",
                 self.health_check_max_retries.to_string(),
@@ -1418,7 +1429,7 @@ mod tests {
             ("port = 0", "invalid value for parameter \"port\": \"0\" (expected an integer from 1 to 65535)"),
             ("port = 70000", "invalid value for parameter \"port\": \"70000\" (expected an integer from 1 to 65535)"),
             ("port = abc", "invalid value for parameter \"port\": \"abc\" (expected an integer from 1 to 65535)"),
-            ("mode = multi", "invalid value for parameter \"mode\": \"multi\" (allowed: relay, replication)"),
+            ("mode = multi", "invalid value for parameter \"mode\": \"multi\" (allowed: relay, replication, streaming)"),
             ("client_auth = ldap", "invalid value for parameter \"client_auth\": \"ldap\" (allowed: trust, password, md5, scram-sha-256)"),
             ("ssl = maybe", "invalid value for parameter \"ssl\": \"maybe\" (allowed: on, off, true, false, yes, no, 1, 0)"),
             ("backend_sslmode = strict", "invalid value for parameter \"backend_sslmode\": \"strict\" (allowed: disable, allow, prefer, require, verify-ca, verify-full)"),

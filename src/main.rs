@@ -107,6 +107,7 @@ fn build_parts(config: &Config) -> Result<Parts, String> {
     )?;
     let mut cluster = Cluster::new(resolve_nodes(config)?, config.status_file.clone())?;
     cluster.failover_command = config.failover_command.clone();
+    cluster.follow_primary_command = config.follow_primary_command.clone();
     cluster.streaming = config.mode == Mode::Streaming;
     Ok(Parts {
         users,
@@ -238,6 +239,7 @@ fn reload(shared: &mut Shared, log: &mut LogDrain) {
     let mut applied = new.clone();
     applied.keep_restart_settings(&shared.config);
     shared.cluster.failover_command = new.failover_command.clone();
+    shared.cluster.follow_primary_command = new.follow_primary_command.clone();
     // Read weights change live; the node list itself needs a restart.
     for (node, b) in shared.cluster.nodes.iter_mut().zip(&applied.backends) {
         node.weight = b.weight;

@@ -173,3 +173,140 @@ fn a_session_reads_its_own_writes_from_a_delayed_standby() {
         "reads never reached the standby: {ports:?}"
     );
 }
+
+/// The primary is killed under pgbench: the most advanced standby is promoted, the other
+/// follows it (scripts/follow_primary.sh), clients go on, and every commit pgbench was told
+/// of is on the new primary (the old one waited for both standbys: synchronous_standby_names).
+#[test]
+fn losing_the_primary_promotes_a_standby_and_the_other_follows() {
+    let primary = Node::start(NodeOptions::default());
+    let s1 = Node::standby_of(&primary, &[]);
+    let s2 = Node::standby_of(&primary, &[]);
+    // Set on the primary only, now that both standbys stream: a promoted standby must not
+    // wait for standbys it no longer has.
+    primary.psql(
+        "postgres",
+        "postgres",
+        "ALTER SYSTEM SET synchronous_standby_names = 'ANY 2 (*)'",
+    );
+    primary.psql(
+        "postgres",
+        "postgres",
+        "ALTER SYSTEM SET synchronous_commit = on",
+    );
+    primary.psql("postgres", "postgres", "SELECT pg_reload_conf()");
+    let follow = format!(
+        "follow_primary_command = '{}/scripts/follow_primary.sh %h %p %H %r postgres'",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let conf = PgmultiConf::relay(&primary)
+        .mode("streaming")
+        .backend(s1.host(), s1.port())
+        .backend(s2.host(), s2.port())
+        .line("health_check_period = '1s'")
+        .line("health_check_timeout = '2s'")
+        .line("health_check_max_retries = 1")
+        .line("health_check_retry_delay = '500ms'")
+        .line("admin_users = 'postgres'")
+        .line(&follow);
+    let pm = Pgmulti::start(&conf);
+    assert!(pm.wait_log(Duration::from_secs(10), |l| l
+        .matches("is a standby")
+        .count()
+        >= 2));
+    let conn = [
+        "-h",
+        pm.host(),
+        "-p",
+        &pm.port().to_string(),
+        "-U",
+        "postgres",
+    ];
+    let (ok, _, err) = pgbench(
+        &[&conn[..], &["-i", "-s", "1", "-q", "postgres"]].concat(),
+        &[],
+    );
+    assert!(ok, "pgbench -i: {err}");
+    let started = Instant::now();
+    let bench = std::thread::scope(|s| {
+        let run = s.spawn(|| {
+            pgbench(
+                &[
+                    &conn[..],
+                    &["-c", "4", "-T", "15", "--max-tries", "10", "postgres"],
+                ]
+                .concat(),
+                &[],
+            )
+        });
+        std::thread::sleep(Duration::from_secs(4));
+        primary.stop_immediate();
+        run.join().unwrap()
+    });
+    let (_, out, err) = bench;
+    let summary = parse_pgbench_summary(&out).unwrap_or_else(|| panic!("pgbench: {out}\n{err}"));
+    eprintln!("pgbench through the failover:\n{out}\n{err}");
+    assert!(!err.contains("aborted"), "a client gave up: {err}");
+    assert!(
+        pm.wait_log(Duration::from_secs(20), |l| l.contains("was promoted")),
+        "no promotion:\n{}",
+        pm.log()
+    );
+    let promoted = [&s1, &s2]
+        .into_iter()
+        .find(|n| n.psql("postgres", "postgres", "SELECT pg_is_in_recovery()") == "f")
+        .expect("a standby was promoted");
+    let other = if std::ptr::eq(promoted, &s1) {
+        &s2
+    } else {
+        &s1
+    };
+    let history = "SELECT count(*) FROM pgbench_history";
+    let on_new: i64 = promoted
+        .psql("postgres", "postgres", history)
+        .parse()
+        .unwrap();
+    assert!(
+        on_new >= summary.processed as i64,
+        "acknowledged commits lost: {on_new} rows, {} acknowledged",
+        summary.processed
+    );
+    // Writes after the failover reach the new primary, and the other standby follows it.
+    let out = pm.psql(
+        "postgres",
+        "postgres",
+        None,
+        "INSERT INTO pgbench_history (tid, bid, aid, delta) VALUES (0, 0, 0, 0)",
+    );
+    assert!(out.success(), "a write after the failover: {}", out.stderr);
+    let want = promoted.psql("postgres", "postgres", history);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while other.psql("postgres", "postgres", history) != want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(
+        other.psql("postgres", "postgres", history),
+        want,
+        "the other standby follows"
+    );
+    assert_eq!(
+        other.psql("postgres", "postgres", "SELECT pg_is_in_recovery()"),
+        "t"
+    );
+    // From the primary's loss to the promoted standby answering as a primary, by the log.
+    let at = |what: &str| -> f64 {
+        let log = pm.log();
+        let line = log.lines().find(|l| l.contains(what)).unwrap_or_default();
+        let time = line.split_whitespace().nth(1).unwrap_or("0:0:0");
+        time.split(':')
+            .map(|x| x.parse::<f64>().unwrap_or(0.0))
+            .fold(0.0, |acc, x| acc * 60.0 + x)
+    };
+    let recovery = at("was promoted") - at("is lost: promoting");
+    eprintln!(
+        "failover: pgbench {} processed, {} failed; {on_new} rows on the new primary; promoted {recovery:.2} s after the loss; {:?} in all",
+        summary.processed,
+        summary.failed,
+        started.elapsed()
+    );
+}

@@ -38,6 +38,8 @@ pub fn parse_lsn(text: &str) -> Option<u64> {
 pub struct HealthCheck {
     node: u8,
     own: OwnConnection,
+    /// Not a check: `pg_promote()` of this standby (`mode = streaming`, the primary lost).
+    promote: bool,
     /// When `SELECT 1` was sent: its round trip is a latency sample, so that a node that
     /// serves no reads is still measured (`Cluster::read_node`).
     asked: Option<std::time::Instant>,
@@ -64,8 +66,17 @@ impl HealthCheck {
         Ok(HealthCheck {
             node,
             own,
+            promote: false,
             asked: None,
         })
+    }
+
+    /// `pg_promote()` on standby `node`, over a connection like a health check's; when it
+    /// answers true, `Cluster::promoted`.
+    pub fn promote(node: u8, cx: &mut Context) -> Result<HealthCheck, String> {
+        let mut h = HealthCheck::start(node, cx)?;
+        h.promote = true;
+        Ok(h)
     }
 
     pub fn node(&self) -> u8 {
@@ -100,7 +111,9 @@ impl HealthCheck {
                 LoginStep::Failed { reason, .. } => return self.fail(&reason, cx),
                 LoginStep::Ready => {
                     let mut q = Vec::new();
-                    let check = if cx.shared.config.mode == crate::config::Mode::Streaming {
+                    let check = if self.promote {
+                        "SELECT pg_promote(false)"
+                    } else if cx.shared.config.mode == crate::config::Mode::Streaming {
                         ROLE_AND_POSITION
                     } else {
                         "SELECT 1"
@@ -128,6 +141,24 @@ impl HealthCheck {
                         .then(|| read_role_and_position(&data[5..len]))
                         .flatten();
                     conn.ep.rx.consume(len);
+                    if self.promote {
+                        match (tag, reading) {
+                            // Not waiting: the health checks see it become the primary
+                            // (`Cluster::promoted`).
+                            (b'D', Some((true, _))) => {
+                                log::info!("node {}: promotion started", self.node);
+                                cx.shared.cluster.promoting = Some(self.node);
+                            }
+                            (b'D', _) => log::error!("node {}: pg_promote() refused", self.node),
+                            (b'E', _) => log::error!("node {}: pg_promote() failed", self.node),
+                            (b'Z', _) => {
+                                self.close();
+                                return true;
+                            }
+                            _ => {}
+                        }
+                        continue;
+                    }
                     match tag {
                         b'Z' => {
                             self.close();
@@ -154,6 +185,10 @@ impl HealthCheck {
                                     }
                                     n.standby = Some(standby);
                                     n.wal_lsn = lsn;
+                                    if !standby && cluster.promoting == Some(self.node) {
+                                        cluster.promoting = None;
+                                        cluster.promoted(self.node);
+                                    }
                                 }
                             }
                         }
@@ -175,6 +210,10 @@ impl HealthCheck {
     /// apart, before the node is detached.
     fn fail(&mut self, why: &str, cx: &mut Context) -> bool {
         self.close();
+        if self.promote {
+            log::error!("node {} could not be promoted: {why}", self.node);
+            return true;
+        }
         let retries = cx.shared.config.health_check_max_retries;
         let Some(n) = cx.shared.cluster.nodes.get_mut(self.node as usize) else {
             return true;

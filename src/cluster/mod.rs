@@ -109,6 +109,14 @@ pub struct Cluster {
     pub changes: u64,
     /// `mode = streaming`: the lead is the primary, as the nodes say (`Node::standby`).
     pub streaming: bool,
+    /// `mode = streaming`: the primary was lost and this standby is to be promoted (the
+    /// loop runs `pg_promote()` on it, then `promoted`).
+    pub promote_ask: Option<u8>,
+    /// `mode = streaming`: the standby whose promotion started, until a health check finds
+    /// it a primary.
+    pub promoting: Option<u8>,
+    /// `follow_primary_command`, run for every other standby once one was promoted.
+    pub follow_primary_command: String,
 }
 
 /// A node whose answers differ from the majority's in this many votes in a row is detached:
@@ -144,6 +152,9 @@ impl Cluster {
             children: Vec::new(),
             changes: 0,
             streaming: false,
+            promote_ask: None,
+            promoting: None,
+            follow_primary_command: String::new(),
         };
         if let Some(path) = c.status_file.clone() {
             if path.exists() {
@@ -287,10 +298,67 @@ impl Cluster {
         self.write_status();
         match self.lead() {
             Some(lead) => log::info!("lead node is now node {lead}"),
+            None if self.streaming && self.live().next().is_some() => {}
             None => log::error!("no node is left up"),
+        }
+        if self.streaming && old_lead == Some(id) {
+            self.promote_ask = self.most_advanced_standby();
+            match self.promote_ask {
+                Some(s) => log::warn!("the primary (node {id}) is lost: promoting node {s}, the most advanced standby"),
+                None => log::error!("the primary (node {id}) is lost and no standby is up to promote"),
+            }
         }
         self.run_failover_command(id, old_lead);
         true
+    }
+
+    /// `mode = streaming`: the live standby with the furthest replay position (by the last
+    /// health checks), the lowest id on a tie.
+    pub fn most_advanced_standby(&self) -> Option<u8> {
+        self.nodes
+            .iter()
+            .filter(|n| n.status == NodeStatus::Up && n.standby == Some(true))
+            .fold(None::<&Node>, |best, n| match best {
+                Some(b) if b.wal_lsn >= n.wal_lsn => Some(b),
+                _ => Some(n),
+            })
+            .map(|n| n.id)
+    }
+
+    /// `mode = streaming`: node `id`, promoted, answers as a primary. Every other live
+    /// standby gets `follow_primary_command` (placeholders as
+    /// `failover_command`'s: `%d %h %p %D` the standby, `%m %H %r` the new primary).
+    pub fn promoted(&mut self, id: u8) {
+        let Some(n) = self.nodes.get_mut(id as usize) else {
+            return;
+        };
+        n.standby = Some(false);
+        self.changes += 1;
+        log::warn!("node {id} was promoted: it is the primary now");
+        if self.follow_primary_command.is_empty() {
+            return;
+        }
+        let followers: Vec<u8> = self
+            .nodes
+            .iter()
+            .filter(|n| n.status == NodeStatus::Up && n.standby == Some(true))
+            .map(|n| n.id)
+            .collect();
+        for f in followers {
+            let cmd = failover_placeholders(&self.follow_primary_command, self, f, None);
+            match std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&cmd)
+                .stdin(std::process::Stdio::null())
+                .spawn()
+            {
+                Ok(child) => {
+                    log::info!("follow_primary_command started for node {f}: {cmd}");
+                    self.children.push(child);
+                }
+                Err(e) => log::error!("follow_primary_command could not start: {e}"),
+            }
+        }
     }
 
     /// A vote on a write found `differ` outside the majority `agree`, and the transaction

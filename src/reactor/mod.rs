@@ -228,6 +228,9 @@ impl Reactor {
             for node in std::mem::take(&mut self.shared.health_now) {
                 self.start_health_check(node, now);
             }
+            if let Some(node) = self.shared.cluster.promote_ask.take() {
+                self.start_promotion(node, now);
+            }
             self.wake_sessions_on_cluster_change();
             self.free_closed();
             if self.log.pressing() {
@@ -709,6 +712,23 @@ impl Reactor {
             self.start_health_check(node, now);
         }
         self.schedule_health_checks(now);
+    }
+
+    /// `mode = streaming`: promote standby `node` (the primary was lost).
+    fn start_promotion(&mut self, node: u8, now: Instant) {
+        let key = self.new_key();
+        let mut cx = context!(self, key, now);
+        match HealthCheck::promote(node, &mut cx) {
+            Ok(h) => {
+                self.entries.insert(Entry {
+                    generation: key.generation,
+                    conn: Conn::Health(Box::new(h)),
+                    queued: false,
+                    closed: false,
+                });
+            }
+            Err(e) => log::error!("node {node} could not be promoted: {e}"),
+        }
     }
 
     /// Check `node` unless it is not live or a check of it is running.

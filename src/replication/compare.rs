@@ -64,6 +64,16 @@ pub struct Verdict {
     pub differ: Vec<u8>,
 }
 
+/// Every node failed the request (each answer holds an error): whatever they disagree on,
+/// none of them committed any of it, so no node is at fault (PREPARE TRANSACTION of a
+/// transaction whose reads touched only one node's temporary table fails differently there).
+pub fn all_failed(answers: &[(u8, Vec<Outcome>)]) -> bool {
+    !answers.is_empty()
+        && answers
+            .iter()
+            .all(|(_, o)| o.iter().any(|x| matches!(x, Outcome::Error(_))))
+}
+
 /// Vote over `answers` (node id, outcomes). `lead` breaks ties.
 pub fn vote(answers: &[(u8, Vec<Outcome>)], lead: u8) -> Verdict {
     // Group equal answers; answers are few (one per node), so a quadratic scan is fine.
@@ -245,5 +255,16 @@ mod tests {
             ]),
             "node 0: ok, ok 3; node 2: error XX000"
         );
+    }
+
+    #[test]
+    fn nodes_that_all_failed_are_not_at_fault() {
+        let e = |c: &str| Outcome::Error(c.into());
+        assert!(all_failed(&[(0, vec![e("0A000")]), (1, vec![e("55000")])]));
+        assert!(!all_failed(&[
+            (0, vec![e("0A000")]),
+            (1, vec![Outcome::Complete(None)])
+        ]));
+        assert!(!all_failed(&[]));
     }
 }

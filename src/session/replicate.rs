@@ -1265,8 +1265,9 @@ impl Session {
             // Nothing of the write is committed anywhere when pgmulti rolled its own
             // transaction back or the client's is still open (it fails now): a race between
             // clients looks like this, so the nodes are not at fault yet.
-            let contained =
-                r.rolled_back || (self.repl.tx.view.open && r.class == plan::Class::Write);
+            let contained = r.rolled_back
+                || (self.repl.tx.view.open && r.class == plan::Class::Write)
+                || compare::all_failed(&r.answers);
             if verdict.differ.is_empty() {
                 // Only agreeing on data ends a run of disagreements (not SET or ROLLBACK).
                 if matches!(r.class, plan::Class::Write | plan::Class::CopyIn) {
@@ -1948,7 +1949,36 @@ impl Session {
     /// failed transaction, with 25P02 as PostgreSQL would).
     fn plan_or_refuse(&mut self, class: plan::Class, cx: &mut Context) -> Option<Plan> {
         if cx.shared.config.mode == Mode::Streaming {
-            return Some(plan::plan_streaming(class, self.repl.tx.view));
+            let plan = plan::plan_streaming(class, self.repl.tx.view);
+            let needs_primary = plan.phases.iter().any(|p| p.targets == Targets::Lead);
+            // No primary, or not one this session is connected to (it lost the connection
+            // and reconnects between transactions): never a standby in its place.
+            let primary = cx.shared.cluster.lead();
+            let connected = primary.is_some_and(|p| self.nodes.iter().any(|n| n.index == p));
+            if needs_primary && !connected {
+                if matches!(class, plan::Class::Rollback | plan::Class::Commit) {
+                    // The transaction was on the lost primary: it is gone, as ROLLBACK says.
+                    self.repl.tx = Tx::default();
+                    let out = &mut cx.shared.out;
+                    out.clear();
+                    backend::command_complete(out, "ROLLBACK");
+                    self.send_to_client(cx);
+                    self.ready_for_query(b'I', cx);
+                    return None;
+                }
+                // Between the primary's loss and a standby's promotion: retryable.
+                self.repl.tx.fail();
+                self.send_error(
+                    cx,
+                    "ERROR",
+                    "40001",
+                    "no primary to run this on: the primary was lost (a standby is being promoted) or this session is reconnecting to it; retry",
+                    None,
+                );
+                self.ready_for_query(self.repl.tx.status(), cx);
+                return None;
+            }
+            return Some(plan);
         }
         match plan::plan(class, self.repl.tx.view, cx.shared.two_phase.is_some()) {
             Planned::Run(p) => Some(p),
