@@ -306,9 +306,10 @@ pub fn parse_request(buf: &[u8]) -> HttpRequest<'_> {
     let mut request: Option<(&str, bool)> = None;
     for chunk in window.split_inclusive(|&b| b == b'\n') {
         let Some(line) = chunk.strip_suffix(b"\n") else {
-            // The last, incomplete line.
+            // The last, incomplete line (a CR at its end may begin its CRLF).
+            let partial = chunk.strip_suffix(b"\r").unwrap_or(chunk);
             if request.is_none() {
-                if let Err(why) = check_partial_request_line(chunk) {
+                if let Err(why) = check_partial_request_line(partial) {
                     return HttpRequest::Bad(why);
                 }
             }
@@ -737,6 +738,18 @@ mod tests {
         assert_eq!(parse_request(b"DELETE"), bad);
         assert_eq!(parse_request(b"GE"), HttpRequest::Incomplete);
         assert_eq!(parse_request(b"HEAD"), HttpRequest::Incomplete);
+    }
+
+    /// Found by fuzz/ (metrics_http): an empty line may come first, and its CR alone must
+    /// not be refused before its LF arrives.
+    #[test]
+    fn a_cr_alone_waits_for_its_lf() {
+        assert_eq!(parse_request(b"\r"), HttpRequest::Incomplete);
+        assert_eq!(parse_request(b"GET /a\r"), HttpRequest::Incomplete);
+        assert!(matches!(
+            parse_request(b"\r\nHEAD /metrics?x=1 HTTP/1.0\n\n"),
+            HttpRequest::Get { head: true, .. }
+        ));
     }
 
     #[test]

@@ -1957,12 +1957,19 @@ impl Session {
             let connected = primary.is_some_and(|p| self.nodes.iter().any(|n| n.index == p));
             if needs_primary && !connected {
                 if matches!(class, plan::Class::Rollback | plan::Class::Commit) {
-                    // The transaction was on the lost primary: it is gone, as ROLLBACK says.
+                    // The transaction was on the lost primary: it is gone. ROLLBACK says
+                    // so; COMMIT fails (never a "ROLLBACK" tag a client could take for a
+                    // commit), retryable.
                     self.repl.tx = Tx::default();
-                    let out = &mut cx.shared.out;
-                    out.clear();
-                    backend::command_complete(out, "ROLLBACK");
-                    self.send_to_client(cx);
+                    if class == plan::Class::Commit {
+                        let lost = "the transaction was lost with the primary (a standby is being promoted); it was not committed and can be retried";
+                        self.send_error(cx, "ERROR", "40001", lost, None);
+                    } else {
+                        let out = &mut cx.shared.out;
+                        out.clear();
+                        backend::command_complete(out, "ROLLBACK");
+                        self.send_to_client(cx);
+                    }
                     self.ready_for_query(b'I', cx);
                     return None;
                 }
