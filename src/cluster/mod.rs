@@ -346,18 +346,7 @@ impl Cluster {
             .collect();
         for f in followers {
             let cmd = failover_placeholders(&self.follow_primary_command, self, f, None);
-            match std::process::Command::new("sh")
-                .arg("-c")
-                .arg(&cmd)
-                .stdin(std::process::Stdio::null())
-                .spawn()
-            {
-                Ok(child) => {
-                    log::info!("follow_primary_command started for node {f}: {cmd}");
-                    self.children.push(child);
-                }
-                Err(e) => log::error!("follow_primary_command could not start: {e}"),
-            }
+            self.spawn(&format!("follow_primary_command for node {f}"), &cmd);
         }
     }
 
@@ -399,17 +388,22 @@ impl Cluster {
             return;
         }
         let cmd = failover_placeholders(&self.failover_command, self, failed, old_lead);
+        self.spawn("failover_command", &cmd);
+    }
+
+    /// Start `cmd` with `sh -c`, not waited for (reaped later); `what` names it in the log.
+    fn spawn(&mut self, what: &str, cmd: &str) {
         match std::process::Command::new("sh")
             .arg("-c")
-            .arg(&cmd)
+            .arg(cmd)
             .stdin(std::process::Stdio::null())
             .spawn()
         {
             Ok(child) => {
-                log::info!("failover_command started: {cmd}");
+                log::info!("{what} started: {cmd}");
                 self.children.push(child);
             }
-            Err(e) => log::error!("failover_command could not start: {e}"),
+            Err(e) => log::error!("{what} could not start: {e}"),
         }
     }
 

@@ -714,19 +714,22 @@ impl Reactor {
         self.schedule_health_checks(now);
     }
 
+    /// A health check's (or promotion's) loop entry.
+    fn insert_health(&mut self, key: ConnKey, h: HealthCheck) {
+        self.entries.insert(Entry {
+            generation: key.generation,
+            conn: Conn::Health(Box::new(h)),
+            queued: false,
+            closed: false,
+        });
+    }
+
     /// `mode = streaming`: promote standby `node` (the primary was lost).
     fn start_promotion(&mut self, node: u8, now: Instant) {
         let key = self.new_key();
         let mut cx = context!(self, key, now);
         match HealthCheck::promote(node, &mut cx) {
-            Ok(h) => {
-                self.entries.insert(Entry {
-                    generation: key.generation,
-                    conn: Conn::Health(Box::new(h)),
-                    queued: false,
-                    closed: false,
-                });
-            }
+            Ok(h) => self.insert_health(key, h),
             Err(e) => log::error!("node {node} could not be promoted: {e}"),
         }
     }
@@ -743,14 +746,7 @@ impl Reactor {
         let key = self.new_key();
         let mut cx = context!(self, key, now);
         match HealthCheck::start(node, &mut cx) {
-            Ok(h) => {
-                self.entries.insert(Entry {
-                    generation: key.generation,
-                    conn: Conn::Health(Box::new(h)),
-                    queued: false,
-                    closed: false,
-                });
-            }
+            Ok(h) => self.insert_health(key, h),
             Err(e) => {
                 cx.shared
                     .cluster

@@ -1265,9 +1265,10 @@ impl Session {
             // Nothing of the write is committed anywhere when pgmulti rolled its own
             // transaction back or the client's is still open (it fails now): a race between
             // clients looks like this, so the nodes are not at fault yet.
+            let all_failed = compare::all_failed(&r.answers);
             let contained = r.rolled_back
                 || (self.repl.tx.view.open && r.class == plan::Class::Write)
-                || compare::all_failed(&r.answers);
+                || all_failed;
             if verdict.differ.is_empty() {
                 // Only agreeing on data ends a run of disagreements (not SET or ROLLBACK).
                 if matches!(r.class, plan::Class::Write | plan::Class::CopyIn) {
@@ -1282,9 +1283,13 @@ impl Session {
                         compare::describe(&r.answers)
                     );
                 }
-                r.error.get_or_insert(("40001", race_message(&r.text)));
-                let faulty = cx.shared.cluster.disagreed(&verdict.differ, &verdict.agree);
-                self.detach_disagreeing(&faulty, cx);
+                // Every node failed: the client has the voice's own error, and nobody is at
+                // fault for failing differently.
+                if !all_failed {
+                    r.error.get_or_insert(("40001", race_message(&r.text)));
+                    let faulty = cx.shared.cluster.disagreed(&verdict.differ, &verdict.agree);
+                    self.detach_disagreeing(&faulty, cx);
+                }
             } else {
                 log::warn!(
                     "{} nodes disagree on \"{}\": {}; detaching node(s) {:?}",
@@ -1881,21 +1886,9 @@ impl Session {
         );
         let mut msg = Vec::with_capacity(text.len() + 6);
         frontend::query(&mut msg, &text);
-        self.repl.request = Some(Box::new(Request::new(
-            msg,
-            short(&text),
-            plan,
-            lead,
-            lead,
-            cx.now,
-        )));
-        let lost = self.lost_commit(plan::Class::LeadOnly);
-        if let Some(r) = self.repl.request.as_mut() {
-            r.class = plan::Class::LeadOnly;
-            r.signals = signals;
-            r.fail_commit(lost);
-        }
-        self.advance(cx)
+        let mut r = Request::new(msg, short(&text), plan, lead, lead, cx.now);
+        r.signals = signals;
+        self.run_on_lead(r, plan::Class::LeadOnly, cx)
     }
 
     /// A FunctionCall: a large-object function runs on every node like a write, a new
@@ -1920,19 +1913,20 @@ impl Session {
         let Some(plan) = self.plan_or_refuse(plan::Class::Write, cx) else {
             return Ok(());
         };
-        self.repl.request = Some(Box::new(Request::new(
-            main,
-            "function call".into(),
-            plan,
-            lead,
-            lead,
-            cx.now,
-        )));
-        let lost = self.lost_commit(plan::Class::Write);
-        if let Some(r) = self.repl.request.as_mut() {
-            r.class = plan::Class::Write;
-            r.fail_commit(lost);
-        }
+        let r = Request::new(main, "function call".into(), plan, lead, lead, cx.now);
+        self.run_on_lead(r, plan::Class::Write, cx)
+    }
+
+    /// Run `r`, a request pgmulti made whose voice is the lead, as a request of `class`.
+    fn run_on_lead(
+        &mut self,
+        mut r: Request,
+        class: plan::Class,
+        cx: &mut Context,
+    ) -> Result<(), Transition> {
+        r.class = class;
+        r.fail_commit(self.lost_commit(class));
+        self.repl.request = Some(Box::new(r));
         self.advance(cx)
     }
 

@@ -477,34 +477,7 @@ impl Node {
         }
         append(&data.join("postgresql.conf"), &conf);
 
-        // A free port can be taken by someone else before the postmaster binds it: retry.
-        let log = dir.join("postgres.log");
-        let mut attempt = 0;
-        let port = loop {
-            let port = free_port();
-            append(&data.join("postgresql.conf"), &format!("port = {port}\n"));
-            let mut pg_ctl = pg_server_command("pg_ctl");
-            pg_ctl
-                .arg("-D")
-                .arg(&data)
-                .arg("-l")
-                .arg(&log)
-                .args(["-w", "-t", "60", "start"]);
-            let out = run_with_timeout(pg_ctl, None, Duration::from_secs(90));
-            if out.success() {
-                break port;
-            }
-            attempt += 1;
-            if attempt == 3 {
-                panic!(
-                    "pg_ctl start failed:\n{}\n{}\nserver log:\n{}",
-                    out.stdout,
-                    out.stderr,
-                    fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-        };
-        lock(&RUNNING_NODES).push(data.clone());
+        let port = start_server(&data, &dir.join("postgres.log"));
 
         let node = Node {
             dir,
@@ -565,31 +538,7 @@ impl Node {
             conf.push('\n');
         }
         append(&data.join("postgresql.conf"), &conf);
-        let log = dir.join("postgres.log");
-        let mut attempt = 0;
-        let port = loop {
-            let port = free_port();
-            append(&data.join("postgresql.conf"), &format!("port = {port}\n"));
-            let mut pg_ctl = pg_server_command("pg_ctl");
-            pg_ctl
-                .arg("-D")
-                .arg(&data)
-                .arg("-l")
-                .arg(&log)
-                .args(["-w", "-t", "60", "start"]);
-            let out = run_with_timeout(pg_ctl, None, Duration::from_secs(90));
-            if out.success() {
-                break port;
-            }
-            attempt += 1;
-            assert!(
-                attempt < 3,
-                "standby start failed:\n{}\n{}",
-                out.stderr,
-                fs::read_to_string(&log).unwrap_or_default()
-            );
-        };
-        lock(&RUNNING_NODES).push(data.clone());
+        let port = start_server(&data, &dir.join("postgres.log"));
         let node = Node {
             dir,
             data,
@@ -727,6 +676,33 @@ impl Drop for Node {
 pub fn shared_node() -> &'static Node {
     static SHARED: OnceLock<Node> = OnceLock::new();
     SHARED.get_or_init(|| Node::start(NodeOptions::default()))
+}
+
+/// Start the server in `data` on a free port (appended to its postgresql.conf) and register
+/// it for the exit cleanup. A free port can be taken by someone else before the postmaster
+/// binds it: retried. Panics with the server log after three tries.
+fn start_server(data: &Path, log: &Path) -> u16 {
+    for _ in 0..3 {
+        let port = free_port();
+        append(&data.join("postgresql.conf"), &format!("port = {port}\n"));
+        let mut pg_ctl = pg_server_command("pg_ctl");
+        pg_ctl
+            .arg("-D")
+            .arg(data)
+            .arg("-l")
+            .arg(log)
+            .args(["-w", "-t", "60", "start"]);
+        let out = run_with_timeout(pg_ctl, None, Duration::from_secs(90));
+        if out.success() {
+            lock(&RUNNING_NODES).push(data.to_path_buf());
+            return port;
+        }
+        eprintln!("pg_ctl start failed:\n{}\n{}", out.stdout, out.stderr);
+    }
+    panic!(
+        "pg_ctl start failed three times; server log:\n{}",
+        fs::read_to_string(log).unwrap_or_default()
+    );
 }
 
 fn append(path: &Path, text: &str) {
