@@ -1260,7 +1260,9 @@ impl Session {
             .and_then(|id| r.answers.iter().find(|(n, _)| *n == id))
             .map(|(_, o)| o.clone());
         r.answers.retain(|(n, _)| cx.shared.cluster.is_up(*n));
-        if r.answers.len() > 1 {
+        // Streaming mode: the standbys only ever run session state and reads; PostgreSQL's
+        // own replication keeps their data, so their answers are not voted on.
+        if r.answers.len() > 1 && !cx.shared.cluster.streaming {
             let verdict = compare::vote(&r.answers, r.lead);
             // Nothing of the write is committed anywhere when pgmulti rolled its own
             // transaction back or the client's is still open (it fails now): a race between
