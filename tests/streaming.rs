@@ -26,6 +26,19 @@ fn streaming(nodes: &[&Node]) -> Pgmulti {
     pm
 }
 
+/// What `sql` answers on `node` once it answers `want` (a standby catching up), or after
+/// `secs` seconds whatever it answers then.
+fn answer_within(node: &Node, sql: &str, want: &str, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let got = node.psql("postgres", "postgres", sql);
+        if got == want || Instant::now() >= deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// SHOW NODES rows: (port, role, reads, writes).
 fn node_rows(pm: &Pgmulti) -> Vec<(u16, String, u64, u64)> {
     let out = pm.psql("postgres", "pgmulti", None, "SHOW NODES");
@@ -90,11 +103,7 @@ fn pgbench_writes_reach_the_primary_and_reads_the_standbys() {
     // Everything the primary holds, the standbys hold.
     let sum = "SELECT sum(delta) || ' ' || count(*) FROM pgbench_history";
     let want = primary.psql("postgres", "postgres", sum);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while s1.psql("postgres", "postgres", sum) != want && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert_eq!(s1.psql("postgres", "postgres", sum), want);
+    assert_eq!(answer_within(&s1, sum, &want, 20), want);
 }
 
 /// A standby that applies WAL 3 s late: a session that just committed never reads from it
@@ -113,10 +122,7 @@ fn a_session_reads_its_own_writes_from_a_delayed_standby() {
     );
     assert!(out.success(), "{}", out.stderr);
     let has_table = "SELECT count(*) FROM pg_class WHERE relname = 'ryw'";
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while late.psql("postgres", "postgres", has_table) != "1" && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    assert_eq!(answer_within(&late, has_table, "1", 15), "1");
     // The standby is late indeed: straight after a commit it does not have it.
     primary.psql("postgres", "postgres", "INSERT INTO ryw VALUES (-1, 0)");
     assert_eq!(
@@ -280,12 +286,8 @@ fn losing_the_primary_promotes_a_standby_and_the_other_follows() {
     );
     assert!(out.success(), "a write after the failover: {}", out.stderr);
     let want = promoted.psql("postgres", "postgres", history);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while other.psql("postgres", "postgres", history) != want && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(300));
-    }
     assert_eq!(
-        other.psql("postgres", "postgres", history),
+        answer_within(other, history, &want, 30),
         want,
         "the other standby follows"
     );

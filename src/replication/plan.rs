@@ -157,10 +157,12 @@ pub fn plan_streaming(class: Class, tx: TxView) -> Plan {
         Class::Read if !tx.open => (Targets::ReadNode, Targets::ReadNode, false),
         Class::Read => (Targets::Lead, Targets::Lead, false),
         Class::SessionState => (Targets::All, Targets::Lead, false),
-        Class::Begin | Class::Rollback | Class::RollbackTo | Class::Savepoint | Class::LeadOnly => {
-            (Targets::Lead, Targets::Lead, false)
-        }
-        Class::Commit => (Targets::Lead, Targets::Lead, false),
+        Class::Begin
+        | Class::Commit
+        | Class::Rollback
+        | Class::RollbackTo
+        | Class::Savepoint
+        | Class::LeadOnly => (Targets::Lead, Targets::Lead, false),
         Class::Write | Class::CopyIn | Class::NoTransactionBlock | Class::Mixed => {
             (Targets::Lead, Targets::Lead, true)
         }

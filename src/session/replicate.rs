@@ -629,8 +629,8 @@ impl Session {
     }
 
     /// The node that runs this session's writes: the first of its nodes, or in streaming
-    /// mode the primary (while no primary is known, the first node: a standby then refuses
-    /// writes itself, 25006, and reads go on).
+    /// mode the primary. While the session has no primary, the first node stands in as the
+    /// voice of reads; `plan_or_refuse` refuses whatever needs the primary (40001).
     fn lead_node(&self, cx: &Context) -> Option<u8> {
         let primary =
             cx.shared.cluster.lead().filter(|id| {
