@@ -232,6 +232,9 @@ pub struct Config {
     /// `mode = streaming`: a standby further behind the primary than this many bytes of WAL
     /// serves no reads.
     pub max_standby_lag: u64,
+    /// `mode = streaming`: a session's reads go only to standbys that have replayed its
+    /// last commit (off: to any standby within `max_standby_lag`).
+    pub read_your_writes: bool,
     /// (database, user) pairs whose node connections are opened at start-up.
     pub preconnect: Vec<(String, String)>,
     /// Idle connections kept ready per node for each `preconnect` pair.
@@ -290,6 +293,7 @@ const PARAMETERS: &[&str] = &[
     "max_client_conn",
     "max_pool_size",
     "max_standby_lag",
+    "read_your_writes",
     "preconnect",
     "min_pool_size",
     "pool_mode",
@@ -555,6 +559,9 @@ impl Parser<'_> {
                 "max_standby_lag" => {
                     config.max_standby_lag = parse_bytes(value).map_err(bad)?;
                 }
+                "read_your_writes" => {
+                    config.read_your_writes = parse_bool(value).ok_or_else(|| bad(BOOL_ALLOWED))?;
+                }
                 "max_pool_size" => {
                     max_pool_line = line;
                     config.max_pool_size = value
@@ -748,6 +755,7 @@ impl Config {
             max_client_conn: 10000,
             max_pool_size: 20,
             max_standby_lag: 16 << 20,
+            read_your_writes: true,
             preconnect: Vec::new(),
             min_pool_size: 1,
             pool_mode: PoolMode::Session,
@@ -926,6 +934,10 @@ impl Config {
             ("max_client_conn", self.max_client_conn.to_string()),
             ("max_pool_size", self.max_pool_size.to_string()),
             ("max_standby_lag", self.max_standby_lag.to_string()),
+            (
+                "read_your_writes",
+                if self.read_your_writes { "on" } else { "off" }.to_string(),
+            ),
             (
                 "preconnect",
                 self.preconnect
@@ -1676,6 +1688,12 @@ mod tests {
     fn streaming_mode_and_standby_lag() {
         let c = parse_ok("backend_hostname0 = h\nmode = streaming\nmax_standby_lag = '4MB'\n");
         assert_eq!((c.mode, c.max_standby_lag), (Mode::Streaming, 4 << 20));
+        assert!(c.read_your_writes, "on unless switched off");
+        let c = parse_ok("backend_hostname0 = h\nmode = streaming\nread_your_writes = off\n");
+        assert!(!c.read_your_writes);
+        assert!(
+            parse_err("backend_hostname0 = h\nread_your_writes = maybe\n").contains("test.conf:2")
+        );
         assert_eq!(parse_bytes("1024"), Ok(1024));
         assert!(parse_bytes("4 parsecs").is_err());
         assert!(

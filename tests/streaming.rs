@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// pgmulti in streaming mode over `nodes` (in this order: the primary need not be first).
-fn streaming(nodes: &[&Node]) -> Pgmulti {
+/// The configuration of pgmulti in streaming mode over `nodes` (in this order: the primary
+/// need not be first).
+fn streaming_conf(nodes: &[&Node]) -> PgmultiConf {
     let mut conf = PgmultiConf::relay(nodes[0])
         .mode("streaming")
         .line("health_check_period = '1s'")
@@ -17,7 +18,12 @@ fn streaming(nodes: &[&Node]) -> Pgmulti {
     for n in &nodes[1..] {
         conf = conf.backend(n.host(), n.port());
     }
-    let pm = Pgmulti::start(&conf);
+    conf
+}
+
+/// pgmulti in streaming mode over `nodes`, once it has found the primary.
+fn streaming(nodes: &[&Node]) -> Pgmulti {
+    let pm = Pgmulti::start(&streaming_conf(nodes));
     assert!(
         pm.wait_log(Duration::from_secs(10), |l| l.contains("is a primary")),
         "no primary found:\n{}",
@@ -133,36 +139,50 @@ fn a_session_reads_its_own_writes_from_a_delayed_standby() {
         ),
         "0"
     );
-    let stale: usize = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..8)
-            .map(|t| {
-                let conn = pm.conn_str("postgres", "postgres");
-                s.spawn(move || {
-                    let mut c = connect(&conn);
-                    let mut stale = 0;
-                    for i in 0..10 {
-                        let id = t * 100 + i;
-                        c.execute("INSERT INTO ryw VALUES ($1, 0)", &[&id]).unwrap();
-                        let n: i64 = c
-                            .query_one("SELECT count(*) FROM ryw WHERE id = $1", &[&id])
-                            .unwrap()
-                            .get(0);
-                        stale += usize::from(n != 1);
-                        c.execute("UPDATE ryw SET c = c + 1 WHERE id = $1", &[&id])
-                            .unwrap();
-                        let v: i32 = c
-                            .query_one("SELECT c FROM ryw WHERE id = $1", &[&id])
-                            .unwrap()
-                            .get(0);
-                        stale += usize::from(v != 1);
-                    }
-                    stale
+    // 8 clients each insert or update a row and read it back at once.
+    let stale_reads = |round: i32| -> usize {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|t| {
+                    let conn = pm.conn_str("postgres", "postgres");
+                    s.spawn(move || {
+                        let mut c = connect(&conn);
+                        let mut stale = 0;
+                        for i in 0..10 {
+                            let id = round * 1000 + t * 100 + i;
+                            c.execute("INSERT INTO ryw VALUES ($1, 0)", &[&id]).unwrap();
+                            let n: i64 = c
+                                .query_one("SELECT count(*) FROM ryw WHERE id = $1", &[&id])
+                                .unwrap()
+                                .get(0);
+                            stale += usize::from(n != 1);
+                            c.execute("UPDATE ryw SET c = c + 1 WHERE id = $1", &[&id])
+                                .unwrap();
+                            let v: Option<i32> = c
+                                .query_opt("SELECT c FROM ryw WHERE id = $1", &[&id])
+                                .unwrap()
+                                .map(|r| r.get(0));
+                            stale += usize::from(v != Some(1));
+                        }
+                        stale
+                    })
                 })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).sum()
-    });
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        })
+    };
+    let stale = stale_reads(0);
     assert_eq!(stale, 0, "reads older than the session's own commits");
+    // The same with the check switched off (read_your_writes = off, by a reload): the
+    // standby serves the reads, and most miss the session's own commit.
+    pm.rewrite_conf(&streaming_conf(&[&primary, &late]).line("read_your_writes = off"));
+    let out = pm.psql("postgres", "pgmulti", None, "RELOAD");
+    assert!(out.success(), "{}", out.stderr);
+    let stale = stale_reads(1);
+    assert!(
+        stale > 40,
+        "only {stale} of 160 reads were stale without the check: is the standby late?"
+    );
     // A session that wrote nothing reads from the standby.
     std::thread::sleep(Duration::from_secs(2));
     let mut reader = connect(&pm.conn_str("postgres", "postgres"));

@@ -150,8 +150,9 @@ pub fn fail_alike(segments: &mut Vec<Segment>) {
 
 /// `mode = streaming`: one node (the primary) runs writes and transactions; reads outside a
 /// transaction block go to a standby that has the session's last commit; session state
-/// reaches every node. A request that may commit ends by asking for the WAL position.
-pub fn plan_streaming(class: Class, tx: TxView) -> Plan {
+/// reaches every node. With `read_your_writes`, a request that may commit ends by asking for
+/// the WAL position.
+pub fn plan_streaming(class: Class, tx: TxView, read_your_writes: bool) -> Plan {
     use Segment::*;
     let (targets, voice, writes) = match class {
         Class::Read if !tx.open => (Targets::ReadNode, Targets::ReadNode, false),
@@ -173,7 +174,7 @@ pub fn plan_streaming(class: Class, tx: TxView) -> Plan {
         _ => false,
     };
     let mut segments = vec![Main];
-    if commits && targets == Targets::Lead {
+    if read_your_writes && commits && targets == Targets::Lead {
         segments.push(WalPosition);
     }
     Plan {
@@ -486,32 +487,37 @@ mod two_phase_tests {
             open: true,
             ..TxView::default()
         };
-        let read = plan_streaming(Class::Read, idle);
+        let read = plan_streaming(Class::Read, idle, true);
         assert_eq!(
             (read.phases[0].targets, read.voice),
             (Targets::ReadNode, Targets::ReadNode)
         );
         assert_eq!(
-            plan_streaming(Class::Read, open).phases[0].targets,
+            plan_streaming(Class::Read, open, true).phases[0].targets,
             Targets::Lead
         );
-        let write = plan_streaming(Class::Write, idle);
+        let write = plan_streaming(Class::Write, idle, true);
         assert_eq!(write.phases[0].targets, Targets::Lead);
         assert_eq!(
             write.phases[0].segments,
             vec![Segment::Main, Segment::WalPosition]
         );
         assert_eq!(
-            plan_streaming(Class::Write, open).phases[0].segments,
+            plan_streaming(Class::Write, open, true).phases[0].segments,
             vec![Segment::Main]
         );
         assert_eq!(
-            plan_streaming(Class::Commit, open).phases[0].segments,
+            plan_streaming(Class::Commit, open, true).phases[0].segments,
             vec![Segment::Main, Segment::WalPosition]
         );
         assert_eq!(
-            plan_streaming(Class::SessionState, open).phases[0].targets,
+            plan_streaming(Class::SessionState, open, true).phases[0].targets,
             Targets::All
+        );
+        assert_eq!(
+            plan_streaming(Class::Write, idle, false).phases[0].segments,
+            vec![Segment::Main],
+            "read_your_writes = off asks for no WAL position"
         );
     }
 }

@@ -1945,7 +1945,8 @@ impl Session {
     /// failed transaction, with 25P02 as PostgreSQL would).
     fn plan_or_refuse(&mut self, class: plan::Class, cx: &mut Context) -> Option<Plan> {
         if cx.shared.config.mode == Mode::Streaming {
-            let plan = plan::plan_streaming(class, self.repl.tx.view);
+            let ryw = cx.shared.config.read_your_writes;
+            let plan = plan::plan_streaming(class, self.repl.tx.view, ryw);
             let needs_primary = plan.phases.iter().any(|p| p.targets == Targets::Lead);
             // No primary, or not one this session is connected to (it lost the connection
             // and reconnects between transactions): never a standby in its place.
@@ -2095,10 +2096,15 @@ impl Session {
         let draw = (random_u64() >> 11) as f64 / (1u64 << 53) as f64;
         if cx.shared.config.mode == Mode::Streaming {
             let max_lag = cx.shared.config.max_standby_lag;
+            let since = if cx.shared.config.read_your_writes {
+                self.repl.wal_lsn
+            } else {
+                0
+            };
             return cx
                 .shared
                 .cluster
-                .standby_for(self.repl.wal_lsn, max_lag, draw)
+                .standby_for(since, max_lag, draw)
                 .filter(|id| self.nodes.iter().any(|n| n.index == *id))
                 .unwrap_or(lead);
         }
