@@ -22,6 +22,17 @@
 # default 10, quick 3); the report says per workload and target whether the nodes ended
 # identical, diverged, a node was detached, or pgbench hung.
 #
+# Streaming targets (stream, stream_noryw, pgpool_stream) get a second set of nodes: a
+# PostgreSQL primary and 2 hot standbys made from it with pg_basebackup -R (the settings of
+# the other nodes), pgbench data loaded on the primary only and replayed by the standbys.
+# pgmulti mode = streaming (read_your_writes on, and off) and pgpool-II's streaming
+# replication mode run over it; after every TPC-B run the script waits for the standbys to
+# replay the primary's WAL and compares the tables on the 3 nodes. For every pgmulti and
+# pgpool-II target the reads each node served in a run come from the proxy's counters (SHOW
+# NODES, SHOW POOL_NODES). The bed is made only when a streaming target runs; the streaming
+# comparison alone, beside the replication targets:
+#   BENCH_TARGETS="direct repl_sync pgpool stream stream_noryw pgpool_stream" scripts/bench.sh --quick
+#
 # Environment overrides: BENCH_SCALE, BENCH_ROUNDS, BENCH_DURATION (seconds), BENCH_CLIENTS
 # ("8 64"), BENCH_MEM_CLIENTS, BENCH_WORKLOADS ("select select_prep tpcb tpcb_prep connect"),
 # BENCH_TARGETS (names from the target list below, e.g. "direct relay_info"), PGMULTI_BIN (use
@@ -41,6 +52,12 @@ HERE=$REPO/scripts/bench
 PG_BIN=/usr/lib/postgresql/15/bin
 THREADS=2
 NODES=3
+STREAM_NODES=3      # the streaming bed: stream0 the primary, stream1 and stream2 its standbys
+# Streaming targets: how often pgmulti's health checks and pgpool-II's sr_check read the
+# nodes' WAL positions (both route reads by them), and the lag past which a standby serves
+# no reads (pgmulti's max_standby_lag default; pgpool-II's delay_threshold).
+STREAM_CHECK_PERIOD=1
+STREAM_MAX_LAG=$((16 << 20))
 
 QUICK=0
 KEEP=0
@@ -88,15 +105,19 @@ die() { say "error: $*"; exit 1; }
 # ---------------------------------------------------------------------------------------------
 # Targets. One line each:
 #   add_target NAME GROUP REPLICATED WORKLOADS LABEL START-FUNCTION [ARGS...]
-# GROUP: ref (direct connection), peer (what users would pick instead) or pgmulti.
+# GROUP: ref (direct connection), peer (what users would pick instead), pgmulti, or
+# streaming (the primary + standbys bed: pgmulti mode = streaming and pgpool-II's streaming
+# replication mode, compared with each other in a section of their own).
 # REPLICATED: yes = writes go to all 3 nodes; every table is compared across the nodes after
-# each TPC-B run. WORKLOADS: which of select select_prep tpcb tpcb_prep connect it runs.
+# each TPC-B run. stream = writes go to the streaming primary and PostgreSQL streams them to
+# the standbys; after each TPC-B run the standbys are waited for and the tables compared.
+# WORKLOADS: which of select select_prep tpcb tpcb_prep connect it runs.
 # A target whose start function fails (pgmulti --check refusing the config, for instance) is
 # reported as skipped with the reason, so the pgmulti replication lines below light up on
 # their own once mode = replication exists.
 # ---------------------------------------------------------------------------------------------
 TARGET_NAMES=()
-declare -A T_GROUP T_REPL T_WORK T_LABEL T_START T_PORT T_DB T_SKIP T_PID T_NOTE T_BIN
+declare -A T_GROUP T_REPL T_WORK T_LABEL T_START T_PORT T_DB T_SKIP T_PID T_NOTE T_BIN T_COUNTERS
 add_target() {
     local name=$1
     TARGET_NAMES+=("$name")
@@ -126,6 +147,11 @@ define_targets() {
     na_note pgb_tx select_prep "PgBouncer 1.18 transaction pooling does not support prepared statements (PgBouncer 1.21+ does)"
     # Two-phase commit changes only what a COMMIT does: reads run as with repl_sync.
     add_target repl_2pc    pgmulti yes "tpcb tpcb_prep"                            "pgmulti replication sync, two_phase commit, 3 nodes" start_pgmulti replication info sync two_phase
+    # The streaming bed (primary + 2 hot standbys). stream_noryw differs from stream only by
+    # read_your_writes = off: the ratio of the two is what read-your-writes costs.
+    add_target stream        streaming stream "select select_prep tpcb tpcb_prep connect" "pgmulti streaming, primary + 2 standbys" start_pgmulti streaming info
+    add_target stream_noryw  streaming stream "select select_prep tpcb tpcb_prep connect" "pgmulti streaming, read_your_writes = off" start_pgmulti streaming_noryw info
+    add_target pgpool_stream streaming stream "select select_prep tpcb tpcb_prep connect" "pgpool-II streaming replication, primary + 2 standbys" start_pgpool streaming
 }
 
 # Workloads: pgbench options (-n: no vacuum before select-only runs; TPC-B runs keep pgbench's
@@ -237,9 +263,9 @@ cleanup() {
         for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$pid" 2>/dev/null || true
     done
-    for i in $(seq 0 $((NODES - 1))); do
-        if [ -f "$PGROOT/node$i/PG_VERSION" ]; then
-            as_pg "$PG_BIN/pg_ctl" -D "$PGROOT/node$i" -m immediate -w stop >/dev/null 2>&1 || true
+    for i in $(seq -f 'node%g' 0 $((NODES - 1))) $(seq -f 'stream%g' 0 $((STREAM_NODES - 1))); do
+        if [ -f "$PGROOT/$i/PG_VERSION" ]; then
+            as_pg "$PG_BIN/pg_ctl" -D "$PGROOT/$i" -m immediate -w stop >/dev/null 2>&1 || true
         fi
     done
     if [ "$KEEP" = 1 ]; then
@@ -271,38 +297,38 @@ wait_port() { # PORT PID WHAT
     done
     return 1
 }
-node_psql() { # NODE DB ARGS...
-    local n=$1 db=$2
+port_psql() { # PORT DB ARGS...
+    local port=$1 db=$2
     shift 2
-    psql -X -q -At -h 127.0.0.1 -p "${NODE_PORT[$n]}" -U postgres -d "$db" -v ON_ERROR_STOP=1 "$@"
+    psql -X -q -At -h 127.0.0.1 -p "$port" -U postgres -d "$db" -v ON_ERROR_STOP=1 "$@"
 }
+node_psql() { local n=$1; shift; port_psql "${NODE_PORT[$n]}" "$@"; }     # NODE DB ARGS...
+snode_psql() { local n=$1; shift; port_psql "${SNODE_PORT[$n]}" "$@"; }   # streaming node N
 
 # ---------------------------------------------------------------------------------------------
 # Nodes
 # ---------------------------------------------------------------------------------------------
-declare -a NODE_PORT
+declare -a NODE_PORT SNODE_PORT
 # Room for every pool at once: pgpool-II's children, PgBouncer's two pools and each pgmulti
 # instance keep up to (clients + 8) idle connections to node 0 between runs, plus direct.
 NODE_MAX_CONN=$(( 8 * (MAX_CLIENTS + 8) + 100 ))
 [ "$NODE_MAX_CONN" -lt 1000 ] && NODE_MAX_CONN=1000
-start_node() { # N [extra pg_ctl -o options]
+start_node() { # N|streamN [extra pg_ctl -o options]
     local n=$1
-    as_pg "$PG_BIN/pg_ctl" -D "$PGROOT/node$n" -l "$PGROOT/node$n.log" ${2:+-o "$2"} -w -t 120 start >/dev/null ||
-        { tail -20 "$PGROOT/node$n.log" >&2; die "node $n failed to start"; }
+    case $n in stream*) ;; *) n=node$n ;; esac
+    as_pg "$PG_BIN/pg_ctl" -D "$PGROOT/$n" -l "$PGROOT/$n.log" ${2:+-o "$2"} -w -t 120 start >/dev/null ||
+        { tail -20 "$PGROOT/$n.log" >&2; die "$n failed to start"; }
 }
-create_nodes() {
-    local n
-    for ((n = 0; n < NODES; n++)); do
-        NODE_PORT[$n]=$(free_port)
-        as_pg "$PG_BIN/initdb" -D "$PGROOT/node$n" -U postgres --auth=trust -E UTF8 --locale=C \
-            >"$WORK/initdb-node$n.log" 2>&1 || { cat "$WORK/initdb-node$n.log" >&2; die "initdb failed"; }
-        cat <<EOF | as_pg tee -a "$PGROOT/node$n/postgresql.conf" >/dev/null
+init_node() { # DIR-NAME PORT: initdb, then the benchmark settings
+    as_pg "$PG_BIN/initdb" -D "$PGROOT/$1" -U postgres --auth=trust -E UTF8 --locale=C \
+        >"$WORK/initdb-$1.log" 2>&1 || { cat "$WORK/initdb-$1.log" >&2; die "initdb failed"; }
+    cat <<EOF | as_pg tee -a "$PGROOT/$1/postgresql.conf" >/dev/null
 
 # scripts/bench.sh: throwaway benchmark node. Durability off, so that the disk of a shared
 # machine measures as little as possible: the subject is the middleware.
 listen_addresses = '127.0.0.1'
 unix_socket_directories = '$PGROOT'
-port = ${NODE_PORT[$n]}
+port = $2
 max_connections = $NODE_MAX_CONN
 max_prepared_transactions = $((MAX_CLIENTS + 8))
 shared_buffers = $SHARED_BUFFERS
@@ -312,8 +338,54 @@ full_page_writes = off
 max_wal_size = 8GB
 checkpoint_timeout = 30min
 EOF
+}
+create_nodes() {
+    local n
+    for ((n = 0; n < NODES; n++)); do
+        NODE_PORT[$n]=$(free_port)
+        init_node "node$n" "${NODE_PORT[$n]}"
         start_node "$n"
     done
+}
+
+# The streaming bed: stream0 a primary (initdb and the settings above; wal_level = replica,
+# PostgreSQL's default), stream1 and stream2 hot standbys cloned from it with
+# pg_basebackup -R, each with a replication slot so that the primary keeps the WAL it still
+# needs. A standby's settings are the primary's (the base backup copies them) but its port.
+create_stream_nodes() {
+    local n
+    for ((n = 0; n < STREAM_NODES; n++)); do SNODE_PORT[$n]=$(free_port); done
+    init_node stream0 "${SNODE_PORT[0]}"
+    start_node stream0
+    for ((n = 1; n < STREAM_NODES; n++)); do
+        as_pg "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "${SNODE_PORT[0]}" -U postgres -D "$PGROOT/stream$n" \
+            -R -X stream -c fast -C -S "stream$n" >"$WORK/basebackup-stream$n.log" 2>&1 ||
+            { cat "$WORK/basebackup-stream$n.log" >&2; die "pg_basebackup for stream$n failed"; }
+        printf '\n# scripts/bench.sh: hot standby of stream0 (pg_basebackup -R)\nport = %s\n' "${SNODE_PORT[$n]}" |
+            as_pg tee -a "$PGROOT/stream$n/postgresql.conf" >/dev/null
+        start_node "stream$n"
+    done
+    [ "$(snode_psql 1 postgres -c 'SELECT pg_is_in_recovery()')" = t ] || die "stream1 is not a standby"
+}
+# Waits until every standby has replayed the primary's WAL as it ends now; prints the seconds
+# that took. Fails after 5 minutes.
+stream_catch_up() {
+    local lsn start n behind
+    start=$(date +%s%N)
+    lsn=$(snode_psql 0 postgres -c "SELECT pg_current_wal_insert_lsn()") || return 1
+    for _ in $(seq 1 3000); do
+        behind=0
+        for ((n = 1; n < STREAM_NODES; n++)); do
+            [ "$(snode_psql "$n" postgres -c "SELECT coalesce(pg_last_wal_replay_lsn() >= '$lsn', false)" 2>/dev/null)" = t ] ||
+                behind=$((behind + 1))
+        done
+        if [ "$behind" = 0 ]; then
+            echo $((($(date +%s%N) - start) / 1000000)) | awk '{printf "%.1f\n", $1 / 1000}'
+            return 0
+        fi
+        sleep 0.1
+    done
+    return 1
 }
 
 # Databases: bench_direct on node 0 serves every single-node target (direct, PgBouncer, pgmulti
@@ -339,6 +411,23 @@ load_data() {
         done
         node_psql "$n" postgres -c "DROP DATABASE bench_tpl"
     done
+}
+# The streaming bed: pgbench -i on the primary only, one database per streaming target (file
+# copies, as above); the standbys get all of it by streaming and are waited for.
+load_stream_data() {
+    local t secs
+    snode_psql 0 postgres -c "CREATE DATABASE bench_tpl"
+    pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "${SNODE_PORT[0]}" -U postgres bench_tpl \
+        >"$WORK/pgbench-init-stream0.log" 2>&1 || die "pgbench -i failed (see $WORK/pgbench-init-stream0.log)"
+    snode_psql 0 postgres -c "CHECKPOINT"
+    for t in "${TARGET_NAMES[@]}"; do
+        if [ "${T_REPL[$t]}" = stream ] && [ -z "${T_SKIP[$t]:-}" ]; then
+            snode_psql 0 postgres -c "CREATE DATABASE bench_$t TEMPLATE bench_tpl STRATEGY FILE_COPY"
+        fi
+    done
+    snode_psql 0 postgres -c "DROP DATABASE bench_tpl"
+    secs=$(stream_catch_up) || die "the standbys did not replay the loaded data within 5 minutes"
+    say "standbys replayed the loaded data (${secs} s after the load)"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -394,15 +483,36 @@ start_pgbouncer() { # NAME transaction|session
     if [ "$2" = transaction ]; then T_DB[$1]=bench_tx; else T_DB[$1]=bench_sess; fi
 }
 
-start_pgpool() { # NAME
-    local dir=$WORK/pgpool n port pcp
+# pgpool-II 4.2 renamed its mode switches to backend_clustering_mode; older releases (Debian
+# 11 ships 4.1) take replication_mode or master_slave_mode + master_slave_sub_mode.
+pgpool_mode_lines() { # native|streaming
+    local v major minor
+    v=$("$PGPOOL" --version 2>&1 | sed -n 's/.*version \([0-9]*\)\.\([0-9]*\).*/\1 \2/p' | head -1)
+    read -r major minor <<<"${v:-4 2}"
+    if [ "$major" -gt 4 ] || { [ "$major" -eq 4 ] && [ "$minor" -ge 2 ]; }; then
+        if [ "$1" = streaming ]; then
+            echo "backend_clustering_mode = 'streaming_replication'"
+        else
+            echo "backend_clustering_mode = 'native_replication'"
+        fi
+    elif [ "$1" = streaming ]; then
+        echo "master_slave_mode = on"
+        echo "master_slave_sub_mode = 'stream'"
+    else
+        echo "replication_mode = on"
+    fi
+}
+start_pgpool() { # NAME [native|streaming]
+    local mode=${2:-native} dir=$WORK/pgpool n port pcp
+    local -a ports=("${NODE_PORT[@]}")
+    if [ "$mode" = streaming ]; then dir=$WORK/pgpool_stream ports=("${SNODE_PORT[@]}"); fi
     port=$(free_port) pcp=$(free_port)
     mkdir -p "$dir/oiddir"
     : >"$dir/pcp.conf"
     printf 'local all all trust\nhost all all 127.0.0.1/32 trust\n' >"$dir/pool_hba.conf"
     {
         echo "# written by scripts/bench.sh for pgpool-II $($PGPOOL --version 2>&1 | awk '{print $3}')"
-        echo "backend_clustering_mode = 'native_replication'"
+        pgpool_mode_lines "$mode"
         echo "listen_addresses = '127.0.0.1'"
         echo "port = $port"
         echo "socket_dir = '$dir'"
@@ -413,10 +523,15 @@ start_pgpool() { # NAME
         echo "pid_file_name = '$dir/pgpool.pid'"
         echo "logdir = '$dir'"
         echo "memqcache_oiddir = '$dir/oiddir'"
-        for ((n = 0; n < NODES; n++)); do
+        for ((n = 0; n < ${#ports[@]}; n++)); do
             echo "backend_hostname$n = '127.0.0.1'"
-            echo "backend_port$n = ${NODE_PORT[$n]}"
-            echo "backend_weight$n = 1"
+            echo "backend_port$n = ${ports[$n]}"
+            # Streaming: reads on the standbys only, as pgmulti's streaming mode reads.
+            if [ "$mode" = streaming ] && [ "$n" = 0 ]; then
+                echo "backend_weight$n = 0"
+            else
+                echo "backend_weight$n = 1"
+            fi
             echo "backend_flag$n = 'DISALLOW_TO_FAILOVER'"
         done
         echo "enable_pool_hba = off"
@@ -431,10 +546,23 @@ start_pgpool() { # NAME
         echo "connection_cache = on"
         echo "load_balance_mode = on"
         echo "statement_level_load_balance = off"
-        echo "replicate_select = off"
-        echo "insert_lock = off"
-        echo "replication_stop_on_mismatch = off"
-        echo "failover_if_affected_tuples_mismatch = off"
+        if [ "$mode" = streaming ]; then
+            # The primary is found with sr_check_user (needed even with sr_check_period = 0);
+            # every STREAM_CHECK_PERIOD s the standbys' delay is read, and a standby further
+            # behind than delay_threshold bytes serves no reads (pgmulti: max_standby_lag).
+            echo "sr_check_period = $STREAM_CHECK_PERIOD"
+            echo "sr_check_user = 'postgres'"
+            echo "sr_check_password = ''"
+            echo "sr_check_database = 'postgres'"
+            echo "delay_threshold = $STREAM_MAX_LAG"
+            echo "follow_primary_command = ''"
+            echo "failover_command = ''"
+        else
+            echo "replicate_select = off"
+            echo "insert_lock = off"
+            echo "replication_stop_on_mismatch = off"
+            echo "failover_if_affected_tuples_mismatch = off"
+        fi
         echo "health_check_period = 0"
         echo "failover_on_backend_error = off"
         echo "failover_on_backend_shutdown = off"
@@ -462,14 +590,24 @@ start_pgpool() { # NAME
         T_SKIP[$1]="pgpool-II does not answer queries (see its log)"
         return 0
     fi
-    T_PORT[$1]=$port T_DB[$1]=bench_$1
+    if [ "$mode" = streaming ] &&
+        ! psql -X -q -At -h 127.0.0.1 -p "$port" -U postgres -d "bench_$1" -c "SHOW POOL_NODES" 2>>"$dir/pgpool.log" |
+        awk -F'|' '$1 == 0 && $0 ~ /primary/ {found = 1} END {exit !found}'; then
+        tail -20 "$dir/pgpool.log" >&2
+        T_SKIP[$1]="pgpool-II did not find the primary (node 0) (see its log)"
+        return 0
+    fi
+    T_PORT[$1]=$port T_DB[$1]=bench_$1 T_COUNTERS[$1]=pgpool
 }
 
 write_pgmulti_conf() { # FILE PORT MODE LOG_LEVEL LOGFILE [WRITE_ACK [COMMIT_PROTOCOL]]
     # MODE relay_tx: relay with pool_mode = transaction (as PgBouncer's transaction pooling).
+    # streaming: over the streaming bed; streaming_noryw: the same with read_your_writes = off.
     local n nodes=1 mode=$3
+    local -a ports=("${NODE_PORT[@]}")
     [ "$3" = replication ] && nodes=$NODES
     [ "$3" = relay_tx ] && mode=relay
+    case $3 in streaming*) mode=streaming nodes=$STREAM_NODES ports=("${SNODE_PORT[@]}") ;; esac
     {
         echo "# written by scripts/bench.sh"
         echo "listen_addresses = '127.0.0.1'"
@@ -488,10 +626,21 @@ write_pgmulti_conf() { # FILE PORT MODE LOG_LEVEL LOGFILE [WRITE_ACK [COMMIT_PRO
         [ -n "${7:-}" ] && echo "commit_protocol = $7" && echo "two_phase_log = '${1%.conf}.2pc'"
         for ((n = 0; n < nodes; n++)); do
             echo "backend_hostname$n = '127.0.0.1'"
-            echo "backend_port$n = ${NODE_PORT[$n]}"
+            echo "backend_port$n = ${ports[$n]}"
         done
         echo "backend_sslmode = disable        # the nodes have no TLS; as PgBouncer's default"
-        echo "health_check_period = 0          # as for pgpool-II"
+        if [ "$mode" = streaming ]; then
+            # The health checks read roles and WAL positions, which reads are routed by (as
+            # pgpool-II's sr_check_period); a slow check on a busy machine is retried before
+            # a node counts as lost.
+            echo "health_check_period = $STREAM_CHECK_PERIOD"
+            echo "health_check_timeout = 10"
+            echo "health_check_max_retries = 3"
+            echo "max_standby_lag = $STREAM_MAX_LAG"
+            [ "$3" = streaming_noryw ] && echo "read_your_writes = off"
+        else
+            echo "health_check_period = 0          # as for pgpool-II"
+        fi
         echo "max_client_conn = 20000"
         echo "admin_users = 'postgres'"
         echo "log_file = '$5'"
@@ -517,7 +666,10 @@ check_pgmulti() { # NAME MODE LOG_LEVEL [WRITE_ACK [COMMIT_PROTOCOL]]: config + 
             T_SKIP[$name]="pgmulti refuses the configuration: $msg"
         fi
     fi
-    if [ "$mode" = replication ]; then T_DB[$name]=bench_$name; else T_DB[$name]=bench_direct; fi
+    case $mode in
+        replication | streaming*) T_DB[$name]=bench_$name ;;
+        *) T_DB[$name]=bench_direct ;;
+    esac
     return 0
 }
 start_pgmulti() { # NAME MODE LOG_LEVEL [WRITE_ACK [COMMIT_PROTOCOL]]
@@ -530,17 +682,31 @@ start_pgmulti() { # NAME MODE LOG_LEVEL [WRITE_ACK [COMMIT_PROTOCOL]]
     fi
     T_PID[$name]=$LAUNCHED_PID
     [ "$3" = trace ] && T_NOTE[$name]=trace
+    [[ $2 == relay* ]] || T_COUNTERS[$name]=pgmulti
+    # Streaming: roles come from the first health checks; wait until SHOW NODES has them.
+    if [[ $2 == streaming* ]]; then
+        local roles=""
+        for _ in $(seq 1 100); do
+            roles=$(psql -X -q -At -h 127.0.0.1 -p "${T_PORT[$name]}" -U postgres -d pgmulti -c "SHOW NODES" 2>/dev/null |
+                awk -F'|' '{printf "%s ", $5}')
+            [ "$roles" = "primary standby standby " ] && return 0
+            sleep 0.1
+        done
+        T_SKIP[$name]="pgmulti did not find the primary and 2 standbys (SHOW NODES roles: ${roles:-none})"
+    fi
     return 0
 }
 
 # ---------------------------------------------------------------------------------------------
 # Measuring
 # ---------------------------------------------------------------------------------------------
-RESULTS=$WORK/results.tsv   # round target workload clients tps p50_us p99_us status note
+RESULTS=$WORK/results.tsv   # round target workload clients tps p50_us p99_us status note processed failed
 CHECKS=$WORK/checks.tsv     # round target workload clients verdict detail
+READS=$WORK/reads.tsv       # round target workload clients node role reads (in that run, by the proxy)
 MEMORY=$WORK/memory.tsv     # target clients_asked clients_ok rss_idle/half/all kib_per_client kib_marginal hwm note
 COMMANDS=$WORK/commands.txt
-printf 'round\ttarget\tworkload\tclients\ttps\tp50_us\tp99_us\tstatus\tnote\n' >"$RESULTS"
+printf 'round\ttarget\tworkload\tclients\ttps\tp50_us\tp99_us\tstatus\tnote\tprocessed\tfailed\n' >"$RESULTS"
+printf 'round\ttarget\tworkload\tclients\tnode\trole\treads\n' >"$READS"
 printf 'round\ttarget\tworkload\tclients\tverdict\tdetail\n' >"$CHECKS"
 printf 'target\tclients_asked\tclients_ok\trss_idle_kib\trss_half_kib\trss_kib\tkib_per_client\tkib_marginal\thwm_kib\tnote\n' >"$MEMORY"
 : >"$COMMANDS"
@@ -553,13 +719,24 @@ UNION ALL SELECT 'pgbench_accounts=' || count(*) || ':' || coalesce(sum(abalance
 UNION ALL SELECT 'pgbench_history=' || count(*) || ':' || coalesce(md5(string_agg(t::text, ',' ORDER BY t::text)), '') FROM pgbench_history t"
 
 compare_nodes() { # ROUND TARGET WORKLOAD CLIENTS
-    local t=$2 n diff="" pids=()
-    for ((n = 0; n < NODES; n++)); do
-        node_psql "$n" "${T_DB[$t]}" -c "$CHECKSUM_SQL" >"$WORK/runs/sum.$n" 2>&1 &
+    local t=$2 n diff="" pids=() detail=""
+    local -a ports=("${NODE_PORT[@]}")
+    if [ "${T_REPL[$t]}" = stream ]; then
+        # The standbys have what the primary committed once they have replayed its WAL.
+        ports=("${SNODE_PORT[@]}")
+        if ! detail=$(stream_catch_up); then
+            printf '%s\t%s\t%s\t%s\tCHECK FAILED\t%s\n' "$@" "the standbys did not replay the primary's WAL within 5 minutes" >>"$CHECKS"
+            say "  !! $t: the standbys did not catch up within 5 minutes"
+            return 0
+        fi
+        detail="standbys caught up in $detail s"
+    fi
+    for ((n = 0; n < ${#ports[@]}; n++)); do
+        port_psql "${ports[$n]}" "${T_DB[$t]}" -c "$CHECKSUM_SQL" >"$WORK/runs/sum.$n" 2>&1 &
         pids+=($!)
     done
     local failed=""
-    for ((n = 0; n < NODES; n++)); do wait "${pids[$n]}" || failed="$failed node$n"; done
+    for ((n = 0; n < ${#ports[@]}; n++)); do wait "${pids[$n]}" || failed="$failed node$n"; done
     if [ -n "$failed" ]; then
         printf '%s\t%s\t%s\t%s\tCHECK FAILED\t%s\n' "$@" "checksum query failed on${failed}: $(head -1 "$WORK/runs/sum.0")" >>"$CHECKS"
         say "  !! $t: checksum query failed on${failed}"
@@ -568,30 +745,53 @@ compare_nodes() { # ROUND TARGET WORKLOAD CLIENTS
     local table
     for table in pgbench_branches pgbench_tellers pgbench_accounts pgbench_history; do
         local first="" same=1 v
-        for ((n = 0; n < NODES; n++)); do
+        for ((n = 0; n < ${#ports[@]}; n++)); do
             v=$(grep "^$table=" "$WORK/runs/sum.$n" || echo "$table=?")
             if [ $n -eq 0 ]; then first=$v; elif [ "$v" != "$first" ]; then same=0; fi
         done
         [ $same = 1 ] || diff="$diff $table"
     done
     if [ -z "$diff" ]; then
-        printf '%s\t%s\t%s\t%s\tidentical\t\n' "$@" >>"$CHECKS"
+        printf '%s\t%s\t%s\t%s\tidentical\t%s\n' "$@" "$detail" >>"$CHECKS"
     else
         printf '%s\t%s\t%s\t%s\tDIVERGED\t%s\n' "$@" "${diff# }" >>"$CHECKS"
         say "  !! $t: nodes differ after this run:${diff}"
     fi
 }
 
+# Reads each node has served so far, by the proxy's own counters, one "node role reads" line
+# per node: pgmulti's admin console SHOW NODES (reads), pgpool-II's SHOW POOL_NODES
+# (select_cnt). Nothing for a target without such counters.
+read_counters() { # TARGET
+    local db show count
+    case ${T_COUNTERS[$1]:-} in
+        pgmulti) db=pgmulti show=NODES count=reads ;;
+        pgpool) db=${T_DB[$1]} show=POOL_NODES count=select_cnt ;;
+        *) return 0 ;;
+    esac
+    psql -X -q -A -F'|' -P footer=off -h 127.0.0.1 -p "${T_PORT[$1]}" -U postgres -d "$db" -c "SHOW $show" 2>/dev/null |
+        awk -F'|' -v count="$count" 'NR == 1 {for (i = 1; i <= NF; i++) col[$i] = i; next}
+            col["node_id"] && col[count] {print $col["node_id"], $col["role"], $col[count]}'
+}
+
 run_one() { # ROUND TARGET WORKLOAD CLIENTS
-    local round=$1 t=$2 w=$3 c=$4 prefix out rc tps lat status=ok note=""
+    local round=$1 t=$2 w=$3 c=$4 prefix out rc tps lat status=ok note="" before processed failed
     prefix=$WORK/txlog/r$round.$t.$w.c$c
     out=$WORK/runs/r$round.$t.$w.c$c.out
     local cmd=(pgbench -h 127.0.0.1 -p "${T_PORT[$t]}" -U postgres ${W_OPTS[$w]} -c "$c" -j "$THREADS"
         -T "$DURATION" -l --log-prefix="$prefix" "${T_DB[$t]}")
     printf '%s\t%s\t%s\t%s\n' "$t" "$w" "$c" "${cmd[*]}" >>"$COMMANDS"
+    before=$(read_counters "$t")
     rc=0
     "${cmd[@]}" >"$out" 2>&1 || rc=$?
+    if [ -n "$before" ]; then
+        # Per node: the reads of this run (counters after minus before).
+        awk -v pre="$round\t$t\t$w\t$c" 'NR == FNR {was[$1] = $3; next} {printf "%s\t%s\t%s\t%d\n", pre, $1, $2, $3 - was[$1]}' \
+            <(printf '%s\n' "$before") <(read_counters "$t") >>"$READS"
+    fi
     tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$out" | tail -1)
+    processed=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out" | head -1)
+    failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$out" | head -1)
     read -r p50 p99 _ < <(python3 "$HERE/latency.py" "$prefix".* 2>/dev/null || echo "- - 0")
     rm -f "$prefix".*
     if [ "$rc" -ne 0 ] || [ -z "$tps" ]; then
@@ -606,9 +806,10 @@ run_one() { # ROUND TARGET WORKLOAD CLIENTS
         note="trace bytes=$(stat -c %s "$WORK/pgmulti/$t.log")"
         : >"$WORK/pgmulti/$t.log"
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$t" "$w" "$c" "$tps" "$p50" "$p99" "$status" "$note" >>"$RESULTS"
-    say "round $round  $(printf '%-12s %-12s c=%-4s' "$t" "$w" "$c")  tps=$tps  p50=${p50}us p99=${p99}us ${status/ok/}"
-    if [ "${T_REPL[$t]}" = yes ] && [[ $w == tpcb* ]]; then
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$t" "$w" "$c" "$tps" "$p50" "$p99" "$status" "$note" \
+        "${processed:--}" "${failed:--}" >>"$RESULTS"
+    say "round $round  $(printf '%-13s %-12s c=%-4s' "$t" "$w" "$c")  tps=$tps  p50=${p50}us p99=${p99}us failed=${failed:--} ${status/ok/}"
+    if [ "${T_REPL[$t]}" != no ] && [[ $w == tpcb* ]]; then
         compare_nodes "$round" "$t" "$w" "$c"
     fi
 }
@@ -788,6 +989,12 @@ if [ -n "${BENCH_TARGETS:-}" ]; then
 fi
 say "creating $NODES nodes"
 create_nodes
+STREAM_BED=0
+for t in "${TARGET_NAMES[@]}"; do [ "${T_REPL[$t]}" = stream ] && STREAM_BED=1; done
+if [ "$STREAM_BED" = 1 ]; then
+    say "creating the streaming bed: a primary and $((STREAM_NODES - 1)) hot standbys (pg_basebackup -R)"
+    create_stream_nodes
+fi
 # pgmulti's --check decides first whether a pgmulti target can run at all (the databases of
 # replicating targets are only loaded for targets that can).
 for t in "${TARGET_NAMES[@]}"; do
@@ -796,6 +1003,10 @@ for t in "${TARGET_NAMES[@]}"; do
 done
 say "loading pgbench data (scale $SCALE) on $NODES nodes"
 load_data
+if [ "$STREAM_BED" = 1 ]; then
+    say "loading pgbench data (scale $SCALE) on the streaming primary"
+    load_stream_data
+fi
 say "starting targets"
 for t in "${TARGET_NAMES[@]}"; do
     [ -z "${T_SKIP[$t]:-}" ] || continue
@@ -839,6 +1050,9 @@ done
     echo "threads=$THREADS"
     echo "mem_clients=$MEM_CLIENTS"
     echo "shared_buffers=$SHARED_BUFFERS"
+    echo "stream_bed=$STREAM_BED"
+    echo "stream_check_period=$STREAM_CHECK_PERIOD"
+    echo "stream_max_lag=$STREAM_MAX_LAG"
     echo "node_max_connections=$NODE_MAX_CONN"
     echo "pool_size_session=$((MAX_CLIENTS + 8))"
     echo "pgpool_children=$((MAX_CLIENTS + 4))"
@@ -852,6 +1066,12 @@ done
 } >"$WORK/targets.tsv"
 cp "$WORK/pgbouncer/pgbouncer.ini" "$WORK/pgpool/pgpool.conf" "$WORK/pgmulti/"*.conf "$WORK/runs/" 2>/dev/null || true
 sed -n '/^# scripts\/bench.sh/,$p' "$PGROOT/node0/postgresql.conf" >"$WORK/runs/node0.conf" 2>/dev/null || true
+if [ "$STREAM_BED" = 1 ]; then
+    cp "$WORK/pgpool_stream/pgpool.conf" "$WORK/runs/pgpool_stream.conf" 2>/dev/null || true
+    # A standby: the primary's settings (copied by pg_basebackup), its own port, and what -R wrote.
+    { sed -n '/^# scripts\/bench.sh: hot standby/,$p' "$PGROOT/stream1/postgresql.conf"
+      grep -v '^#' "$PGROOT/stream1/postgresql.auto.conf"; } >"$WORK/runs/stream1.conf" 2>/dev/null || true
+fi
 
 say "measuring: $ROUNDS rounds"
 for ((round = 1; round <= ROUNDS; round++)); do

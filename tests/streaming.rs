@@ -332,3 +332,232 @@ fn losing_the_primary_promotes_a_standby_and_the_other_follows() {
         started.elapsed()
     );
 }
+
+/// The admin console's answer to `sql` (psql's unaligned rows, or the error).
+fn admin(pm: &Pgmulti, sql: &str) -> CmdOutput {
+    pm.psql("postgres", "pgmulti", None, sql)
+}
+
+/// SHOW NODES rows: (status, role, note) of `id`.
+fn node_state(pm: &Pgmulti, id: usize) -> (String, String, String) {
+    let out = admin(pm, "SHOW NODES");
+    assert!(out.success(), "{}", out.stderr);
+    let line = out.stdout.lines().nth(id).unwrap_or_default().to_string();
+    let f: Vec<&str> = line.split('|').collect();
+    (
+        f[3].into(),
+        f[4].into(),
+        f.get(9).unwrap_or(&"").to_string(),
+    )
+}
+
+/// Wait until node `id` has status and role `want` (e.g. ("up", "standby")).
+fn wait_node(pm: &Pgmulti, id: usize, want: (&str, &str), secs: u64) -> (String, String, String) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let got = node_state(pm, id);
+        if (got.0.as_str(), got.1.as_str()) == want || Instant::now() >= deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// SWITCHOVER under pgbench: new transactions wait while the standby catches up, the
+/// primary is detached, the standby promoted and the other standby follows it; pgbench
+/// loses nothing and fails nothing. The old primary, still a primary, is never taken back
+/// (ATTACH NODE detaches it again at its first health check); RECOVER NODE rebuilds it as a
+/// standby of the new primary (scripts/recovery_1st_stage.sh) and it serves reads again.
+#[test]
+fn switchover_loses_no_commit_and_recover_node_rebuilds_the_old_primary_as_a_standby() {
+    let primary = Node::start(NodeOptions::default());
+    let s1 = Node::standby_of(&primary, &[]);
+    let s2 = Node::standby_of(&primary, &[]);
+    let scripts = format!("{}/scripts", env!("CARGO_MANIFEST_DIR"));
+    let mut conf = streaming_conf(&[&primary, &s1, &s2])
+        .line("recovery_timeout = 60")
+        .line(&format!(
+            "follow_primary_command = '{scripts}/follow_primary.sh %h %p %H %r postgres'"
+        ))
+        .line(&format!(
+            "recovery_1st_stage_command = '{scripts}/recovery_1st_stage.sh %d %h %p %D %m %H %r %R'"
+        ));
+    for (i, n) in [&primary, &s1, &s2].iter().enumerate() {
+        let dir = format!("backend_data_directory{i} = '{}'", n.data_dir().display());
+        conf = conf.line(&dir);
+    }
+    let pm = Pgmulti::start(&conf);
+    assert_eq!(wait_node(&pm, 2, ("up", "standby"), 10).1, "standby");
+    let conn = [
+        "-h",
+        pm.host(),
+        "-p",
+        &pm.port().to_string(),
+        "-U",
+        "postgres",
+    ];
+    let (ok, _, err) = pgbench(
+        &[&conn[..], &["-i", "-s", "1", "-q", "postgres"]].concat(),
+        &[],
+    );
+    assert!(ok, "pgbench -i: {err}");
+    let refused = admin(&pm, "PROMOTE NODE 2");
+    assert!(
+        !refused.success()
+            && refused.stderr.contains("node 0 is the primary")
+            && refused.stderr.contains("SWITCHOVER 2"),
+        "PROMOTE NODE beside a primary: {}",
+        refused.stderr
+    );
+
+    let (bench, switchover, took) = std::thread::scope(|s| {
+        let run = s.spawn(|| {
+            pgbench(
+                &[
+                    &conn[..],
+                    &["-c", "4", "-T", "10", "--max-tries", "10", "postgres"],
+                ]
+                .concat(),
+                &[],
+            )
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        let t0 = Instant::now();
+        let answer = admin(&pm, "SWITCHOVER 1");
+        let took = t0.elapsed();
+        (run.join().unwrap(), answer, took)
+    });
+    assert!(
+        switchover.success(),
+        "SWITCHOVER 1: {}\n{}",
+        switchover.stderr,
+        pm.log()
+    );
+    let (_, out, err) = bench;
+    let summary = parse_pgbench_summary(&out).unwrap_or_else(|| panic!("pgbench: {out}\n{err}"));
+    eprintln!("pgbench through the switchover ({took:?}):\n{out}\n{err}");
+    assert_eq!(
+        summary.failed, 0,
+        "transactions failed across the switchover: {out}\n{err}"
+    );
+    let history = "SELECT count(*) FROM pgbench_history";
+    assert_eq!(
+        s1.psql("postgres", "postgres", history),
+        summary.processed.to_string(),
+        "the new primary holds exactly the acknowledged transactions"
+    );
+    assert_eq!(
+        s1.psql("postgres", "postgres", "SELECT pg_is_in_recovery()"),
+        "f"
+    );
+    assert_eq!(node_state(&pm, 1).1, "primary");
+    let (status, _, note) = node_state(&pm, 0);
+    assert_eq!(status, "down", "the old primary is detached: {note}");
+    // The other standby follows the new primary.
+    let out = pm.psql(
+        "postgres",
+        "postgres",
+        None,
+        "INSERT INTO pgbench_history (tid, bid, aid, delta) VALUES (0, 0, 0, 0)",
+    );
+    assert!(
+        out.success(),
+        "a write after the switchover: {}",
+        out.stderr
+    );
+    let want = s1.psql("postgres", "postgres", history);
+    assert_eq!(
+        answer_within(&s2, history, &want, 30),
+        want,
+        "node 2 follows node 1"
+    );
+
+    // The old primary is still a primary: attached again, it is detached at once.
+    assert!(admin(&pm, "ATTACH NODE 0").success());
+    let (status, _, note) = wait_node(&pm, 0, ("down", "-"), 10);
+    assert!(
+        status == "down" && note.contains("primary too"),
+        "old primary taken back: {status} {note}"
+    );
+    assert_eq!(node_state(&pm, 1).1, "primary");
+
+    // RECOVER NODE rebuilds it as a standby of node 1, and it serves reads.
+    let out = admin(&pm, "RECOVER NODE 0");
+    assert!(
+        out.success(),
+        "RECOVER NODE 0: {}\n{}",
+        out.stderr,
+        pm.log()
+    );
+    assert_eq!(wait_node(&pm, 0, ("up", "standby"), 10).1, "standby");
+    assert_eq!(
+        primary.psql("postgres", "postgres", "SELECT pg_is_in_recovery()"),
+        "t"
+    );
+    assert_eq!(answer_within(&primary, history, &want, 30), want);
+    let mut reader = connect(&pm.conn_str("postgres", "postgres"));
+    let read_on_old = (0..40).any(|_| {
+        let port: i32 = reader
+            .query_one("SELECT inet_server_port()", &[])
+            .unwrap()
+            .get(0);
+        port == i32::from(primary.port())
+    });
+    assert!(read_on_old, "the rebuilt node serves no reads");
+    let refused = admin(&pm, "SWITCHOVER 1");
+    assert!(
+        !refused.success() && refused.stderr.contains("is the primary"),
+        "{}",
+        refused.stderr
+    );
+}
+
+/// The primary is lost while no standby is up: nothing to promote. Once the standby is
+/// attached again, PROMOTE NODE makes it the primary and writes go on.
+#[test]
+fn promote_node_makes_a_standby_the_primary_when_none_is_up() {
+    let primary = Node::start(NodeOptions::default());
+    let s1 = Node::standby_of(&primary, &[]);
+    let conf = streaming_conf(&[&primary, &s1])
+        .line("health_check_timeout = '2s'")
+        .line("health_check_max_retries = 1")
+        .line("health_check_retry_delay = '500ms'");
+    let pm = Pgmulti::start(&conf);
+    assert_eq!(wait_node(&pm, 1, ("up", "standby"), 10).1, "standby");
+    assert!(admin(&pm, "DETACH NODE 1").success());
+    primary.stop_immediate();
+    assert!(
+        pm.wait_log(Duration::from_secs(15), |l| l
+            .contains("no standby is up to promote")),
+        "{}",
+        pm.log()
+    );
+    let out = pm.psql(
+        "postgres",
+        "postgres",
+        None,
+        "CREATE TABLE after_promote (id int)",
+    );
+    assert!(!out.success(), "a write without a primary succeeded");
+    assert!(admin(&pm, "ATTACH NODE 1").success());
+    assert_eq!(wait_node(&pm, 1, ("up", "standby"), 10).1, "standby");
+    let out = admin(&pm, "PROMOTE NODE 1");
+    assert!(
+        out.success(),
+        "PROMOTE NODE 1: {}\n{}",
+        out.stderr,
+        pm.log()
+    );
+    assert_eq!(node_state(&pm, 1).1, "primary");
+    let out = pm.psql(
+        "postgres",
+        "postgres",
+        None,
+        "CREATE TABLE after_promote (id int); INSERT INTO after_promote VALUES (1)",
+    );
+    assert!(out.success(), "a write after PROMOTE NODE: {}", out.stderr);
+    assert_eq!(
+        s1.psql("postgres", "postgres", "SELECT count(*) FROM after_promote"),
+        "1"
+    );
+}

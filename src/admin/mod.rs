@@ -21,6 +21,7 @@ pub fn execute(sql: &str, shared: &mut Shared, out: &mut Vec<u8>) -> Option<Long
         .collect();
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     let replication = shared.config.mode == Mode::Replication;
+    let streaming = shared.config.mode == Mode::Streaming;
     let refuse = |out: &mut Vec<u8>, code: &str, message: &str| {
         backend::error_response(out, "ERROR", code, message, None, None);
         None
@@ -56,24 +57,63 @@ pub fn execute(sql: &str, shared: &mut Shared, out: &mut Vec<u8>) -> Option<Long
             Err(e) => return refuse(out, "22023", &e),
         },
         ["RECOVER", "NODE", n] => match node_id(n, shared) {
-            _ if !replication => {
-                return refuse(out, "0A000", "RECOVER NODE needs mode = replication");
+            _ if !replication && !streaming => {
+                return refuse(out, "0A000", "RECOVER NODE needs mode = replication or streaming");
             }
             Ok(id) if shared.cluster.nodes[id as usize].status != NodeStatus::Down => {
                 let status = shared.cluster.nodes[id as usize].status.as_str();
                 return refuse(out, "55000", &format!("node {id} is {status}, not down"));
             }
-            Ok(_) if shared.config.recovery_1st_stage_command.trim().is_empty()
-                || shared.config.recovery_2nd_stage_command.trim().is_empty() =>
+            Ok(_) if streaming && shared.config.recovery_1st_stage_command.trim().is_empty() => {
+                return refuse(out, "55000", "recovery_1st_stage_command must be set (it rebuilds the node as a standby)");
+            }
+            Ok(_) if replication
+                && (shared.config.recovery_1st_stage_command.trim().is_empty()
+                    || shared.config.recovery_2nd_stage_command.trim().is_empty()) =>
             {
                 return refuse(out, "55000", "recovery_1st_stage_command and recovery_2nd_stage_command must be set");
             }
             Ok(_) if shared.cluster.lead().is_none() => {
-                return refuse(out, "55000", "no node is up to recover from");
+                let what = if streaming { "no primary is up" } else { "no node is up" };
+                return refuse(out, "55000", &format!("{what} to recover from"));
             }
             Ok(id) => return Some(LongAsk::Recover(id)),
             Err(e) => return refuse(out, "22023", &e),
         },
+        ["PROMOTE", "NODE", n] | ["SWITCHOVER", n] => {
+            let switchover = words[0] == "SWITCHOVER";
+            let what = if switchover { "SWITCHOVER" } else { "PROMOTE NODE" };
+            let id = match node_id(n, shared) {
+                _ if !streaming => return refuse(out, "0A000", &format!("{what} needs mode = streaming")),
+                Ok(id) => id,
+                Err(e) => return refuse(out, "22023", &e),
+            };
+            let node = &shared.cluster.nodes[id as usize];
+            let primary = shared.cluster.lead();
+            if let Some(p) = shared.cluster.promoting.or(shared.cluster.promote_ask) {
+                return refuse(out, "55006", &format!("node {p} is being promoted"));
+            }
+            if node.status != NodeStatus::Up || node.standby != Some(true) {
+                let is = if node.status != NodeStatus::Up { node.status.as_str() } else if primary == Some(id) { "the primary" } else { "of unknown role (no health check yet)" };
+                return refuse(out, "55000", &format!("node {id} is {is}, not a standby that is up"));
+            }
+            return match (switchover, primary) {
+                (false, Some(p)) => {
+                    backend::error_response(
+                        out,
+                        "ERROR",
+                        "55000",
+                        &format!("node {p} is the primary: promoting node {id} beside it would make two"),
+                        None,
+                        Some(&format!("SWITCHOVER {id} hands the primary's role to node {id} without losing a commit")),
+                    );
+                    None
+                }
+                (false, None) => Some(LongAsk::Promote(id)),
+                (true, None) => refuse(out, "55000", &format!("no primary is up to hand over from: PROMOTE NODE {id}")),
+                (true, Some(_)) => Some(LongAsk::Switchover(id)),
+            };
+        }
         ["CHECK", "CONSISTENCY", ..] if !replication => {
             return refuse(out, "0A000", "CHECK CONSISTENCY needs mode = replication");
         }
@@ -102,7 +142,7 @@ pub fn execute(sql: &str, shared: &mut Shared, out: &mut Vec<u8>) -> Option<Long
             "42601",
             &format!("unknown admin command \"{}\"", sql.trim()),
             None,
-            Some("SHOW NODES | POOLS | CLIENTS | SERVERS | STATS | CONFIG | VERSION, DETACH NODE n, ATTACH NODE n, RECOVER NODE n, CHECK CONSISTENCY [db], PAUSE, RESUME, RELOAD, SHUTDOWN"),
+            Some("SHOW NODES | POOLS | CLIENTS | SERVERS | STATS | CONFIG | VERSION, DETACH NODE n, ATTACH NODE n, RECOVER NODE n, PROMOTE NODE n, SWITCHOVER n, CHECK CONSISTENCY [db], PAUSE, RESUME, RELOAD, SHUTDOWN"),
         ),
     }
     None
@@ -143,16 +183,20 @@ fn show_nodes(shared: &Shared, out: &mut Vec<u8>) {
         .nodes
         .iter()
         .map(|n| {
+            let up = n.status == NodeStatus::Up;
             vec![
                 n.id.to_string(),
                 n.host.clone(),
                 n.addr.port().to_string(),
                 n.status.as_str().to_string(),
                 match (shared.cluster.streaming, n.standby) {
+                    // A detached node's role is what it was: not shown.
+                    (true, _) if !up => "-",
                     (true, Some(false)) => "primary",
                     (true, Some(true)) => "standby",
+                    (true, None) => "unknown",
                     _ if lead == Some(n.id) => "lead",
-                    _ if n.status == NodeStatus::Up => "replica",
+                    _ if up => "replica",
                     _ => "-",
                 }
                 .to_string(),

@@ -5,6 +5,8 @@
 //! detached (which runs `failover_command`). Sessions keep working on the other nodes. The
 //! `SELECT 1` round trip is also a latency sample for read routing.
 
+use std::time::Duration;
+
 use super::own_connection::OwnConnection;
 use crate::protocol::framing::message_header;
 use crate::protocol::frontend;
@@ -35,6 +37,11 @@ pub fn parse_lsn(text: &str) -> Option<u64> {
     Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
 }
 
+/// How long a promotion may take (`pg_promote`'s wait), whether after the primary's loss or
+/// asked for by PROMOTE NODE / SWITCHOVER.
+pub const PROMOTE_WAIT: Duration = Duration::from_secs(60);
+const PROMOTE: &str = "SELECT pg_promote(true, 60)";
+
 pub struct HealthCheck {
     node: u8,
     own: OwnConnection,
@@ -47,6 +54,21 @@ pub struct HealthCheck {
 
 impl HealthCheck {
     pub fn start(node: u8, cx: &mut Context) -> Result<HealthCheck, String> {
+        let timeout = cx.shared.config.health_check_timeout;
+        HealthCheck::connect(node, timeout, cx)
+    }
+
+    /// `pg_promote()` on standby `node`, over a connection like a health check's, waiting
+    /// (up to `PROMOTE_WAIT`) until the node has left recovery: then `Cluster::promoted`.
+    pub fn promote(node: u8, cx: &mut Context) -> Result<HealthCheck, String> {
+        cx.shared.cluster.promoting = Some(node);
+        let mut h = HealthCheck::connect(node, PROMOTE_WAIT + Duration::from_secs(5), cx)
+            .inspect_err(|_| cx.shared.cluster.promoting = None)?;
+        h.promote = true;
+        Ok(h)
+    }
+
+    fn connect(node: u8, timeout: Duration, cx: &mut Context) -> Result<HealthCheck, String> {
         let c = &cx.shared.config;
         let credentials = if c.health_check_password.is_empty() {
             Credentials::from_secret(cx.shared.users.get(&c.health_check_user))
@@ -56,11 +78,7 @@ impl HealthCheck {
                 ..Default::default()
             }
         };
-        let (user, database, timeout) = (
-            c.health_check_user.clone(),
-            c.health_check_database.clone(),
-            c.health_check_timeout,
-        );
+        let (user, database) = (c.health_check_user.clone(), c.health_check_database.clone());
         let prefix = format!("health check node{node}");
         let own = OwnConnection::start(node, &user, &database, credentials, prefix, timeout, cx)?;
         Ok(HealthCheck {
@@ -69,14 +87,6 @@ impl HealthCheck {
             promote: false,
             asked: None,
         })
-    }
-
-    /// `pg_promote()` on standby `node`, over a connection like a health check's; when it
-    /// answers true, `Cluster::promoted`.
-    pub fn promote(node: u8, cx: &mut Context) -> Result<HealthCheck, String> {
-        let mut h = HealthCheck::start(node, cx)?;
-        h.promote = true;
-        Ok(h)
     }
 
     pub fn node(&self) -> u8 {
@@ -112,7 +122,7 @@ impl HealthCheck {
                 LoginStep::Ready => {
                     let mut q = Vec::new();
                     let check = if self.promote {
-                        "SELECT pg_promote(false)"
+                        PROMOTE
                     } else if cx.shared.config.mode == crate::config::Mode::Streaming {
                         ROLE_AND_POSITION
                     } else {
@@ -140,19 +150,35 @@ impl HealthCheck {
                     let reading = (tag == b'D')
                         .then(|| read_role_and_position(&data[5..len]))
                         .flatten();
+                    let failure = (tag == b'E').then(|| {
+                        crate::protocol::backend::parse_error_fields(&data[5..len])
+                            .map_or_else(|e| e.to_string(), |f| f.message.to_string())
+                    });
                     conn.ep.rx.consume(len);
                     if self.promote {
+                        let cluster = &mut cx.shared.cluster;
                         match (tag, reading) {
-                            // Not waiting: the health checks see it become the primary
-                            // (`Cluster::promoted`).
-                            (b'D', Some((true, _))) => {
-                                log::info!("node {}: promotion started", self.node);
-                                cx.shared.cluster.promoting = Some(self.node);
+                            // pg_promote(true, …) answers true once the node left recovery;
+                            // a health check may have seen it first.
+                            (b'D', Some((true, _))) if cluster.promoting == Some(self.node) => {
+                                cluster.promoting = None;
+                                cluster.promoted(self.node);
                             }
-                            (b'D', _) => log::error!("node {}: pg_promote() refused", self.node),
-                            (b'E', _) => log::error!("node {}: pg_promote() failed", self.node),
+                            (b'D', Some((true, _))) => {}
+                            (b'D', _) => log::error!(
+                                "node {}: pg_promote() did not finish within {PROMOTE_WAIT:?}",
+                                self.node
+                            ),
+                            (b'E', _) => log::error!(
+                                "node {}: pg_promote() failed: {}",
+                                self.node,
+                                failure.unwrap_or_default()
+                            ),
                             (b'Z', _) => {
                                 self.close();
+                                if cluster.promoting == Some(self.node) {
+                                    cluster.promoting = None;
+                                }
                                 return true;
                             }
                             _ => {}
@@ -174,6 +200,21 @@ impl HealthCheck {
                         b'D' => {
                             if let Some((standby, lsn)) = reading {
                                 let cluster = &mut cx.shared.cluster;
+                                // Never two primaries: one that appears beside the primary
+                                // (promoted behind pgmulti's back, or an old primary
+                                // attached again) has another history from some point on.
+                                let other = cluster.lead().filter(|&l| l != self.node);
+                                if let (false, Some(primary), false) =
+                                    (standby, other, cluster.promoting == Some(self.node))
+                                {
+                                    let why = format!(
+                                        "it is a primary too, beside node {primary}; rebuild it as a standby (RECOVER NODE {})",
+                                        self.node
+                                    );
+                                    cluster.detach(self.node, &why);
+                                    self.close();
+                                    return true;
+                                }
                                 if let Some(n) = cluster.nodes.get_mut(self.node as usize) {
                                     if n.standby != Some(standby) {
                                         log::info!(
@@ -212,6 +253,9 @@ impl HealthCheck {
         self.close();
         if self.promote {
             log::error!("node {} could not be promoted: {why}", self.node);
+            if cx.shared.cluster.promoting == Some(self.node) {
+                cx.shared.cluster.promoting = None;
+            }
             return true;
         }
         let retries = cx.shared.config.health_check_max_retries;

@@ -281,13 +281,38 @@ impl Cluster {
             .map(|n| n.id)
     }
 
-    /// Take a node out of the cluster. Returns false if it was already down.
+    /// Take a node out of the cluster. Returns false if it was already down. In streaming
+    /// mode, losing the primary asks for the most advanced standby's promotion.
     pub fn detach(&mut self, id: u8, reason: &str) -> bool {
-        let Some(n) = self.nodes.get_mut(id as usize) else {
+        let Some(old_lead) = self.take_out(id, reason) else {
             return false;
         };
-        if n.status != NodeStatus::Up {
-            return false;
+        if self.streaming && old_lead == Some(id) {
+            self.promote_ask = self.most_advanced_standby();
+            match self.promote_ask {
+                Some(s) => log::warn!("the primary (node {id}) is lost: promoting node {s}, the most advanced standby"),
+                None => log::error!("the primary (node {id}) is lost and no standby is up to promote"),
+            }
+        }
+        true
+    }
+
+    /// `mode = streaming`, SWITCHOVER: the primary `from` is detached (it stays so until
+    /// rebuilt as a standby) and standby `to`, which has replayed all of its WAL, is
+    /// promoted.
+    pub fn hand_over(&mut self, from: u8, to: u8) {
+        let reason = format!("SWITCHOVER: node {to} takes over as the primary");
+        if self.take_out(from, &reason).is_some() {
+            log::warn!("SWITCHOVER: promoting node {to}");
+            self.promote_ask = Some(to);
+        }
+    }
+
+    /// Mark a live node down, persisted, and run `failover_command`. Returns the lead
+    /// before, or None if the node was not up.
+    fn take_out(&mut self, id: u8, reason: &str) -> Option<Option<u8>> {
+        if !self.is_up(id) {
+            return None;
         }
         let old_lead = self.lead();
         self.changes += 1;
@@ -301,15 +326,8 @@ impl Cluster {
             None if self.streaming && self.live().next().is_some() => {}
             None => log::error!("no node is left up"),
         }
-        if self.streaming && old_lead == Some(id) {
-            self.promote_ask = self.most_advanced_standby();
-            match self.promote_ask {
-                Some(s) => log::warn!("the primary (node {id}) is lost: promoting node {s}, the most advanced standby"),
-                None => log::error!("the primary (node {id}) is lost and no standby is up to promote"),
-            }
-        }
         self.run_failover_command(id, old_lead);
-        true
+        Some(old_lead)
     }
 
     /// `mode = streaming`: the live standby with the furthest replay position (by the last
@@ -407,10 +425,13 @@ impl Cluster {
         }
     }
 
-    /// Set a node's status (ATTACH NODE, RECOVER NODE; never automatic), persisted.
+    /// Set a node's status (ATTACH NODE, RECOVER NODE; never automatic), persisted; in
+    /// streaming mode its role is unknown until a health check reads it.
     pub fn set_status(&mut self, id: u8, status: NodeStatus) {
         if let Some(n) = self.nodes.get_mut(id as usize) {
             n.status = status;
+            // Its role is what its next health check says, never what it was.
+            n.standby = None;
             self.changes += 1;
             self.write_status();
         }

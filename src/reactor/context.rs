@@ -59,6 +59,10 @@ pub enum LongAsk {
     Resume,
     Attach(u8),
     Recover(u8),
+    /// `mode = streaming`, no primary up: promote this standby.
+    Promote(u8),
+    /// `mode = streaming`: hand the primary's role to this standby.
+    Switchover(u8),
     CheckConsistency(Option<String>),
     ShowClients,
     ShowServers,

@@ -1,6 +1,6 @@
 //! Admin commands that take time, carried out by the loop: PAUSE and RESUME, ATTACH NODE,
-//! RECOVER NODE, CHECK CONSISTENCY, and SHOW CLIENTS / SERVERS (only the loop sees every
-//! session). The admin console that asked waits; the loop answers it when done.
+//! RECOVER NODE, PROMOTE NODE, SWITCHOVER, CHECK CONSISTENCY, and SHOW CLIENTS / SERVERS
+//! (only the loop sees every session). The admin console that asked waits; the loop answers it when done.
 //!
 //! - PAUSE closes the gate (`context::Gate`): sessions starting a transaction wait; it is
 //!   answered once no session is inside one.
@@ -12,6 +12,14 @@
 //!   transactions; stage 2 (`recovery_2nd_stage_command`, then waiting for the node to
 //!   accept connections and comparing it with the lead) runs in a thread; then the node is
 //!   attached as above. Any failure leaves it down, and the log and the console say why.
+//!   In streaming mode stage 1 (a base backup of the primary, started as its standby) is
+//!   all: the node is attached when it is done, and its health check finds it a standby.
+//! - PROMOTE NODE (streaming, no primary up): the loop promotes the standby
+//!   (`HealthCheck::promote`); answered once the node is the primary.
+//! - SWITCHOVER (streaming): holds the gate, waits for running transactions, then a thread
+//!   waits until the standby has replayed all the primary's WAL; the primary is detached
+//!   (`Cluster::hand_over`), the standby promoted, the other standbys follow it
+//!   (`follow_primary_command`), and the gate opens: no commit is lost.
 //! - CHECK CONSISTENCY holds the gate until no transaction runs (at most
 //!   `CHECK_QUIET_WAIT`), then runs `cluster::consistency` in a thread, which takes a
 //!   snapshot on every node and calls back; the gate opens and the tables are read in those
@@ -30,6 +38,7 @@ use super::context::{LongAsk, Shared};
 use super::token::ConnKey;
 use crate::cluster::consistency::{self, Login, Target};
 use crate::cluster::direct::Direct;
+use crate::cluster::health::parse_lsn;
 use crate::cluster::NodeStatus;
 use crate::protocol::backend;
 
@@ -45,6 +54,11 @@ pub enum Done {
     Check { asker: ConnKey, answer: Vec<u8> },
     /// A consistency check took its snapshots: its hold on the gate ends.
     Aligned,
+    /// SWITCHOVER: the standby has replayed the primary's WAL (Ok: up to where).
+    CaughtUp {
+        node: u8,
+        result: Result<String, String>,
+    },
 }
 
 /// CHECK CONSISTENCY waiting until no transaction runs to take its snapshots.
@@ -58,9 +72,23 @@ struct PendingCheck {
 /// that it reads without aligned snapshots (and says so) rather than stall clients longer.
 const CHECK_QUIET_WAIT: Duration = Duration::from_secs(5);
 
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Attach,
     Recover,
+    Promote,
+    Switchover,
+}
+
+impl Kind {
+    fn command(self) -> &'static str {
+        match self {
+            Kind::Attach => "ATTACH NODE",
+            Kind::Recover => "RECOVER NODE",
+            Kind::Promote => "PROMOTE NODE",
+            Kind::Switchover => "SWITCHOVER",
+        }
+    }
 }
 
 enum Step {
@@ -70,17 +98,26 @@ enum Step {
         deadline: Instant,
     },
     SecondStage,
+    /// SWITCHOVER: a thread waits until the standby has replayed the primary's WAL.
+    CatchingUp,
+    /// Waiting until the node answers as the primary.
+    Promoting {
+        deadline: Instant,
+    },
 }
 
-/// The node being attached or recovered (one at a time).
+/// The node being attached, recovered or promoted (one at a time).
 struct Change {
     node: u8,
     kind: Kind,
     asker: ConnKey,
-    /// The node recovery copies from; it must still lead when stage 2 starts.
+    /// The node recovery copies from, or the primary a switchover hands over from; it must
+    /// still lead when stage 2 (or the hand-over) starts.
     lead: u8,
     step: Step,
     started: Instant,
+    /// Whether this change holds the gate (to release when it ends).
+    holds_gate: bool,
 }
 
 pub struct Operations {
@@ -115,14 +152,15 @@ impl Operations {
         }
     }
 
-    /// Whether `advance` needs to know if any session is inside a transaction.
+    /// Whether `advance` must run on every pass: it needs to know if any session is inside
+    /// a transaction, or watches a promotion.
     pub fn waits_for_quiet(&self) -> bool {
         !self.pausing.is_empty()
             || !self.checks.is_empty()
             || matches!(
                 self.change,
                 Some(Change {
-                    step: Step::Quiescing { .. },
+                    step: Step::Quiescing { .. } | Step::Promoting { .. },
                     ..
                 })
             )
@@ -156,29 +194,60 @@ impl Operations {
                 out.wake_gate = !shared.gate.closed();
                 backend::command_complete(&mut answer, "RESUME");
             }
-            LongAsk::Attach(node) | LongAsk::Recover(node) if self.change.is_some() => {
-                let busy = self.change.as_ref().map_or(0, |c| c.node);
+            LongAsk::Attach(_)
+            | LongAsk::Recover(_)
+            | LongAsk::Promote(_)
+            | LongAsk::Switchover(_)
+                if self.change.is_some() =>
+            {
+                let (busy, what) = self
+                    .change
+                    .as_ref()
+                    .map_or((0, ""), |c| (c.node, c.kind.command()));
                 error(
                     &mut answer,
                     "55006",
-                    &format!("node {busy} is being attached or recovered; try again when it is done (SHOW NODES)"),
+                    &format!("{what} {busy} is running; try again when it is done (SHOW NODES)"),
                 );
-                let _ = node;
             }
-            LongAsk::Attach(node) => {
+            LongAsk::Attach(node) | LongAsk::Switchover(node) => {
+                let kind = match ask {
+                    LongAsk::Attach(_) => Kind::Attach,
+                    _ => Kind::Switchover,
+                };
                 shared.gate.holds += 1;
-                log::info!("ATTACH NODE {node}: waiting for running transactions");
+                log::info!(
+                    "{} {node}: new transactions wait; waiting for running ones",
+                    kind.command()
+                );
                 self.change = Some(Change {
                     node,
-                    kind: Kind::Attach,
+                    kind,
                     asker,
                     lead: shared.cluster.lead().unwrap_or(node),
                     step: Step::Quiescing {
                         deadline: now + shared.config.recovery_timeout,
                     },
                     started: now,
+                    holds_gate: true,
                 });
                 out.recheck_at = Some(now + shared.config.recovery_timeout);
+                return;
+            }
+            LongAsk::Promote(node) => {
+                log::info!("PROMOTE NODE {node}: promoting it (no primary is up)");
+                shared.cluster.promote_ask = Some(node);
+                let deadline = now + PROMOTION_DEADLINE;
+                self.change = Some(Change {
+                    node,
+                    kind: Kind::Promote,
+                    asker,
+                    lead: node,
+                    step: Step::Promoting { deadline },
+                    started: now,
+                    holds_gate: false,
+                });
+                out.recheck_at = Some(deadline);
                 return;
             }
             LongAsk::Recover(node) => match shared.cluster.lead() {
@@ -200,6 +269,7 @@ impl Operations {
                         lead,
                         step: Step::FirstStage,
                         started: now,
+                        holds_gate: false,
                     });
                     let report = self.reporter();
                     spawn(format!("recovery stage 1 node {node}"), move || {
@@ -266,6 +336,7 @@ impl Operations {
                     stage,
                     result,
                 } => self.stage_done(node, stage, result, shared, now, out),
+                Done::CaughtUp { node, result } => self.caught_up(node, result, shared, now, out),
             }
         }
         if !self.waits_for_quiet() {
@@ -288,6 +359,17 @@ impl Operations {
             }
         }
         let Some(c) = &mut self.change else { return };
+        if let Step::Promoting { deadline } = c.step {
+            let cluster = &shared.cluster;
+            if cluster.lead() == Some(c.node) {
+                self.finish(shared, now, out);
+            } else if cluster.promote_ask.is_none() && cluster.promoting != Some(c.node) {
+                self.fail("the promotion failed (the log says why)", shared, out);
+            } else if now >= deadline {
+                self.fail("the node did not become the primary in time", shared, out);
+            }
+            return;
+        }
         let Step::Quiescing { deadline } = c.step else {
             return;
         };
@@ -303,7 +385,24 @@ impl Operations {
             return;
         }
         match c.kind {
-            Kind::Attach => self.attach(shared, now, out),
+            Kind::Attach => self.finish(shared, now, out),
+            Kind::Promote => {}
+            Kind::Switchover if shared.cluster.lead() != Some(c.lead) => {
+                let why = format!("node {} stopped being the primary", c.lead);
+                self.fail(&why, shared, out);
+            }
+            Kind::Switchover => {
+                c.step = Step::CatchingUp;
+                let pair = targets(shared, vec![c.lead, node]);
+                let login = login(shared);
+                let timeout = shared.config.recovery_timeout;
+                log::info!("SWITCHOVER {node}: no transaction runs; waiting until node {node} has replayed all of node {}'s WAL", c.lead);
+                let report = self.reporter();
+                spawn(format!("switchover to node {node}"), move || {
+                    let result = catch_up(&pair, &login, timeout);
+                    report(Done::CaughtUp { node, result });
+                });
+            }
             Kind::Recover if shared.cluster.lead() != Some(c.lead) => {
                 let why = format!("node {} stopped leading during the recovery", c.lead);
                 self.fail(&why, shared, out);
@@ -397,50 +496,101 @@ impl Operations {
             self.fail(&format!("stage {stage}: {e}"), shared, out);
             return;
         }
-        if stage == 1 {
+        if stage == 1 && shared.config.mode == crate::config::Mode::Streaming {
+            log::info!(
+                "RECOVER NODE {node}: stage 1 done after {:.1} s; the node is a standby",
+                now.saturating_duration_since(c.started).as_secs_f64()
+            );
+            self.finish(shared, now, out);
+        } else if stage == 1 {
             log::info!(
                 "RECOVER NODE {node}: stage 1 done after {:.1} s; pausing new transactions",
                 now.saturating_duration_since(c.started).as_secs_f64()
             );
             shared.gate.holds += 1;
+            c.holds_gate = true;
             shared.cluster.nodes[node as usize].note = "waiting for running transactions".into();
             let deadline = now + shared.config.recovery_timeout;
             c.step = Step::Quiescing { deadline };
             out.recheck_at = Some(deadline);
         } else {
-            self.attach(shared, now, out);
+            self.finish(shared, now, out);
         }
     }
 
-    /// The change succeeded: the node is up; sessions bring it in before their next
-    /// transaction.
-    fn attach(&mut self, shared: &mut Shared, now: Instant, out: &mut Outcome) {
-        let Some(c) = self.change.take() else { return };
-        shared.cluster.set_status(c.node, NodeStatus::Up);
-        let took = now.saturating_duration_since(c.started).as_secs_f64();
-        let (tag, note) = match c.kind {
-            Kind::Attach => ("ATTACH NODE", "attached from the admin console".to_string()),
-            Kind::Recover => (
-                "RECOVER NODE",
-                format!("recovered from node {} in {took:.1} s", c.lead),
-            ),
+    /// SWITCHOVER: the standby has all of the primary's WAL (or not, in time). The primary
+    /// is detached and the standby promoted while the gate still holds new transactions.
+    fn caught_up(
+        &mut self,
+        node: u8,
+        result: Result<String, String>,
+        shared: &mut Shared,
+        now: Instant,
+        out: &mut Outcome,
+    ) {
+        let Some(c) = self.change.as_mut().filter(|c| c.node == node) else {
+            return;
         };
-        log::info!("{tag} {}: node is up ({note})", c.node);
+        let cluster = &mut shared.cluster;
+        let standby = cluster.is_up(node) && cluster.nodes[node as usize].standby == Some(true);
+        match result {
+            Err(e) => self.fail(&e, shared, out),
+            Ok(_) if cluster.lead() != Some(c.lead) => {
+                let why = format!("node {} stopped being the primary", c.lead);
+                self.fail(&why, shared, out);
+            }
+            Ok(_) if !standby => {
+                self.fail("the node is no longer a standby that is up", shared, out)
+            }
+            Ok(at) => {
+                log::info!("SWITCHOVER {node}: node {node} has replayed up to {at}");
+                cluster.hand_over(c.lead, node);
+                let deadline = now + PROMOTION_DEADLINE;
+                c.step = Step::Promoting { deadline };
+                out.recheck_at = Some(deadline);
+            }
+        }
+    }
+
+    /// The change succeeded. An attached or recovered node is up (sessions bring it in
+    /// before their next transaction); a promoted one is the primary.
+    fn finish(&mut self, shared: &mut Shared, now: Instant, out: &mut Outcome) {
+        let Some(c) = self.change.take() else { return };
+        let took = now.saturating_duration_since(c.started).as_secs_f64();
+        let note = match c.kind {
+            Kind::Attach => "attached from the admin console".to_string(),
+            Kind::Recover => format!("recovered from node {} in {took:.1} s", c.lead),
+            Kind::Promote => format!("promoted by PROMOTE NODE in {took:.1} s"),
+            Kind::Switchover => format!("took over from node {} in {took:.1} s", c.lead),
+        };
+        if matches!(c.kind, Kind::Attach | Kind::Recover) {
+            shared.cluster.set_status(c.node, NodeStatus::Up);
+            // Its role (streaming) and latency from a check now, not a period later.
+            shared.health_now.push(c.node);
+        }
+        let tag = c.kind.command();
+        log::info!("{tag} {}: done ({note})", c.node);
         shared.cluster.nodes[c.node as usize].note = note;
         let mut a = Vec::new();
         backend::command_complete(&mut a, tag);
         out.answers.push((c.asker, a));
-        shared.gate.holds = shared.gate.holds.saturating_sub(1);
-        out.wake_gate = !shared.gate.closed();
+        self.release(&c, shared, out);
     }
 
     fn fail(&mut self, why: &str, shared: &mut Shared, out: &mut Outcome) {
         let Some(c) = self.change.take() else { return };
-        let what = match c.kind {
-            Kind::Attach => "ATTACH NODE",
-            Kind::Recover => "RECOVER NODE",
+        let what = c.kind.command();
+        let outcome = match c.kind {
+            Kind::Attach | Kind::Recover => ", the node stays detached".to_string(),
+            Kind::Promote => String::new(),
+            // Failed after the hand-over: no primary is up (the old one is detached).
+            Kind::Switchover if !shared.cluster.is_up(c.lead) => format!(
+                "; no node is the primary now: PROMOTE NODE a standby, or ATTACH NODE {} (the old primary)",
+                c.lead
+            ),
+            Kind::Switchover => format!(", node {} stays the primary", c.lead),
         };
-        log::error!("{what} {} failed, the node stays detached: {why}", c.node);
+        log::error!("{what} {} failed{outcome}: {why}", c.node);
         if shared.cluster.nodes[c.node as usize].status == NodeStatus::Recovering {
             shared.cluster.set_status(c.node, NodeStatus::Down);
         }
@@ -449,13 +599,23 @@ impl Operations {
         error(
             &mut a,
             "58000",
-            &format!("{what} {} failed, the node stays detached: {why}", c.node),
+            &format!("{what} {} failed{outcome}: {why}", c.node),
         );
         out.answers.push((c.asker, a));
-        shared.gate.holds = shared.gate.holds.saturating_sub(1);
-        out.wake_gate = !shared.gate.closed();
+        self.release(&c, shared, out);
+    }
+
+    /// A change that held the gate opens it (unless something else still holds it).
+    fn release(&self, c: &Change, shared: &mut Shared, out: &mut Outcome) {
+        if c.holds_gate {
+            shared.gate.holds = shared.gate.holds.saturating_sub(1);
+            out.wake_gate = !shared.gate.closed();
+        }
     }
 }
+
+/// How long PROMOTE NODE and SWITCHOVER wait for the node to answer as the primary.
+const PROMOTION_DEADLINE: Duration = Duration::from_secs(70);
 
 /// Reports `Done::Aligned` once: when the check calls back, or when it ends without doing so
 /// (a panic), so the gate never stays held.
@@ -575,6 +735,73 @@ fn run_command(label: &str, cmd: &str, limit: Option<Duration>) -> Result<(), St
     }
 }
 
+/// SWITCHOVER, while no transaction runs (`pair` = [primary, standby]): wait (up to
+/// `timeout`) until the standby has replayed everything the primary has inserted into its
+/// WAL. Ok: the position reached.
+fn catch_up(pair: &[Target], login: &Login, timeout: Duration) -> Result<String, String> {
+    let [primary, standby] = pair else {
+        return Err("no primary and standby to compare".into());
+    };
+    let connect = |t: &Target| {
+        Direct::connect(
+            t.addr,
+            &t.host,
+            &login.user,
+            login.password.as_deref(),
+            "postgres",
+            &login.tls,
+        )
+        .map_err(|e| format!("cannot connect to node {}: {e}", t.id))
+    };
+    let first = |rows: crate::cluster::direct::Rows| {
+        rows.into_iter()
+            .next()
+            .unwrap_or_default()
+            .into_iter()
+            .map(Option::unwrap_or_default)
+            .collect::<Vec<String>>()
+    };
+    let target = first(connect(primary)?.query("SELECT pg_current_wal_insert_lsn()")?);
+    let target_text = target.first().cloned().unwrap_or_default();
+    let target = parse_lsn(&target_text)
+        .ok_or_else(|| format!("node {}: bad WAL position {target_text:?}", primary.id))?;
+    let mut conn = connect(standby)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let row = first(
+            conn.query("SELECT pg_last_wal_replay_lsn(), current_setting('wal_block_size')")?,
+        );
+        let replayed = row.first().and_then(|t| parse_lsn(t)).unwrap_or(0);
+        let block = row
+            .get(1)
+            .and_then(|b| b.parse::<u64>().ok())
+            .unwrap_or(8192);
+        if replayed_up_to(replayed, target, block) {
+            return Ok(row[0].clone());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "node {} replayed only up to {} of the primary's {target_text} within {timeout:?}",
+                standby.id,
+                row.first().map_or("-", |s| s.as_str())
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether a standby that replayed up to `replayed` has everything the primary inserted up
+/// to `inserted`. When the last record ends exactly on a WAL page boundary the insert
+/// position is reported after the next page's header (24 bytes, 40 at a segment's start),
+/// where no record will end: that counts too.
+fn replayed_up_to(replayed: u64, inserted: u64, block: u64) -> bool {
+    let header = |lsn: u64| matches!(lsn % block.max(1), 24 | 40);
+    replayed >= inserted
+        || (replayed.is_multiple_of(block.max(1))
+            && matches!(inserted - replayed, 24 | 40)
+            && header(inserted))
+}
+
 /// After stage 2: the node accepts connections (within `timeout`), is not a standby, and
 /// holds exactly the lead's data (`pair` = [lead, node]).
 fn verify(pair: &[Target], login: &Login, timeout: Duration) -> Result<(), String> {
@@ -660,4 +887,24 @@ fn report_table(r: &consistency::Report) -> Vec<u8> {
         "CHECK CONSISTENCY",
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replayed_up_to;
+
+    #[test]
+    fn a_standby_has_caught_up_at_the_insert_position_or_just_before_a_page_header() {
+        let block = 8192;
+        assert!(replayed_up_to(0x5000_0100, 0x5000_0100, block));
+        assert!(replayed_up_to(0x5000_0200, 0x5000_0100, block));
+        assert!(!replayed_up_to(0x5000_00f0, 0x5000_0100, block));
+        // The last record ended on the page boundary; the insert position is past the next
+        // page's header (24 bytes; 40 at a segment's first page).
+        assert!(replayed_up_to(0x5000_2000, 0x5000_2018, block));
+        assert!(replayed_up_to(0x5100_0000, 0x5100_0028, block));
+        // Not on a boundary, or more than a header behind: not caught up.
+        assert!(!replayed_up_to(0x5000_2008, 0x5000_2020, block));
+        assert!(!replayed_up_to(0x5000_2000, 0x5000_2030, block));
+    }
 }
