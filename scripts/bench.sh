@@ -552,7 +552,9 @@ start_pgpool() { # NAME [native|streaming]
             # behind than delay_threshold bytes serves no reads (pgmulti: max_standby_lag).
             echo "sr_check_period = $STREAM_CHECK_PERIOD"
             echo "sr_check_user = 'postgres'"
-            echo "sr_check_password = ''"
+            # An empty password as TEXT-prefixed plain text: left empty, pgpool-II looks it
+            # up in pool_passwd (off here) and its delay check fails every period.
+            echo "sr_check_password = 'TEXT'"
             echo "sr_check_database = 'postgres'"
             echo "delay_threshold = $STREAM_MAX_LAG"
             echo "follow_primary_command = ''"
@@ -685,11 +687,12 @@ start_pgmulti() { # NAME MODE LOG_LEVEL [WRITE_ACK [COMMIT_PROTOCOL]]
     [[ $2 == relay* ]] || T_COUNTERS[$name]=pgmulti
     # Streaming: roles come from the first health checks; wait until SHOW NODES has them.
     if [[ $2 == streaming* ]]; then
-        local roles=""
+        local roles="" want="primary" n
+        for ((n = 1; n < STREAM_NODES; n++)); do want="$want standby"; done
         for _ in $(seq 1 100); do
             roles=$(psql -X -q -At -h 127.0.0.1 -p "${T_PORT[$name]}" -U postgres -d pgmulti -c "SHOW NODES" 2>/dev/null |
-                awk -F'|' '{printf "%s ", $5}')
-            [ "$roles" = "primary standby standby " ] && return 0
+                awk -F'|' '{printf "%s%s", sep, $5; sep = " "}')
+            [ "$roles" = "$want" ] && return 0
             sleep 0.1
         done
         T_SKIP[$name]="pgmulti did not find the primary and 2 standbys (SHOW NODES roles: ${roles:-none})"
@@ -1017,6 +1020,15 @@ for t in "${TARGET_NAMES[@]}"; do
 done
 for t in "${TARGET_NAMES[@]}"; do
     if [ -n "${T_SKIP[$t]:-}" ]; then say "skipping $t: ${T_SKIP[$t]}"; fi
+done
+# Warm-up, not measured: every target serves the largest client count once, so that pooled
+# node connections (pgmulti, PgBouncer, pgpool-II's children) exist before round 1 as they do
+# in later rounds; otherwise a short first run measures mostly log-ins to the nodes.
+say "warm-up: $MAX_CLIENTS clients through every target"
+for t in "${TARGET_NAMES[@]}"; do
+    [ -z "${T_SKIP[$t]:-}" ] || continue
+    pgbench -h 127.0.0.1 -p "${T_PORT[$t]}" -U postgres -n -S -M simple -c "$MAX_CLIENTS" -j "$THREADS" -t 20 \
+        "${T_DB[$t]}" >"$WORK/runs/warmup.$t.out" 2>&1 || say "warm-up of $t failed (see $WORK/runs/warmup.$t.out)"
 done
 
 # Versions, machine.

@@ -84,12 +84,13 @@ fn show_nodes_detach_and_attach() {
     nodes()[2].psql("postgres", "postgres", "CREATE TABLE admin_t (v int)");
     let out = admin(&pm, "ATTACH NODE 2");
     assert!(out.success(), "{}", out.stderr);
-    assert!(admin(&pm, "SHOW NODES")
+    let row = admin(&pm, "SHOW NODES")
         .stdout
         .lines()
         .nth(2)
         .unwrap()
-        .contains("|up|replica|"));
+        .to_string();
+    assert!(row.contains("|up|replica|"), "{row}");
     assert!(pm
         .psql("postgres", "postgres", None, "DROP TABLE admin_t")
         .success());

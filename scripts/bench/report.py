@@ -4,8 +4,9 @@
     report.py --work WORKDIR --out docs/benchmarks.md --svg docs/benchmarks-select.svg
               [--workloads "select select_prep tpcb tpcb_prep connect"]
 
-Reads from WORKDIR: meta.env, targets.tsv, results.tsv, checks.tsv, memory.tsv, commands.txt.
-Standard library only.
+Reads from WORKDIR: meta.env, targets.tsv, results.tsv, checks.tsv, memory.tsv, commands.txt,
+and when present reads.tsv (reads per node and run, from the proxies' counters) and
+concurrency.tsv. Standard library only.
 """
 import argparse
 import csv
@@ -146,6 +147,15 @@ class Cell:
         self.p99 = statistics.median(p99) if p99 else None
         self.all_tps = [float(r["tps"]) for r in ok]
         self.notes = [r["note"] for r in rows if r["note"]]
+        # pgbench's "number of failed transactions" and "… actually processed", summed over the
+        # rounds; None when no run reported it (older results.tsv, pgbench that did not finish).
+        self.failed = _sum([r.get("failed") for r in rows])
+        self.processed = _sum([r.get("processed") for r in rows])
+
+
+def _sum(values):
+    nums = [int(v) for v in values if v and v.isdigit()]
+    return sum(nums) if nums else None
 
 
 def main():
@@ -169,12 +179,13 @@ def main():
                     k, v = item.split("=", 1)
                     na[k] = v
             targets.append(
-                dict(name=p[0], group=p[1], repl=p[2] == "yes", workloads=p[3].split(),
-                     label=p[4], skip=p[5], na=na)
+                dict(name=p[0], group=p[1], repl=p[2] in ("yes", "stream"), stream=p[2] == "stream",
+                     workloads=p[3].split(), label=p[4], skip=p[5], na=na)
             )
     tmap = {t["name"]: t for t in targets}
     results = read_tsv(os.path.join(W, "results.tsv"))
     checks = read_tsv(os.path.join(W, "checks.tsv"))
+    reads = read_tsv(os.path.join(W, "reads.tsv"))
     memory = read_tsv(os.path.join(W, "memory.tsv"))
     workloads = args.workloads.split()
     clients = [int(c) for c in meta.get("clients", "").split()]
@@ -211,7 +222,7 @@ def main():
       "Re-run it to refresh this page; it is overwritten.\n")
     if quick:
         o("> **Quick run** (`--quick`): scale %s, %s rounds of %s s runs, clients %s. The numbers show "
-          "the shape, not precise values; run `scripts/bench.sh` (no `--quick`: 5 rounds × 20 s, "
+          "the shape, not precise values; run `scripts/bench.sh` (no `--quick`: 3 rounds × 10 s, "
           "clients 1, 8, 64, 256, scale 50) for numbers to quote.\n"
           % (meta.get("scale"), meta.get("rounds"), meta.get("duration"), ", ".join(map(str, clients))))
 
@@ -219,11 +230,14 @@ def main():
     o("```sh\nscripts/bench.sh --quick            # ~4 min: scale 10, 2 rounds x 1 s, clients 8 and 64\n"
       "scripts/bench.sh                    # full, ~75 min: scale 50, 3 rounds x 10 s, clients 1 8 64 256\n"
       "scripts/bench.sh --quick --rev HEAD # a committed revision instead of the working tree\n"
-      "scripts/bench.sh --keep --out /tmp/b.md   # keep the work folder (configs, logs, raw TSV)\n```\n")
+      "scripts/bench.sh --keep --out /tmp/b.md   # keep the work folder (configs, logs, raw TSV)\n"
+      "# the streaming comparison alone, beside replication mode and pgpool-II (about 5 min with --quick):\n"
+      "BENCH_TARGETS=\"direct repl_sync pgpool stream stream_noryw pgpool_stream\" scripts/bench.sh --quick --out /tmp/b.md\n```\n")
     o("The script installs `pgbouncer` and `pgpool2` with apt-get when run as root and they are "
       "missing (an ordinary user must install them first), builds pgmulti with "
       "`cargo build --release`, creates 3 fresh PostgreSQL 15 nodes in a work folder (as "
-      "`postgres` when root), loads `pgbench -i` data, starts every target on free 127.0.0.1 "
+      "`postgres` when root) and, for the streaming targets, a primary with 2 hot standbys, "
+      "loads `pgbench -i` data, starts every target on free 127.0.0.1 "
       "ports with its own configuration, measures, writes this page and stops everything.\n")
 
     o("## Machine and versions\n")
@@ -256,6 +270,8 @@ def main():
       f"-T {meta.get('duration')} -l --log-prefix=…` over TCP. Each round runs every workload × client count "
       "× target; for one workload and client count the targets run back to back, and the order rotates "
       f"by one target every round. {meta.get('rounds')} rounds; the tables show medians over the rounds.")
+    o(f"- Before round 1 every target serves {max(clients) if clients else '–'} clients once (`pgbench -S -t 20`, not "
+      "measured), so that pooled node connections exist before the first run as they do in later ones.")
     o("- TPS is pgbench's `tps = …` (without initial connection time; with `-C` it includes the "
       "reconnections). p50/p99 come from pgbench's per-transaction log (3rd column, µs; with `-C` it "
       "includes the connect): percentiles per run, then the median over the rounds.")
@@ -282,6 +298,25 @@ def main():
       f"replication have `max_pool_size = {meta.get('pool_size_session')}`, as PgBouncer's session pool. "
       "`backend_sslmode = disable` (the nodes have no TLS; PgBouncer and pgpool-II don't try TLS either), "
       "`health_check_period = 0`.")
+    if any(t["stream"] for t in targets):
+        lag = int(meta.get("stream_max_lag", str(16 << 20)))
+        period = meta.get("stream_check_period", "1")
+        o("- Streaming bed (the streaming targets): 3 more PostgreSQL 15 servers with the settings above: "
+          "`stream0`, the primary (initdb; `wal_level = replica`, the default), and `stream1`, `stream2`, hot "
+          "standbys made from it with `pg_basebackup -R -X stream -C -S streamN` (asynchronous streaming, a "
+          "replication slot each). `pgbench -i` runs on the primary only, into one database per streaming "
+          "target; the standbys get all of it by streaming and are waited for before the first run. After "
+          "every TPC-B run on a streaming target the script waits until both standbys have replayed the "
+          "primary's WAL (`pg_last_wal_replay_lsn()` ≥ the primary's `pg_current_wal_insert_lsn()`), then "
+          "compares the tables on the 3 nodes directly, as for replication.")
+        o(f"- pgmulti `mode = streaming` over the 3 streaming nodes, `read_your_writes = on` (the default) and a "
+          f"second instance with `read_your_writes = off`; `health_check_period = {period}` (the health checks "
+          f"read each node's role and WAL position, which reads are routed by), `health_check_max_retries = 3`, "
+          f"`max_standby_lag = {lag // 1048576}MB` (the default); pools as for replication. pgpool-II "
+          "`backend_clustering_mode = 'streaming_replication'`, `load_balance_mode = on` with weights 0/1/1 "
+          f"(reads on the standbys only, as pgmulti's streaming mode reads), `sr_check_period = {period}`, "
+          f"`sr_check_user = 'postgres'`, `delay_threshold = {lag}` (bytes, as `max_standby_lag`), no failover; "
+          "the other settings as for its native replication target.")
     o("- TPC-B runs only on the replicating targets and on the direct connection (the reference); pgmulti "
       "relay (single node, **not replicated**) is included too, as a reference for the cost of the hop. "
       "PgBouncer is not run on TPC-B.\n")
@@ -395,6 +430,8 @@ def main():
                                      + ", ".join(tables[:4]) + ")")
                     else:
                         notes.insert(0, f"nodes identical after all {len(chs)} runs")
+                if cell.failed:
+                    notes.append(f"{cell.failed:,} failed transactions")
                 if name.startswith("relay") and w.startswith("tpcb"):
                     notes.append("single node, not replicated")
                 trace_bytes = [int(n.split("=")[1]) for n in cell.notes if n.startswith("trace bytes=")]
@@ -416,6 +453,8 @@ def main():
             o("Best peer: " + "; ".join(best_lines) + ".\n")
         o("Spread = (max − min) / median TPS over the rounds.\n" if w == workloads[0] else "")
 
+    streaming_section(o, meta, targets, tmap, cells, check_by, reads, workloads, clients)
+
     # --- caveats ----------------------------------------------------------------------------
     o("## Caveats\n")
     o("- Everything (3 nodes, the middleware, pgbench) shares the same cores, so a middleware that uses "
@@ -433,6 +472,12 @@ def main():
       "(`pool_mode = transaction`, as PgBouncer's: no reset, no session state; select-only simple and `-C` "
       "only). TPC-B through pgmulti relay reaches one node and is not comparable with pgpool-II (× best peer "
       "left out).")
+    if any(t["stream"] for t in targets):
+        o("- Streaming: the standbys replay on the same 2 cores, so the primary's writes cost twice more CPU "
+          "than on one node whichever proxy is in front; reads per node come from each proxy's own counters, "
+          "which count slightly different things (see the streaming section). pgpool-II chooses a session's "
+          "load-balance node once per session, so its split between the standbys varies with few clients; "
+          "pgmulti chooses per read.")
     o("- Memory: RSS only (user space); kernel socket buffers are not counted for either program.\n")
 
     # --- consistency ---------------------------------------------------------------------------
@@ -522,6 +567,13 @@ def main():
     o("pgbouncer [-u postgres] $WORK/pgbouncer/pgbouncer.ini")
     o("pgpool -n -D -f $WORK/pgpool/pgpool.conf -F $WORK/pgpool/pcp.conf -a $WORK/pgpool/pool_hba.conf")
     o("pgmulti -f $WORK/pgmulti/relay_info.conf      # and relay_trace.conf")
+    if meta.get("stream_bed") == "1":
+        o("# the streaming bed: primary stream0 (initdb as above), hot standbys stream1 and stream2")
+        o("pg_basebackup -h 127.0.0.1 -p STREAM0_PORT -U postgres -D $WORK/pg/streamN -R -X stream -c fast -C -S streamN")
+        o(f"pgbench -i -q -s {meta.get('scale')} -h 127.0.0.1 -p STREAM0_PORT -U postgres bench_tpl   # primary only")
+        o("psql -c 'CREATE DATABASE bench_stream TEMPLATE bench_tpl STRATEGY FILE_COPY'           # primary; as each streaming target")
+        o("pgmulti -f $WORK/pgmulti/stream.conf           # and stream_noryw.conf")
+        o("pgpool -n -D -f $WORK/pgpool_stream/pgpool.conf -F $WORK/pgpool_stream/pcp.conf -a $WORK/pgpool_stream/pool_hba.conf")
     o("```\n")
     o("<details><summary>Every distinct pgbench command of this run (ports and work folder change from run to run)</summary>\n")
     o("```")
@@ -538,7 +590,12 @@ def main():
     for title, fname in (("Node settings appended to postgresql.conf (node 0)", "node0.conf"),
                          ("pgbouncer.ini", "pgbouncer.ini"), ("pgpool.conf", "pgpool.conf"),
                          ("pgmulti, relay, log_level info", "relay_info.conf"),
-                         ("pgmulti, relay, log_level trace", "relay_trace.conf")):
+                         ("pgmulti, relay, log_level trace", "relay_trace.conf"),
+                         ("Streaming standby stream1: settings after the primary's, and what pg_basebackup -R wrote",
+                          "stream1.conf"),
+                         ("pgmulti, streaming", "stream.conf"),
+                         ("pgmulti, streaming, read_your_writes = off", "stream_noryw.conf"),
+                         ("pgpool.conf, streaming replication", "pgpool_stream.conf")):
         path = os.path.join(W, "runs", fname)
         if os.path.exists(path):
             with open(path) as f:
@@ -551,6 +608,140 @@ def main():
         f.write("\n".join(out).rstrip() + "\n")
 
     write_svg(args.svg, targets, clients, lambda t, cc: tps(t, "select", cc), meta)
+
+
+STREAM_READ_WORKLOADS = ("select", "select_prep", "connect")
+
+
+def streaming_section(o, meta, targets, tmap, cells, check_by, reads, workloads, clients):
+    """The streaming comparison (issue 14): pgmulti mode = streaming with read_your_writes on
+    and off, pgpool-II's streaming replication mode, beside pgmulti replication sync."""
+    names = [t["name"] for t in targets if t["stream"]]
+    if not names:
+        return
+    o("## Streaming mode: pgmulti beside pgpool-II's streaming replication mode\n")
+    o("One primary and two hot standbys, kept by PostgreSQL's own streaming replication (see Method); "
+      "every write goes to the primary, reads outside a transaction block to a standby. **RYW cost** = "
+      "TPS with `read_your_writes = on` (the default) / TPS with it `off`: with it on, pgmulti asks the "
+      "primary for its WAL position in the round trip of every commit, and sends a session's reads to a "
+      "standby only once that standby has replayed the session's last commit (docs/streaming.md). "
+      "pgbench's select-only sessions never write, so there the two should be alike; in TPC-B every "
+      "statement is in a transaction block and goes to the primary, so the WAL-position question is "
+      "all that differs. Ratios below 1× are costs.\n")
+    skipped = [t for t in targets if t["stream"] and t["skip"]]
+    for t in skipped:
+        o(f"- **{t['label']}**: skipped — {t['skip']}")
+    if skipped:
+        o("")
+
+    def tps(t, w, c):
+        cell = cells.get((t, w, c))
+        return cell.tps if cell else None
+
+    cols = [n for n in ("stream", "stream_noryw", "pgpool_stream", "repl_sync", "pgpool") if n in tmap]
+    head = [tmap[n]["label"] for n in cols]
+    ratios = [("RYW cost (stream / stream_noryw)", "stream", "stream_noryw"),
+              ("pgmulti streaming / pgpool-II streaming", "stream", "pgpool_stream"),
+              ("pgmulti streaming / pgmulti replication sync", "stream", "repl_sync")]
+    ratios = [r for r in ratios if r[1] in tmap and r[2] in tmap]
+    o("| Workload | Clients | " + " | ".join(head + [r[0] for r in ratios]) + " |")
+    o("|---|---:|" + "---:|" * (len(head) + len(ratios)))
+    for w in workloads:
+        for c in clients:
+            vals = [tps(n, w, c) for n in cols]
+            if all(v is None for v in vals):
+                continue
+            row = [fnum(v) for v in vals] + [fratio(ratio(tps(a, w, c), tps(b, w, c))) for _, a, b in ratios]
+            o(f"| {WORKLOAD_LABEL.get(w, w)} | {c} | " + " | ".join(row) + " |")
+    o("\nMedian TPS over the rounds, as in the tables above.\n")
+
+    # Reads per node, summed over the rounds, from the proxies' own counters.
+    spread = defaultdict(lambda: defaultdict(int))
+    roles = {}
+    for r in reads:
+        try:
+            n = int(r["node"])
+            spread[(r["target"], r["workload"], int(r["clients"]))][n] += max(int(r["reads"]), 0)
+        except (KeyError, ValueError):
+            continue
+        roles[(r["target"], n)] = r["role"]
+
+    def spread_text(t, w, c):
+        per = spread.get((t, w, c))
+        if not per:
+            return "–"
+        total = sum(per.values()) or 1
+        return " · ".join(f"{n} {roles.get((t, n), '')}: {v:,} ({100 * v / total:.0f}%)" for n, v in sorted(per.items()))
+
+    # --- the checks issue 14 asks for ---
+    rows = []
+    stream_cells = [(n, k, cells[k]) for n in names for k in cells if k[0] == n]
+    failed = sum(cell.failed or 0 for _, _, cell in stream_cells)
+    processed = sum(cell.processed or 0 for _, _, cell in stream_cells)
+    errors = sum(cell.errors for _, _, cell in stream_cells)
+    runs = sum(cell.runs for _, _, cell in stream_cells)
+    rows.append(("failed transactions, every run of the streaming targets",
+                 f"{failed:,} failed of {processed:,} transactions in {runs} runs"
+                 + (f"; {errors} runs with errors" if errors else ""),
+                 "**met** (0 failed)" if runs and failed == 0 and errors == 0 else ("not measured" if not runs else "missed")))
+    for n in ("stream", "stream_noryw", "pgpool_stream"):
+        if n not in names or tmap[n]["skip"]:
+            continue
+        per = defaultdict(int)
+        for (t, w, c), p in spread.items():
+            if t == n and w in ("select", "select_prep"):
+                for node, v in p.items():
+                    per[node] += v
+        total = sum(per.values())
+        if not total:
+            rows.append((f"select-only reads on the standbys: {tmap[n]['label']}", "–", "not measured"))
+            continue
+        standbys = {node: v for node, v in per.items() if roles.get((n, node)) == "standby"}
+        on_standbys = sum(standbys.values()) / total
+        even = len(standbys) >= 2 and min(standbys.values()) / total >= 0.25
+        rows.append((f"select-only reads on the standbys: {tmap[n]['label']}",
+                     f"{100 * on_standbys:.1f}% of {total:,} reads on the standbys; "
+                     + ", ".join(f"node {node} {100 * v / total:.0f}%" for node, v in sorted(per.items())),
+                     "**met**" if on_standbys >= 0.99 and even else "missed"))
+    for n in names:
+        chs = [ch for k, v in check_by.items() if k[0] == n for ch in v]
+        if not chs:
+            continue
+        bad = [ch for ch in chs if ch["verdict"] != "identical"]
+        waits = [float(m.group(1)) for ch in chs for m in [re.search(r"caught up in ([0-9.]+) s", ch["detail"])] if m]
+        rows.append((f"primary and standbys identical after TPC-B: {tmap[n]['label']}",
+                     f"{len(chs) - len(bad)} of {len(chs)} checks identical"
+                     + (f"; standbys caught up within {max(waits):.1f} s of the run's end" if waits else ""),
+                     "**met**" if not bad else "missed"))
+    o("| Check | Measured | Verdict |\n|---|---|---|")
+    for r in rows:
+        o("| " + " | ".join(r) + " |")
+    o("")
+
+    # --- per workload: transactions, failed, and where the reads went ---
+    o("Per run type, summed over the rounds: transactions pgbench processed, failed transactions "
+      "(pgbench's `number of failed transactions`), and reads per node by the proxy's own counters "
+      "(pgmulti's `SHOW NODES` column `reads` in its admin console, pgpool-II's `SHOW POOL_NODES` column "
+      "`select_cnt`), read before and after each run. pgpool-II counts the SELECTs of TPC-B (on the "
+      "primary) too; pgmulti counts as reads only what it routes as one (not statements in a transaction "
+      "block: in TPC-B only pgbench's opening `select count(*) from pgbench_branches`).\n")
+    o("<details><summary>Transactions, failed transactions and reads per node, per workload, client "
+      "count and target</summary>\n")
+    o("| Workload | Clients | Target | Transactions | Failed | Reads per node (node role: reads, share) |")
+    o("|---|---:|---|---:|---:|---|")
+    shown = names + [n for n in ("repl_sync", "pgpool") if n in tmap]
+    for w in workloads:
+        for c in clients:
+            for n in shown:
+                cell = cells.get((n, w, c))
+                if cell is None or (n not in names and w not in STREAM_READ_WORKLOADS):
+                    continue
+                sp = spread_text(n, w, c)
+                fail = "–" if cell.failed is None else f"{cell.failed:,}"
+                if cell.errors:
+                    fail += f" ({cell.errors} of {cell.runs} runs with errors)"
+                o(f"| {WORKLOAD_LABEL.get(w, w)} | {c} | {tmap[n]['label']} | {fnum(cell.processed)} | {fail} | {sp} |")
+    o("\n</details>\n")
 
 
 def write_svg(path, targets, clients, get, meta):

@@ -147,7 +147,8 @@ impl HealthCheck {
             let data = conn.ep.rx.data();
             match message_header(data, conn.ep.rx.capacity()) {
                 Ok(Some((tag, len))) if data.len() >= len => {
-                    let reading = (tag == b'D')
+                    // `SELECT 1` in replication mode says nothing of a role.
+                    let reading = (tag == b'D' && (self.promote || cx.shared.cluster.streaming))
                         .then(|| read_role_and_position(&data[5..len]))
                         .flatten();
                     let failure = (tag == b'E').then(|| {
