@@ -189,6 +189,9 @@ pub struct Config {
     pub health_check_period: Duration,
     /// Zero: no limit.
     pub health_check_timeout: Duration,
+    /// Replication mode: how long a node may still be running a statement after the node
+    /// whose answer the client gets has answered it; zero: no limit.
+    pub node_response_timeout: Duration,
     pub status_file: Option<PathBuf>,
     /// Run (by `sh -c`, not waited for) whenever a node is detached; placeholders
     /// `%d %h %p %D` (failed node), `%m %H %r` (new lead), `%M` (old lead), `%%`.
@@ -272,6 +275,7 @@ const PARAMETERS: &[&str] = &[
     "commit_protocol",
     "health_check_period",
     "health_check_timeout",
+    "node_response_timeout",
     "status_file",
     "two_phase_log",
     "failover_command",
@@ -479,6 +483,9 @@ impl Parser<'_> {
                 }
                 "health_check_period" => {
                     config.health_check_period = parse_duration(value).map_err(bad)?
+                }
+                "node_response_timeout" => {
+                    config.node_response_timeout = parse_duration(value).map_err(bad)?
                 }
                 "health_check_timeout" => {
                     config.health_check_timeout = parse_duration(value).map_err(bad)?
@@ -734,6 +741,7 @@ impl Config {
             commit_protocol: CommitProtocol::Plain,
             health_check_period: Duration::from_secs(10),
             health_check_timeout: Duration::from_secs(5),
+            node_response_timeout: Duration::from_secs(30),
             status_file: None,
             two_phase_log: PathBuf::from("pgmulti.2pc"),
             health_check_user: "postgres".into(),
@@ -891,6 +899,10 @@ impl Config {
             (
                 "health_check_timeout",
                 format_duration(self.health_check_timeout),
+            ),
+            (
+                "node_response_timeout",
+                format_duration(self.node_response_timeout),
             ),
             ("status_file", path(&self.status_file)),
             ("two_phase_log", self.two_phase_log.display().to_string()),
@@ -1140,7 +1152,7 @@ fn parse_duration(value: &str) -> Result<Duration, &'static str> {
 }
 
 /// The shortest exact spelling of a duration that [`parse_duration`] reads back.
-fn format_duration(d: Duration) -> String {
+pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms == 0 {
         "0".to_string()

@@ -279,3 +279,89 @@ fn a_flush_after_sync_does_not_hang_the_session() {
         );
     }
 }
+
+/// A replica whose statement waits on a lock only it has (a DBA's session on that node):
+/// the lead answered, the replica never does. With `node_response_timeout` the statement
+/// there is canceled and the client never waits forever. Inside a transaction nothing was
+/// committed anywhere: the client gets a retryable 40001, no node is detached, and once the
+/// lock is gone the retry succeeds on every node. An autocommit write the other replicas
+/// have already committed cannot be undone: the late node is detached (saying why) and the
+/// client's write succeeds.
+#[test]
+fn a_replica_that_does_not_answer_in_time_is_canceled_instead_of_waited_for() {
+    let [n0, n1, n2] = nodes();
+    let db = "late_replica";
+    for n in nodes() {
+        n.fresh_db(db, "postgres");
+    }
+    let pm = Pgmulti::start(
+        &PgmultiConf::relay(n0)
+            .mode("replication")
+            .backend(n1.host(), n1.port())
+            .backend(n2.host(), n2.port())
+            .line("admin_users = 'postgres'")
+            .line("node_response_timeout = '2s'"),
+    );
+    let out = pm.psql(
+        "postgres",
+        db,
+        None,
+        "CREATE TABLE t (id int PRIMARY KEY, n int); INSERT INTO t VALUES (1, 0)",
+    );
+    assert!(out.success(), "{}", out.stderr);
+    let mut dba = connect(&n1.conn_str("postgres", db));
+    // Run `f` on a client of pgmulti; its outcome, or a panic if it waits 30 s.
+    let within = |f: fn(&mut postgres::Client) -> Result<u64, postgres::Error>| {
+        let conn = pm.conn_str("postgres", db);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut c = connect(&conn);
+            let started = std::time::Instant::now();
+            let outcome = f(&mut c).map_err(|e| {
+                let message = e
+                    .as_db_error()
+                    .map_or(e.to_string(), |d| d.message().to_string());
+                (is_retryable(&e), message)
+            });
+            let _ = tx.send((outcome, started.elapsed()));
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("the client still waits for the replica after 30 s")
+    };
+
+    dba.batch_execute("BEGIN; SELECT * FROM t WHERE id = 1 FOR UPDATE")
+        .unwrap();
+    let (outcome, took) = within(|c| {
+        c.batch_execute("BEGIN")?;
+        let n = bump(c)?;
+        c.batch_execute("COMMIT")?;
+        Ok(n)
+    });
+    let (retryable, message) =
+        outcome.expect_err("the transaction committed while node 1 could not run it");
+    assert!(
+        retryable && message.contains("node_response_timeout"),
+        "after {took:?}: {message}"
+    );
+    eprintln!("in a transaction: failed after {took:?}: {message}");
+    dba.batch_execute("COMMIT").unwrap();
+    all_up_with(&pm, db, 0);
+    let mut c = connect(&pm.conn_str("postgres", db));
+    assert_eq!(bump(&mut c).unwrap(), 1);
+    all_up_with(&pm, db, 1);
+
+    dba.batch_execute("BEGIN; SELECT * FROM t WHERE id = 1 FOR UPDATE")
+        .unwrap();
+    let (outcome, took) = within(bump);
+    assert_eq!(outcome, Ok(1), "after {took:?}");
+    let show = pm.psql("postgres", "pgmulti", None, "SHOW NODES").stdout;
+    let node1 = show.lines().nth(1).unwrap_or_default();
+    assert!(
+        node1.contains("|down|") && node1.contains("node_response_timeout"),
+        "{show}"
+    );
+    dba.batch_execute("COMMIT").unwrap();
+    for n in [n0, n2] {
+        assert_eq!(n.psql("postgres", db, "SELECT n FROM t"), "2");
+    }
+}

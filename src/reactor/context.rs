@@ -107,6 +107,9 @@ pub struct Shared {
     /// pgmulti-issued process id → session, for CancelRequest.
     pub cancel_index: HashMap<u32, ConnKey>,
     pub cancel_asks: Vec<CancelAsk>,
+    /// Node backends (address, pid, secret) whose running statement pgmulti cancels
+    /// itself (`node_response_timeout`).
+    pub backend_cancels: Vec<(std::net::SocketAddr, u32, u32)>,
     /// The node backends behind each client pid (notifications, pg_terminate_backend).
     pub pids: crate::session::pids::Pids,
     pub next_process_id: u32,

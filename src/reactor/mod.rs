@@ -510,7 +510,8 @@ impl Reactor {
     }
 
     /// CancelRequests clients sent: check the key against the session it names and open a
-    /// connection to that session's node to pass PostgreSQL's own key on.
+    /// connection to that session's node to pass PostgreSQL's own key on; and the cancels
+    /// sessions ask for themselves (`backend_cancels`).
     fn forward_cancels(&mut self, now: Instant) {
         for ask in std::mem::take(&mut self.shared.cancel_asks) {
             let Some(&key) = self.shared.cancel_index.get(&ask.process_id) else {
@@ -529,20 +530,21 @@ impl Reactor {
                     continue;
                 }
             };
-            for (addr, pid, secret) in targets {
-                let key = self.new_key();
-                let mut cx = context!(self, key, now);
-                match CancelConn::start(addr, pid, secret, &mut cx) {
-                    Ok(c) => {
-                        self.entries.insert(Entry {
-                            generation: key.generation,
-                            conn: Conn::Cancel(Box::new(c)),
-                            queued: false,
-                            closed: false,
-                        });
-                    }
-                    Err(e) => log::warn!("cancel request to {addr}: {e}"),
+            self.shared.backend_cancels.extend(targets);
+        }
+        for (addr, pid, secret) in std::mem::take(&mut self.shared.backend_cancels) {
+            let key = self.new_key();
+            let mut cx = context!(self, key, now);
+            match CancelConn::start(addr, pid, secret, &mut cx) {
+                Ok(c) => {
+                    self.entries.insert(Entry {
+                        generation: key.generation,
+                        conn: Conn::Cancel(Box::new(c)),
+                        queued: false,
+                        closed: false,
+                    });
                 }
+                Err(e) => log::warn!("cancel request to {addr}: {e}"),
             }
         }
     }
@@ -959,6 +961,7 @@ impl Shared {
             cluster,
             cancel_index: HashMap::new(),
             cancel_asks: Vec::new(),
+            backend_cancels: Vec::new(),
             pids: Default::default(),
             next_process_id: FIRST_OWN_PID + (std::process::id() & 0xffff),
             stats: Default::default(),

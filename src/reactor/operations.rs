@@ -569,7 +569,11 @@ impl Operations {
             shared.health_now.push(c.node);
         }
         let tag = c.kind.command();
-        log::info!("{tag} {}: done ({note})", c.node);
+        let outcome = match c.kind {
+            Kind::Attach | Kind::Recover => "node is up",
+            Kind::Promote | Kind::Switchover => "node is the primary",
+        };
+        log::info!("{tag} {}: {outcome} ({note})", c.node);
         shared.cluster.nodes[c.node as usize].note = note;
         let mut a = Vec::new();
         backend::command_complete(&mut a, tag);

@@ -580,6 +580,14 @@ impl Session {
 
     fn on_idle_timer(&mut self, cx: &mut Context) -> Transition {
         self.idle_timer = None;
+        if self.state == State::Replicating && !self.repl.is_idle() {
+            if let Err(t) = self.check_late_nodes(cx) {
+                return t;
+            }
+            // Keep sweeping while a request runs: no node answer may wake the session.
+            self.idle_timer = Some(cx.schedule(IDLE_SWEEP, TimerKind::Idle));
+            return self.on_replicate(cx);
+        }
         let idle_for = cx.now.saturating_duration_since(self.last_activity);
         let limit = cx.shared.config.client_idle_timeout;
         if !limit.is_zero() && idle_for >= limit && self.tx_status == b'I' {

@@ -207,6 +207,12 @@ struct Request {
     /// An error pgmulti reports before ReadyForQuery.
     error: Option<(&'static str, String)>,
     phase_started: Instant,
+    /// `node_response_timeout`: since when (first seen by the sweep) the voice has
+    /// answered the phase that started at `.0` while other nodes still run it, and whether
+    /// their statements were canceled.
+    others_late_since: Option<(Instant, Instant, bool)>,
+    /// The late nodes' statements were canceled: what the client is told if it fails.
+    late_note: Option<String>,
     /// This request is pgmulti's own catalog query, run before the client's `original`.
     probe: Option<Probe>,
     /// The request changes the schema: cached column defaults are stale afterwards.
@@ -267,6 +273,18 @@ impl Request {
             && self.running.iter().any(|run| !run.pending.is_empty())
     }
 
+    /// The 40001 message when the nodes' results differed (`race_message`), saying so when
+    /// a late node's statement was canceled.
+    fn race_message(&self) -> String {
+        match &self.late_note {
+            Some(note) => format!(
+                "could not replicate \"{}\": {note}; it was rolled back on every node and can be retried",
+                self.text
+            ),
+            None => race_message(&self.text),
+        }
+    }
+
     fn new(main: Vec<u8>, text: String, plan: Plan, lead: u8, voice: u8, now: Instant) -> Request {
         Request {
             main,
@@ -285,6 +303,8 @@ impl Request {
             copy_in: false,
             error: None,
             phase_started: now,
+            others_late_since: None,
+            late_note: None,
             probe: None,
             ddl: false,
             voice_lost: None,
@@ -468,6 +488,68 @@ impl Session {
             progress = true;
         }
         Ok(progress)
+    }
+
+    /// `node_response_timeout`, from the session's 1 s sweep while a request runs: nodes
+    /// still running a phase whose voice answered more than the limit ago have their
+    /// statement canceled (a lock wait only they have, a stuck backend). Their answer then
+    /// comes at once (an error: the nodes disagree, the request is rolled back everywhere
+    /// and fails with 40001, as for a race) and is voted on as usual: canceling a statement
+    /// that had just finished changes nothing. A node that does not answer the cancel
+    /// within the limit either loses this session's connection (`lose_connection`: 40001,
+    /// health-checked; detached only if a COMMIT was sent to it).
+    pub(super) fn check_late_nodes(&mut self, cx: &mut Context) -> Result<(), Transition> {
+        let limit = cx.shared.config.node_response_timeout;
+        let Some(r) = self.repl.request.as_mut().filter(|_| !limit.is_zero()) else {
+            return Ok(());
+        };
+        if !r.waits_for_others() {
+            r.others_late_since = None;
+            return Ok(());
+        }
+        let (since, canceled) = match r.others_late_since {
+            Some((phase, since, canceled)) if phase == r.phase_started => (since, canceled),
+            _ => {
+                r.others_late_since = Some((r.phase_started, cx.now, false));
+                (cx.now, false)
+            }
+        };
+        let waited = cx.now.saturating_duration_since(since);
+        if waited < limit {
+            return Ok(());
+        }
+        let voice = r.voice;
+        let late: Vec<u8> = r
+            .running
+            .iter()
+            .filter(|run| run.node != voice && !run.pending.is_empty())
+            .map(|run| run.node)
+            .collect();
+        let limit_text = crate::config::format_duration(limit);
+        if !canceled {
+            r.others_late_since = Some((r.phase_started, since, true));
+            let note = format!(
+                "node(s) {late:?} did not answer within node_response_timeout ({limit_text}) after node {voice} did, and the statement was canceled there"
+            );
+            log::warn!("{} \"{}\": {note}", self.prefix, r.text);
+            r.late_note = Some(note);
+            for n in self.nodes.iter().filter(|n| late.contains(&n.index)) {
+                if let Some((pid, secret)) = n.backend_key {
+                    cx.shared.backend_cancels.push((n.addr, pid, secret));
+                }
+            }
+            return Ok(());
+        }
+        if waited < 2 * limit {
+            return Ok(());
+        }
+        for id in late {
+            let why = format!(
+                "no answer within node_response_timeout ({limit_text}) after node {voice} answered, nor to the cancel of its statement"
+            );
+            self.lose_connection(id, &why, cx)?;
+        }
+        Ok(())
     }
 
     /// This session's connection to a node failed. One lost connection is not a lost node
@@ -1161,7 +1243,7 @@ impl Session {
                 r.text,
                 compare::describe(&r.answers)
             );
-            r.error.get_or_insert(("40001", race_message(&r.text)));
+            r.error.get_or_insert(("40001", r.race_message()));
         }
         for seg in &mut phase.segments {
             if *seg == Segment::Wrapper("COMMIT") {
@@ -1288,7 +1370,7 @@ impl Session {
                 // Every node failed: the client has the voice's own error, and nobody is at
                 // fault for failing differently.
                 if !all_failed {
-                    r.error.get_or_insert(("40001", race_message(&r.text)));
+                    r.error.get_or_insert(("40001", r.race_message()));
                     let faulty = cx.shared.cluster.disagreed(&verdict.differ, &verdict.agree);
                     self.detach_disagreeing(&faulty, cx);
                 }
@@ -1300,11 +1382,14 @@ impl Session {
                     compare::describe(&r.answers),
                     verdict.differ
                 );
+                // Not contained (other replicas committed already): the nodes that differ
+                // lack what the others committed.
+                let why = match &r.late_note {
+                    Some(_) => format!("it did not answer \"{}\" within node_response_timeout and its statement was canceled, while the other nodes committed it", r.text),
+                    None => format!("its answer differed from the majority on \"{}\"", r.text),
+                };
                 for id in &verdict.differ {
-                    cx.shared.cluster.detach(
-                        *id,
-                        &format!("its answer differed from the majority on \"{}\"", r.text),
-                    );
+                    cx.shared.cluster.detach(*id, &why);
                     self.drop_node(*id, cx);
                 }
                 if verdict.differ.contains(&r.voice) {
