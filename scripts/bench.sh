@@ -6,7 +6,7 @@
 #   --quick      scale 10, 2 rounds of 1 s runs, clients 8 and 64, 1,000 idle clients for the
 #                memory test: 3 to 4 minutes on 2 cores. Default (full): scale 50, 3 rounds x
 #                10 s, clients 1 8 64 256, 5,000 idle clients: about 75 minutes on 2 cores
-#                (3 rounds x 5 s: 42 minutes).
+#                (3 rounds x 5 s: 42 minutes). The streaming targets add about 40% to both.
 #   --out FILE   where the Markdown report goes (default docs/benchmarks.md); the chart is
 #                written next to it as <name>-select.svg (docs/benchmarks-select.svg)
 #   --keep       keep the work folder (node data, configs, logs, raw results)

@@ -231,7 +231,7 @@ def main():
       "scripts/bench.sh                    # full, ~75 min: scale 50, 3 rounds x 10 s, clients 1 8 64 256\n"
       "scripts/bench.sh --quick --rev HEAD # a committed revision instead of the working tree\n"
       "scripts/bench.sh --keep --out /tmp/b.md   # keep the work folder (configs, logs, raw TSV)\n"
-      "# the streaming comparison alone, beside replication mode and pgpool-II (about 5 min with --quick):\n"
+      "# the streaming comparison, beside replication mode and pgpool-II (--quick: about 10 min):\n"
       "BENCH_TARGETS=\"direct repl_sync pgpool stream stream_noryw pgpool_stream\" scripts/bench.sh --quick --out /tmp/b.md\n```\n")
     o("The script installs `pgbouncer` and `pgpool2` with apt-get when run as root and they are "
       "missing (an ordinary user must install them first), builds pgmulti with "
