@@ -682,7 +682,23 @@ impl Session {
         if was_voice {
             r.voice = new_lead;
             r.voice_lost = Some(id);
-            if unfinished && committed_on_survivors {
+            // The new voice's own COMMIT answer came while it was a replica, so the client
+            // never saw it (nor one from the lost voice): pgmulti says COMMIT for it.
+            let shown = r.answers.iter().any(|(n, o)| *n == id && !o.is_empty());
+            let new_voice_committed = r.class == plan::Class::Commit
+                && !shown
+                && r.answers.iter().any(|(n, o)| {
+                    *n == new_lead
+                        && !o.is_empty()
+                        && o.iter().all(|x| matches!(x, Outcome::Complete(_)))
+                });
+            if !unfinished && new_voice_committed {
+                log::warn!(
+                    "{} node {id} failed before its COMMIT; node {new_lead} had committed",
+                    self.prefix
+                );
+                r.complete_tag = Some("COMMIT");
+            } else if unfinished && committed_on_survivors {
                 log::warn!(
                     "{} node {id} failed during COMMIT; the other nodes had committed",
                     self.prefix
