@@ -135,6 +135,86 @@ pub fn before_commit(
     }
 }
 
+/// How a request's answers settle once every node has answered (`settle`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Settlement {
+    /// The nodes agree.
+    Agreed(Verdict),
+    /// Every node failed: the client has the voice's own error; nobody is at fault for
+    /// failing differently.
+    AllFailed,
+    /// They differ and nothing of it is committed anywhere (`contained`): it fails with
+    /// 40001 as a race between clients; the nodes that differ count a disagreement.
+    Race(Verdict),
+    /// They differ and the majority has committed it: the nodes that differ lack it and are
+    /// detached; `voice_differs`: what the client was told is not what the others did.
+    Diverged {
+        verdict: Verdict,
+        voice_differs: bool,
+    },
+}
+
+/// Settle `answers` (node id, outcomes). `contained`: nothing of the request is committed
+/// on any node (pgmulti rolled its own transaction back, or the client's transaction is
+/// still open and now fails).
+pub fn settle(answers: &[(u8, Vec<Outcome>)], lead: u8, voice: u8, contained: bool) -> Settlement {
+    let verdict = vote(answers, lead);
+    if verdict.differ.is_empty() {
+        Settlement::Agreed(verdict)
+    } else if all_failed(answers) {
+        Settlement::AllFailed
+    } else if contained {
+        Settlement::Race(verdict)
+    } else {
+        let voice_differs = verdict.differ.contains(&voice);
+        Settlement::Diverged {
+            verdict,
+            voice_differs,
+        }
+    }
+}
+
+/// What the client is told when the node whose answers it gets (the voice) fails during a
+/// request (`after_voice_lost`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum VoiceLost {
+    /// The request was a COMMIT that other nodes (which run it first) committed, and the
+    /// client has seen no answer to it: it is told COMMIT.
+    Committed,
+    /// The voice failed while it ran a statement of the request: it fails with 40001.
+    Fails,
+    /// Nothing to add: the new voice goes on answering (or the client already has the
+    /// answer).
+    Nothing,
+}
+
+/// The voice `lost` failed; `new_voice` takes over. `unfinished`: the lost node was still
+/// running a statement of the request (not only pgmulti's own BEGIN/COMMIT wrappers).
+/// `answers` are the outcomes recorded so far (a replica's are not shown to the client).
+pub fn after_voice_lost(
+    commit: bool,
+    answers: &[(u8, Vec<Outcome>)],
+    lost: u8,
+    new_voice: u8,
+    unfinished: bool,
+) -> VoiceLost {
+    let committed = |n: u8| {
+        answers.iter().any(|(id, o)| {
+            *id == n && !o.is_empty() && o.iter().all(|x| matches!(x, Outcome::Complete(_)))
+        })
+    };
+    let others_committed = answers.iter().any(|(id, _)| *id != lost && committed(*id));
+    let shown = answers.iter().any(|(id, o)| *id == lost && !o.is_empty());
+    match (commit, unfinished) {
+        (true, true) if others_committed => VoiceLost::Committed,
+        (_, true) => VoiceLost::Fails,
+        // Its COMMIT was not sent yet: the new voice's answer to the replicas' COMMIT came
+        // while it was not the voice, so the client never saw it.
+        (true, false) if !shown && committed(new_voice) => VoiceLost::Committed,
+        _ => VoiceLost::Nothing,
+    }
+}
+
 /// "node 0: ok 1; node 1: ok 1; node 2: ok 0" for the WARNING line.
 pub fn describe(answers: &[(u8, Vec<Outcome>)]) -> String {
     let mut s = String::new();
@@ -266,5 +346,116 @@ mod tests {
             (1, vec![Outcome::Complete(None)])
         ]));
         assert!(!all_failed(&[]));
+    }
+
+    /// The races of docs/replication.md, as the nodes' answers arrive in the order the test
+    /// chooses: what the request settles to.
+    #[test]
+    fn a_race_inside_a_transaction_fails_it_and_a_committed_divergence_detaches() {
+        // Queue claim (`WHERE id = (SELECT min(id) …)`) inside BEGIN: replica 2 saw another
+        // transaction's commit the lead did not and its effect check differs.
+        let claim = [
+            a(0, &[Complete(Some(1))]),
+            a(1, &[Complete(Some(1))]),
+            a(2, &[Differs(1)]),
+        ];
+        match settle(&claim, 0, 0, true) {
+            Settlement::Race(v) => assert_eq!(v.differ, vec![2]),
+            other => panic!("{other:?}"),
+        }
+        // The same as an autocommit write whose replicas committed before the vote: node 2
+        // lacks what the others committed.
+        assert_eq!(
+            settle(&claim, 0, 0, false),
+            Settlement::Diverged {
+                verdict: Verdict {
+                    agree: vec![0, 1],
+                    differ: vec![2]
+                },
+                voice_differs: false
+            }
+        );
+        // The lead alone saw the other rows: the client was told what the others did not.
+        let lead_alone = [
+            a(0, &[Complete(Some(0))]),
+            a(1, &[Complete(Some(1))]),
+            a(2, &[Complete(Some(1))]),
+        ];
+        assert!(matches!(
+            settle(&lead_alone, 0, 0, false),
+            Settlement::Diverged {
+                voice_differs: true,
+                ..
+            }
+        ));
+        // Guarded transfer on two nodes: the lead deadlocked (40P01), the replica did not; a
+        // tie goes to the lead's side, and it is a race.
+        let transfer = [a(0, &[Error("40P01".into())]), a(1, &[Complete(Some(1))])];
+        match settle(&transfer, 0, 0, true) {
+            Settlement::Race(v) => assert_eq!((v.agree, v.differ), (vec![0], vec![1])),
+            other => panic!("{other:?}"),
+        }
+        // A replica canceled by node_response_timeout (57014) inside a transaction.
+        let late = [
+            a(0, &[Complete(Some(1))]),
+            a(1, &[Error("57014".into())]),
+            a(2, &[Complete(Some(1))]),
+        ];
+        assert!(matches!(settle(&late, 0, 0, true), Settlement::Race(_)));
+        // Every node failed, each its own way: nobody is at fault.
+        let failed = [
+            a(0, &[Error("23505".into())]),
+            a(1, &[Error("40001".into())]),
+        ];
+        assert_eq!(settle(&failed, 0, 0, true), Settlement::AllFailed);
+        assert_eq!(settle(&failed, 0, 0, false), Settlement::AllFailed);
+        let agreed = [a(0, &[Complete(Some(3))]), a(1, &[Complete(Some(3))])];
+        assert!(matches!(
+            settle(&agreed, 0, 0, false),
+            Settlement::Agreed(_)
+        ));
+    }
+
+    /// The lead (the voice) dies at each point of a COMMIT, which the replicas run first.
+    #[test]
+    fn the_voice_lost_during_a_commit_is_answered_by_what_the_others_did() {
+        let ok = || vec![Complete(None)];
+        // Its COMMIT in flight, the replicas committed: the transaction is committed.
+        let answers = [(1, ok()), (2, ok())];
+        assert_eq!(
+            after_voice_lost(true, &answers, 0, 1, true),
+            VoiceLost::Committed
+        );
+        // Its COMMIT not sent yet: node 1 answered COMMIT while it was a replica (not shown
+        // to the client), then the lead died; the client must still hear COMMIT.
+        let answers = [(1, ok())];
+        assert_eq!(
+            after_voice_lost(true, &answers, 0, 1, false),
+            VoiceLost::Committed
+        );
+        // ... but node 1 had not answered yet: its answer, as the new voice, will be shown.
+        assert_eq!(after_voice_lost(true, &[], 0, 1, false), VoiceLost::Nothing);
+        // The lead had answered (the client has its COMMIT) and died after: nothing twice.
+        let answers = [(0, ok()), (1, ok())];
+        assert_eq!(
+            after_voice_lost(true, &answers, 0, 1, false),
+            VoiceLost::Nothing
+        );
+        // Its COMMIT in flight and no replica committed (they failed): the COMMIT fails.
+        let answers = [(1, vec![Error("40001".into())])];
+        assert_eq!(
+            after_voice_lost(true, &answers, 0, 1, true),
+            VoiceLost::Fails
+        );
+        // A write the lead was running: it fails, whatever the replicas did.
+        let answers = [(1, vec![Complete(Some(1))])];
+        assert_eq!(
+            after_voice_lost(false, &answers, 0, 1, true),
+            VoiceLost::Fails
+        );
+        assert_eq!(
+            after_voice_lost(false, &answers, 0, 1, false),
+            VoiceLost::Nothing
+        );
     }
 }

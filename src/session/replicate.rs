@@ -674,53 +674,37 @@ impl Session {
                 r.plan.phases.extend(rest);
             }
         }
-        // COMMIT runs on the replicas first: if they committed, the transaction is committed.
-        let committed_on_survivors = r.class == plan::Class::Commit
-            && r.answers.iter().any(|(n, o)| {
-                *n != id && !o.is_empty() && o.iter().all(|x| matches!(x, Outcome::Complete(_)))
-            });
         if was_voice {
             r.voice = new_lead;
             r.voice_lost = Some(id);
-            // The new voice's own COMMIT answer came while it was a replica, so the client
-            // never saw it (nor one from the lost voice): pgmulti says COMMIT for it.
-            let shown = r.answers.iter().any(|(n, o)| *n == id && !o.is_empty());
-            let new_voice_committed = r.class == plan::Class::Commit
-                && !shown
-                && r.answers.iter().any(|(n, o)| {
-                    *n == new_lead
-                        && !o.is_empty()
-                        && o.iter().all(|x| matches!(x, Outcome::Complete(_)))
-                });
-            if !unfinished && new_voice_committed {
-                log::warn!(
-                    "{} node {id} failed before its COMMIT; node {new_lead} had committed",
-                    self.prefix
-                );
-                r.complete_tag = Some("COMMIT");
-            } else if unfinished && committed_on_survivors {
-                log::warn!(
-                    "{} node {id} failed during COMMIT; the other nodes had committed",
-                    self.prefix
-                );
-                r.complete_tag = Some("COMMIT");
-            } else if unfinished {
-                log::warn!(
-                    "{} node {id} failed while answering \"{}\"; the statement fails",
-                    self.prefix,
-                    r.text
-                );
-                r.error = Some((
-                    "40001",
-                    format!("node {id} failed while running this statement ({why}); it was not committed and can be retried"),
-                ));
-                // Nothing more of this request runs; survivors inside pgmulti's own BEGIN roll back.
-                r.next_phase = r.plan.phases.len();
-                if autocommit {
-                    r.plan
-                        .phases
-                        .push(plan::phase(Targets::All, &[Segment::Wrapper("ROLLBACK")]));
+            let commit = r.class == plan::Class::Commit;
+            match compare::after_voice_lost(commit, &r.answers, id, new_lead, unfinished) {
+                compare::VoiceLost::Committed => {
+                    log::warn!(
+                        "{} node {id} failed during COMMIT; the other nodes had committed",
+                        self.prefix
+                    );
+                    r.complete_tag = Some("COMMIT");
                 }
+                compare::VoiceLost::Fails => {
+                    log::warn!(
+                        "{} node {id} failed while answering \"{}\"; the statement fails",
+                        self.prefix,
+                        r.text
+                    );
+                    r.error = Some((
+                        "40001",
+                        format!("node {id} failed while running this statement ({why}); it was not committed and can be retried"),
+                    ));
+                    // Nothing more of this request runs; survivors inside pgmulti's own BEGIN roll back.
+                    r.next_phase = r.plan.phases.len();
+                    if autocommit {
+                        r.plan
+                            .phases
+                            .push(plan::phase(Targets::All, &[Segment::Wrapper("ROLLBACK")]));
+                    }
+                }
+                compare::VoiceLost::Nothing => {}
             }
         }
         Ok(())
@@ -1361,58 +1345,58 @@ impl Session {
         // Streaming mode: the standbys only ever run session state and reads; PostgreSQL's
         // own replication keeps their data, so their answers are not voted on.
         if r.answers.len() > 1 && !cx.shared.cluster.streaming {
-            let verdict = compare::vote(&r.answers, r.lead);
             // Nothing of the write is committed anywhere when pgmulti rolled its own
             // transaction back or the client's is still open (it fails now): a race between
             // clients looks like this, so the nodes are not at fault yet.
-            let all_failed = compare::all_failed(&r.answers);
-            let contained = r.rolled_back
-                || (self.repl.tx.view.open && r.class == plan::Class::Write)
-                || all_failed;
-            if verdict.differ.is_empty() {
+            let contained =
+                r.rolled_back || (self.repl.tx.view.open && r.class == plan::Class::Write);
+            match compare::settle(&r.answers, r.lead, r.voice, contained) {
                 // Only agreeing on data ends a run of disagreements (not SET or ROLLBACK).
-                if matches!(r.class, plan::Class::Write | plan::Class::CopyIn) {
-                    cx.shared.cluster.agreed(&verdict.agree);
+                compare::Settlement::Agreed(verdict) => {
+                    if matches!(r.class, plan::Class::Write | plan::Class::CopyIn) {
+                        cx.shared.cluster.agreed(&verdict.agree);
+                    }
                 }
-            } else if contained {
-                if !r.rolled_back {
-                    log::info!(
-                        "{} nodes disagree on \"{}\": {}; the transaction fails",
-                        self.prefix,
-                        r.text,
-                        compare::describe(&r.answers)
-                    );
-                }
-                // Every node failed: the client has the voice's own error, and nobody is at
-                // fault for failing differently.
-                if !all_failed {
+                compare::Settlement::AllFailed => {}
+                compare::Settlement::Race(verdict) => {
+                    if !r.rolled_back {
+                        log::info!(
+                            "{} nodes disagree on \"{}\": {}; the transaction fails",
+                            self.prefix,
+                            r.text,
+                            compare::describe(&r.answers)
+                        );
+                    }
                     r.error.get_or_insert(("40001", r.race_message()));
                     let faulty = cx.shared.cluster.disagreed(&verdict.differ, &verdict.agree);
                     self.detach_disagreeing(&faulty, cx);
                 }
-            } else {
-                log::warn!(
-                    "{} nodes disagree on \"{}\": {}; detaching node(s) {:?}",
-                    self.prefix,
-                    r.text,
-                    compare::describe(&r.answers),
-                    verdict.differ
-                );
-                // Not contained (other replicas committed already): the nodes that differ
-                // lack what the others committed.
-                let why = match &r.late_note {
-                    Some(_) => format!("it did not answer \"{}\" within node_response_timeout and its statement was canceled, while the other nodes committed it", r.text),
-                    None => format!("its answer differed from the majority on \"{}\"", r.text),
-                };
-                for id in &verdict.differ {
-                    cx.shared.cluster.detach(*id, &why);
-                    self.drop_node(*id, cx);
-                }
-                if verdict.differ.contains(&r.voice) {
-                    r.error = Some((
-                        "40003",
-                        format!("node {} answered differently from the other nodes and was detached; this statement's outcome on the remaining nodes differs from what was reported", r.voice),
-                    ));
+                compare::Settlement::Diverged {
+                    verdict,
+                    voice_differs,
+                } => {
+                    log::warn!(
+                        "{} nodes disagree on \"{}\": {}; detaching node(s) {:?}",
+                        self.prefix,
+                        r.text,
+                        compare::describe(&r.answers),
+                        verdict.differ
+                    );
+                    // The nodes that differ lack what the others committed.
+                    let why = match &r.late_note {
+                        Some(_) => format!("it did not answer \"{}\" within node_response_timeout and its statement was canceled, while the other nodes committed it", r.text),
+                        None => format!("its answer differed from the majority on \"{}\"", r.text),
+                    };
+                    for id in &verdict.differ {
+                        cx.shared.cluster.detach(*id, &why);
+                        self.drop_node(*id, cx);
+                    }
+                    if voice_differs {
+                        r.error = Some((
+                            "40003",
+                            format!("node {} answered differently from the other nodes and was detached; this statement's outcome on the remaining nodes differs from what was reported", r.voice),
+                        ));
+                    }
                 }
             }
         }
