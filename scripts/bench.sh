@@ -934,6 +934,24 @@ measure_idle_clients() { # TARGET-NAME PID PORT DB COUNT NOTE
     say "memory $name: $ok idle clients, RSS $idle -> $half ($held1 clients) -> $rss KiB; $per KiB per client, marginal $marg"
 }
 
+# The node-side cost of replication's effect checks (docs/replication.md): one keyed UPDATE as
+# written, as the lead runs it (RETURNING key and row md5) and as a replica runs it (a CTE that
+# sums the rows' hashes), pgbench -c 8 straight on node 0, alternating, ROUNDS x DURATION each.
+EFFECTS=$WORK/effect_cost.tsv   # round form tps
+effect_cost_test() {
+    local round form tps
+    printf 'round\tform\ttps\n' >"$EFFECTS"
+    for ((round = 1; round <= ROUNDS; round++)); do
+        for form in plain lead replica; do
+            tps=$(pgbench -h 127.0.0.1 -p "${NODE_PORT[0]}" -U postgres -n -c 8 -j "$THREADS" -T "$DURATION" \
+                -D scale="$SCALE" -f "$HERE/effects/$form.sql" bench_direct 2>&1 |
+                sed -n 's/^tps = \([0-9.]*\).*/\1/p')
+            printf '%s\t%s\t%s\n' "$round" "$form" "${tps:-0}" >>"$EFFECTS"
+        done
+    done
+    say "effect checks: $(awk -F'\t' 'NR > 1 {s[$2] = s[$2] " " int($3)} END {for (f in s) printf "%s:%s  ", f, s[f]}' "$EFFECTS")"
+}
+
 memory_test() {
     local n=$MEM_CLIENTS note=""
     # Each needs n descriptors (pgmulti 2n: client + node connection each).
@@ -1114,6 +1132,9 @@ echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$WORK/meta.env"
 
 say "concurrent writes: $CW_DURATION s per workload and target"
 concurrency_test
+
+say "effect checks: what verifying a write's effect costs the nodes"
+effect_cost_test
 
 say "memory test: $MEM_CLIENTS idle clients"
 memory_test

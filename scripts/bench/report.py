@@ -534,6 +534,29 @@ def main():
     else:
         o("Not measured.\n")
 
+    # --- effect checks -------------------------------------------------------------------------
+    o("## Cost of effect checks on the nodes\n")
+    effects = read_tsv(os.path.join(W, "effect_cost.tsv")) if os.path.exists(os.path.join(W, "effect_cost.tsv")) else []
+    if effects:
+        med = {}
+        for form in ("plain", "lead", "replica"):
+            vals = sorted(float(e["tps"]) for e in effects if e["form"] == form)
+            med[form] = vals[len(vals) // 2] if vals else None
+        o("| Form of the statement | median TPS on node 0 | / as written |")
+        o("|---|---:|---:|")
+        for form, label in (("plain", "as written (`UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid`)"),
+                            ("lead", "as the lead runs it (`… RETURNING aid::text, md5(ROW(pgbench_accounts.*)::text)`)"),
+                            ("replica", "as a replica runs it (keyed, in a CTE summing the rows' hashes)")):
+            o(f"| {label} | {fnum(med[form])} | {fratio(ratio(med[form], med['plain']))} |")
+        o("\npgbench -c 8 straight on node 0 (no pgmulti), the three forms alternating, "
+          f"{meta.get('rounds')} rounds × {meta.get('duration')} s (`scripts/bench/effects/`). Only writes whose "
+          "outcome depends on what a node sees (subquery predicates, `SKIP LOCKED`, volatile predicates; "
+          "docs/replication.md) take these forms; a keyed statement such as TPC-B's runs as written, so the "
+          "TPC-B figures above pay none of it. The cost is the node's: hashing each changed row and, on the "
+          "replicas, the CTE; pgmulti's side (reading the lead's RETURNING rows) is small beside it.\n")
+    else:
+        o("Not measured.\n")
+
     # --- memory --------------------------------------------------------------------------------
     o("## Memory: idle client connections\n")
     if memory:
