@@ -289,8 +289,18 @@ fn a_flush_after_sync_does_not_hang_the_session() {
 /// client's write succeeds.
 #[test]
 fn a_replica_that_does_not_answer_in_time_is_canceled_instead_of_waited_for() {
+    late_replica("sync", "late_replica");
+}
+
+/// The same with `write_ack = async`, where the COMMIT waits for the replicas running the
+/// transaction's statements behind the lead.
+#[test]
+fn a_replica_behind_an_async_commit_is_canceled_instead_of_waited_for() {
+    late_replica("async", "late_replica_async");
+}
+
+fn late_replica(write_ack: &str, db: &str) {
     let [n0, n1, n2] = nodes();
-    let db = "late_replica";
     for n in nodes() {
         n.fresh_db(db, "postgres");
     }
@@ -300,6 +310,7 @@ fn a_replica_that_does_not_answer_in_time_is_canceled_instead_of_waited_for() {
             .backend(n1.host(), n1.port())
             .backend(n2.host(), n2.port())
             .line("admin_users = 'postgres'")
+            .line(&format!("write_ack = {write_ack}"))
             .line("node_response_timeout = '2s'"),
     );
     let out = pm.psql(
@@ -341,7 +352,8 @@ fn a_replica_that_does_not_answer_in_time_is_canceled_instead_of_waited_for() {
         outcome.expect_err("the transaction committed while node 1 could not run it");
     assert!(
         retryable && message.contains("node_response_timeout"),
-        "after {took:?}: {message}"
+        "after {took:?}: {message}\n{}",
+        pm.log()
     );
     eprintln!("in a transaction: failed after {took:?}: {message}");
     dba.batch_execute("COMMIT").unwrap();
@@ -350,6 +362,9 @@ fn a_replica_that_does_not_answer_in_time_is_canceled_instead_of_waited_for() {
     assert_eq!(bump(&mut c).unwrap(), 1);
     all_up_with(&pm, db, 1);
 
+    if write_ack == "async" {
+        return; // an autocommit write is not run behind
+    }
     dba.batch_execute("BEGIN; SELECT * FROM t WHERE id = 1 FOR UPDATE")
         .unwrap();
     let (outcome, took) = within(bump);

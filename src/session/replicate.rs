@@ -8,7 +8,7 @@
 //! `replication::plan`; the vote from `replication::compare`. This file only moves messages.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::node::NodeConn;
 use super::pids;
@@ -72,6 +72,10 @@ pub struct Replication {
     statements: Statements,
     /// A COMMIT waiting for `behind` to finish.
     parked: Option<Vec<u8>>,
+    /// `node_response_timeout` for the parked COMMIT: since when it waits, and whether the
+    /// late replicas' statements were canceled.
+    parked_late: Option<(Instant, bool)>,
+
     /// Session-state statements (SET, PREPARE, …) sent as simple Queries, oldest first,
     /// each once: replayed to a node that joins the session.
     pub(super) session_sql: Vec<Vec<u8>>,
@@ -135,6 +139,9 @@ struct Tx {
     /// A node's connection was lost while the transaction was open: its statements are
     /// answered with this (40001), not 25P02, until it ends.
     lost: Option<String>,
+    /// `write_ack = async`: statements of the transaction were canceled on late replicas
+    /// (`node_response_timeout`); what its COMMIT's failure says.
+    late_note: Option<String>,
 }
 
 impl Tx {
@@ -500,7 +507,13 @@ impl Session {
     /// health-checked; detached only if a COMMIT was sent to it).
     pub(super) fn check_late_nodes(&mut self, cx: &mut Context) -> Result<(), Transition> {
         let limit = cx.shared.config.node_response_timeout;
-        let Some(r) = self.repl.request.as_mut().filter(|_| !limit.is_zero()) else {
+        if limit.is_zero() {
+            return Ok(());
+        }
+        if self.repl.request.is_none() && self.repl.parked.is_some() {
+            return self.check_late_behind(limit, cx);
+        }
+        let Some(r) = self.repl.request.as_mut() else {
             return Ok(());
         };
         if !r.waits_for_others() {
@@ -532,7 +545,11 @@ impl Session {
                 "node(s) {late:?} did not answer within node_response_timeout ({limit_text}) after node {voice} did, and the statement was canceled there"
             );
             log::warn!("{} \"{}\": {note}", self.prefix, r.text);
-            r.late_note = Some(note);
+            r.late_note = Some(note.clone());
+            if cx.shared.config.write_ack == crate::config::WriteAck::Async {
+                // A disagreement may only show at COMMIT.
+                self.repl.tx.late_note = Some(note);
+            }
             for n in self.nodes.iter().filter(|n| late.contains(&n.index)) {
                 if let Some((pid, secret)) = n.backend_key {
                     cx.shared.backend_cancels.push((n.addr, pid, secret));
@@ -546,6 +563,52 @@ impl Session {
         for id in late {
             let why = format!(
                 "no answer within node_response_timeout ({limit_text}) after node {voice} answered, nor to the cancel of its statement"
+            );
+            self.lose_connection(id, &why, cx)?;
+        }
+        Ok(())
+    }
+
+    /// `write_ack = async`: the COMMIT waits for replicas still running the transaction's
+    /// statements (`behind`). As `check_late_nodes`: after `limit` their statements are
+    /// canceled (the COMMIT then fails with 40001 as the answers differ), after twice that
+    /// they lose this session's connection.
+    fn check_late_behind(&mut self, limit: Duration, cx: &mut Context) -> Result<(), Transition> {
+        let Some((since, canceled)) = self.repl.parked_late else {
+            return Ok(());
+        };
+        let waited = cx.now.saturating_duration_since(since);
+        if waited < limit {
+            return Ok(());
+        }
+        let late: Vec<u8> = self
+            .repl
+            .behind
+            .iter()
+            .filter(|b| !b.pending.is_empty())
+            .map(|b| b.node)
+            .collect();
+        let limit_text = crate::config::format_duration(limit);
+        if !canceled {
+            let text = format!(
+                "node(s) {late:?} had not run the transaction's statements within node_response_timeout ({limit_text}) of the COMMIT, and they were canceled there"
+            );
+            log::warn!("{} {text}", self.prefix);
+            self.repl.parked_late = Some((since, true));
+            self.repl.tx.late_note = Some(text);
+            for n in self.nodes.iter().filter(|n| late.contains(&n.index)) {
+                if let Some((pid, secret)) = n.backend_key {
+                    cx.shared.backend_cancels.push((n.addr, pid, secret));
+                }
+            }
+            return Ok(());
+        }
+        if waited < limit * 2 {
+            return Ok(());
+        }
+        for id in late {
+            let why = format!(
+                "the transaction's statements did not finish within node_response_timeout ({limit_text}) of the COMMIT, nor after they were canceled"
             );
             self.lose_connection(id, &why, cx)?;
         }
@@ -1915,9 +1978,12 @@ impl Session {
     ) -> Option<Result<(), Transition>> {
         if !self.repl.behind.is_empty() {
             self.repl.parked = Some(msg.to_vec());
+            self.repl.parked_late = Some((cx.now, false));
             return Some(Ok(()));
         }
+        self.repl.parked_late = None;
         if self.repl.tx.async_answers.is_empty() {
+            self.repl.tx.late_note = None;
             return None;
         }
         let error = self.check_async_answers(lead, cx)?;
@@ -2210,6 +2276,7 @@ impl Session {
     /// At COMMIT with `write_ack = async`: compare what every node answered to the statements
     /// that ran behind; detach the minority. Some(message) when the transaction must fail.
     fn check_async_answers(&mut self, lead: u8, cx: &mut Context) -> Option<String> {
+        let late_note = self.repl.tx.late_note.take();
         let mut answers = std::mem::take(&mut self.repl.tx.async_answers);
         answers.retain(|(n, _)| cx.shared.cluster.is_up(*n));
         // A node that ran nothing behind (the lead's statements all failed) has no entry.
@@ -2230,9 +2297,13 @@ impl Session {
         );
         let faulty = cx.shared.cluster.disagreed(&verdict.differ, &verdict.agree);
         self.detach_disagreeing(&faulty, cx);
-        Some(
-            "COMMIT failed: the nodes' results for the transaction's statements differed (a concurrent transaction changed what they saw); it was rolled back on every node and can be retried".into(),
-        )
+        let why = match late_note {
+            Some(note) => note,
+            None => "the nodes' results for the transaction's statements differed (a concurrent transaction changed what they saw)".into(),
+        };
+        Some(format!(
+            "COMMIT failed: {why}; it was rolled back on every node and can be retried"
+        ))
     }
 
     /// Ask the lead's catalog about `tables` (`replication::catalog`) before running
