@@ -561,3 +561,47 @@ fn promote_node_makes_a_standby_the_primary_when_none_is_up() {
         "1"
     );
 }
+
+/// A session that committed reads from a standby as soon as one has replayed its commit,
+/// not a health check period later: pgmulti reads the standbys' positions when sessions
+/// commit (at most every 100 ms). The health checks here come every 60 s, so without that
+/// every read after a write would go to the primary.
+#[test]
+fn reads_after_a_commit_reach_a_standby_before_the_next_health_check() {
+    let primary = Node::start(NodeOptions::default());
+    let standby = Node::standby_of(&primary, &[]);
+    let conf = PgmultiConf::relay(&primary)
+        .mode("streaming")
+        .backend(standby.host(), standby.port())
+        .line("health_check_period = '60s'")
+        .line("admin_users = 'postgres'");
+    let pm = Pgmulti::start(&conf);
+    assert_eq!(wait_node(&pm, 1, ("up", "standby"), 10).1, "standby");
+    let mut c = connect(&pm.conn_str("postgres", "postgres"));
+    c.batch_execute("CREATE TABLE fresh (id int)").unwrap();
+    let mut on_standby = 0;
+    for i in 0..10 {
+        c.execute("INSERT INTO fresh VALUES ($1)", &[&i]).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let (port, seen): (i32, i64) = {
+            let row = c
+                .query_one(
+                    "SELECT inet_server_port(), (SELECT count(*) FROM fresh)",
+                    &[],
+                )
+                .unwrap();
+            (row.get(0), row.get(1))
+        };
+        assert_eq!(
+            seen,
+            i64::from(i) + 1,
+            "a read missed the session's own commit"
+        );
+        on_standby += usize::from(port == i32::from(standby.port()));
+    }
+    eprintln!("{on_standby} of 10 reads after a commit on the standby");
+    assert!(
+        on_standby >= 5,
+        "only {on_standby} of 10 reads after a commit reached the standby"
+    );
+}

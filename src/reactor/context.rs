@@ -135,6 +135,10 @@ pub struct Shared {
     pub health_retries: Vec<u8>,
     /// Nodes to check now: a session lost its connection to them.
     pub health_now: Vec<u8>,
+    /// `mode = streaming`: the furthest commit position a session's reads wait for a
+    /// standby to replay; 0 when none. The loop reads the positions of standbys that have
+    /// not replayed it yet sooner than the next health check (`POSITION_PROBE_INTERVAL`).
+    pub wanted_lsn: u64,
     /// Random cancel-key secrets not handed out yet.
     pub secrets: Vec<u32>,
     /// Drawn once: makes the SCRAM salt of a user that does not exist stable, as

@@ -67,6 +67,10 @@ const OPERATIONS_KEY: ConnKey = ConnKey {
 /// A health check retry of node n has key index `HEALTH_RETRY_BASE - n`, generation 0.
 const HEALTH_RETRY_BASE: u32 = u32::MAX - 2;
 
+/// `mode = streaming`: the standbys' replay positions are read at most this often for
+/// sessions that committed (`probe_positions`).
+const POSITION_PROBE_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Called on SIGHUP: re-reads the configuration and applies what can change live.
 pub type ReloadFn = fn(&mut Shared, &mut LogDrain);
 
@@ -119,6 +123,10 @@ pub struct Reactor {
     woken: bool,
     /// A round of health checks is on the timer wheel.
     health_scheduled: bool,
+    /// When the standbys' positions may be read again (`wanted_lsn`), and whether a wake-up
+    /// for then is armed.
+    next_position_probe: Instant,
+    position_wakeup: bool,
     /// `Cluster::changes` when sessions were last woken for it.
     cluster_changes: u64,
 }
@@ -172,6 +180,8 @@ impl Reactor {
             operations,
             woken: false,
             health_scheduled: false,
+            next_position_probe: Instant::now(),
+            position_wakeup: false,
         })
     }
 
@@ -227,6 +237,9 @@ impl Reactor {
             }
             for node in std::mem::take(&mut self.shared.health_now) {
                 self.start_health_check(node, now);
+            }
+            if self.shared.wanted_lsn > 0 {
+                self.probe_positions(now);
             }
             if let Some(node) = self.shared.cluster.promote_ask.take() {
                 self.start_promotion(node, now);
@@ -481,7 +494,8 @@ impl Reactor {
                 continue;
             }
             if t.key == OPERATIONS_KEY {
-                continue; // a deadline: advance_operations looks at it every pass
+                // A deadline, or the next standby position probe: the pass looks at both.
+                continue;
             }
             if t.key.generation == 0 {
                 let node = HEALTH_RETRY_BASE.saturating_sub(t.key.index);
@@ -736,6 +750,43 @@ impl Reactor {
         }
     }
 
+    /// `mode = streaming`: sessions committed up to `wanted_lsn`. Read the replay position
+    /// of each live standby that had not replayed that far (a health check each), at most
+    /// every `POSITION_PROBE_INTERVAL`, until all have: a session's reads then go to a
+    /// standby about as soon as one has its commit, not a health check period later.
+    fn probe_positions(&mut self, now: Instant) {
+        let wanted = self.shared.wanted_lsn;
+        let cluster = &self.shared.cluster;
+        let behind: Vec<u8> = cluster
+            .nodes
+            .iter()
+            .filter(|n| n.standby == Some(true) && cluster.is_up(n.id) && n.wal_lsn < wanted)
+            .map(|n| n.id)
+            .collect();
+        if behind.is_empty() {
+            self.shared.wanted_lsn = 0;
+            return;
+        }
+        if now < self.next_position_probe {
+            if !self.position_wakeup {
+                self.position_wakeup = true;
+                self.timers.schedule(
+                    self.next_position_probe,
+                    TimerEvent {
+                        key: OPERATIONS_KEY,
+                        kind: context::TimerKind::Deadline,
+                    },
+                );
+            }
+            return;
+        }
+        self.position_wakeup = false;
+        self.next_position_probe = now + POSITION_PROBE_INTERVAL;
+        for node in behind {
+            self.start_health_check(node, now);
+        }
+    }
+
     /// Check `node` unless it is not live or a check of it is running.
     fn start_health_check(&mut self, node: u8, now: Instant) {
         let running = self
@@ -976,6 +1027,7 @@ impl Shared {
             gate: Default::default(),
             health_retries: Vec::new(),
             health_now: Vec::new(),
+            wanted_lsn: 0,
             secrets: Vec::new(),
             mock_nonce: {
                 let mut n = [0u8; 32];

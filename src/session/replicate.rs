@@ -1389,6 +1389,8 @@ impl Session {
         }
         if let Some(lsn) = r.wal_lsn {
             self.repl.wal_lsn = self.repl.wal_lsn.max(lsn);
+            // Its next reads go to a standby once one is known to have replayed this.
+            cx.shared.wanted_lsn = cx.shared.wanted_lsn.max(lsn);
         }
         if r.ran_behind {
             // The replicas' answers come later; the lead's are kept to compare at COMMIT.
