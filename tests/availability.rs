@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use postgres::error::SqlState;
+use postgres::fallible_iterator::FallibleIterator;
 
 fn nodes() -> &'static [Node; 3] {
     static NODES: OnceLock<[Node; 3]> = OnceLock::new();
@@ -379,4 +380,41 @@ fn late_replica(write_ack: &str, db: &str) {
     for n in [n0, n2] {
         assert_eq!(n.psql("postgres", db, "SELECT n FROM t"), "2");
     }
+}
+
+/// A session that only waits for notifications keeps getting them after its connection to
+/// the lead is lost (a DBA terminates its backend): pgmulti connects it to the lead again
+/// and runs its LISTENs there by itself, though the client sends nothing. UNLISTEN is
+/// followed too: a channel left is not listened to again.
+#[test]
+fn a_listening_session_gets_notifications_after_losing_its_lead_connection() {
+    let pm = setup("listen_again", "");
+    let [n0, ..] = nodes();
+    let mut waiter = connect(&pm.conn_str("postgres", "listen_again"));
+    waiter
+        .batch_execute("LISTEN Jobs; LISTEN other; UNLISTEN other")
+        .unwrap();
+    let mut sender = connect(&pm.conn_str("postgres", "listen_again"));
+    assert!(terminate_backends(n0, "listen_again") >= 1);
+    std::thread::sleep(Duration::from_millis(500));
+    // The sender's own lead connection was lost too: its first statement may fail (40001).
+    let notify = |c: &mut postgres::Client, payload: &str| {
+        for _ in 0..5 {
+            match c.batch_execute(&format!("NOTIFY jobs, '{payload}'; NOTIFY other, 'no'")) {
+                Ok(()) => return,
+                Err(e) if is_retryable(&e) => continue,
+                Err(e) => panic!("NOTIFY: {e}"),
+            }
+        }
+        panic!("NOTIFY kept failing");
+    };
+    notify(&mut sender, "after");
+    let mut got = Vec::new();
+    let mut notes = waiter.notifications();
+    let mut it = notes.timeout_iter(Duration::from_secs(5));
+    while let Some(n) = it.next().unwrap() {
+        got.push(format!("{}:{}", n.channel(), n.payload()));
+    }
+    assert_eq!(got, vec!["jobs:after".to_string()], "{}", pm.log());
+    all_up_with(&pm, "listen_again", 0);
 }

@@ -190,6 +190,8 @@ pub struct Batch {
     /// Databases a parsed statement needs without other connections
     /// (`request::databases_needed_alone`).
     pub databases_alone: Vec<String>,
+    /// What its LISTEN / UNLISTEN statements do (`request::listens`).
+    pub listens: Vec<request::Listen>,
 }
 
 /// What a batch needs before it can be prepared.
@@ -247,6 +249,7 @@ pub fn prepare(
         flush_replies: None,
         signals: Vec::new(),
         databases_alone: Vec::new(),
+        listens: Vec::new(),
     };
     let mut replies = 0;
     let mut ends_with_flush = false;
@@ -272,6 +275,7 @@ pub fn prepare(
                 batch
                     .databases_alone
                     .extend(request::databases_needed_alone(p.query));
+                batch.listens.extend(request::listens(p.query));
                 let signals = request::signals(p.query);
                 if !signals.is_empty() {
                     let text = match request::signal_text(p.query, &signals, values.backend) {

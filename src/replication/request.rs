@@ -340,6 +340,41 @@ pub fn signal_text(
     Ok(out)
 }
 
+/// What a LISTEN or UNLISTEN statement does to the session's channels (the name as
+/// written, quotes included, to be run again as is).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Add(String),
+    Remove(String),
+    RemoveAll,
+}
+
+/// The LISTEN / UNLISTEN statements of `sql`, in order.
+pub fn listens(sql: &str) -> Vec<Listen> {
+    if !sql
+        .as_bytes()
+        .windows(6)
+        .any(|w| w.eq_ignore_ascii_case(b"listen"))
+    {
+        return Vec::new();
+    }
+    // Unquoted, a channel name folds to lower case: `LISTEN Jobs` and `UNLISTEN jobs` name
+    // one channel.
+    let folded = |name: &str| match name.starts_with('"') {
+        true => name.to_string(),
+        false => name.to_lowercase(),
+    };
+    split_statements(sql)
+        .map(classify)
+        .filter_map(|c| match (c.command, c.name) {
+            ("LISTEN", Some(name)) => Some(Listen::Add(folded(name))),
+            ("UNLISTEN", Some(name)) => Some(Listen::Remove(folded(name))),
+            ("UNLISTEN", None) => Some(Listen::RemoveAll),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The databases a statement needs without other connections: PostgreSQL refuses
 /// `DROP DATABASE d`, `ALTER DATABASE d RENAME` / `SET TABLESPACE` and `CREATE DATABASE …
 /// TEMPLATE t` (template1 by default) while any other backend is connected to `d` or `t`.
@@ -1115,5 +1150,21 @@ mod tests {
             "once per row"
         );
         assert!(rw("SELECT lo_creat(-1) FROM generate_series(1, 3)").is_err());
+    }
+
+    #[test]
+    fn listen_and_unlisten_statements_name_their_channels_as_postgresql_folds_them() {
+        use Listen::*;
+        assert_eq!(
+            listens("LISTEN Jobs; select 1; LISTEN \"Mixed\"; UNLISTEN jobs; UNLISTEN *"),
+            vec![
+                Add("jobs".into()),
+                Add("\"Mixed\"".into()),
+                Remove("jobs".into()),
+                RemoveAll
+            ]
+        );
+        assert!(listens("NOTIFY jobs; SELECT 'listen'").is_empty());
+        assert!(listens("SELECT 1").is_empty());
     }
 }

@@ -7,8 +7,8 @@
 //!
 //! The loop attaches a node only when no session is inside a transaction (see
 //! `reactor::operations`), so no transaction ever runs on a node that missed part of it.
-//! Not replayed: temporary tables, cursors WITH HOLD, LISTEN; a session that relies on
-//! them sees a difference on the new node.
+//! Not replayed: temporary tables, cursors WITH HOLD; a session that relies on them sees a
+//! difference on the new node. LISTENs follow the lead (`listen_again` in replicate.rs).
 
 use super::node::{LoginContext, LoginStep, NodeConn};
 use super::replicate::SESSION_SQL_LIMIT;

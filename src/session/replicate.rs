@@ -55,6 +55,12 @@ pub struct Replication {
     /// pg_relation_size() and the like then agree from one statement to the next, as psql's
     /// `\d` needs (pgpool-II balances per session too).
     read_node: Option<u8>,
+    /// The channels the session listens on (as written), and the node whose connection
+    /// holds those LISTENs: the lead; when the lead changes (or its connection is made
+    /// again) the next request outside a transaction runs them there first, so that
+    /// notifications keep coming (only the lead's reach the client).
+    listening: Vec<String>,
+    listen_node: Option<u8>,
     /// `mode = streaming`: where the primary's WAL ended after this session's last commit;
     /// its reads go to a standby that has replayed that far.
     wal_lsn: u64,
@@ -220,6 +226,11 @@ struct Request {
     others_late_since: Option<(Instant, Instant, bool)>,
     /// The late nodes' statements were canceled: what the client is told if it fails.
     late_note: Option<String>,
+    /// What its LISTEN / UNLISTEN statements do, once the lead ran them.
+    listens: Vec<request::Listen>,
+    /// pgmulti's own request (the session's LISTENs run again on a new lead): nothing of
+    /// it is answered to the client.
+    internal: bool,
     /// This request is pgmulti's own catalog query, run before the client's `original`.
     probe: Option<Probe>,
     /// The request changes the schema: cached column defaults are stale afterwards.
@@ -312,6 +323,8 @@ impl Request {
             phase_started: now,
             others_late_since: None,
             late_note: None,
+            listens: Vec::new(),
+            internal: false,
             probe: None,
             ddl: false,
             voice_lost: None,
@@ -395,6 +408,9 @@ impl Session {
             match self.client_requests(cx) {
                 Ok(p) => progress |= p,
                 Err(t) => return t,
+            }
+            if let Err(t) = self.listen_again(cx) {
+                return t;
             }
             match self.node_io(cx) {
                 Ok(p) => progress |= p,
@@ -784,7 +800,52 @@ impl Session {
         primary.or_else(|| self.nodes.first().map(|n| n.index))
     }
 
+    /// Between requests, outside a transaction: when the session listens on channels, it
+    /// gets back its connections to every live node at once, and when its lead is not the
+    /// node that ran its LISTENs (that connection was lost, or another node leads now), runs
+    /// them on the lead, as pgmulti's own request. A session that only waits for
+    /// notifications sends nothing that would bring either back.
+    fn listen_again(&mut self, cx: &mut Context) -> Result<(), Transition> {
+        let repl = &self.repl;
+        if repl.listening.is_empty()
+            || !repl.is_idle()
+            || repl.tx.view.open
+            || !repl.batch.is_empty()
+            || !repl.large.is_empty()
+        {
+            return Ok(());
+        }
+        // First back to every live node (the one that lost this session's connection is
+        // most likely still the lead, where NOTIFY runs).
+        if !self.join_attached(cx)? {
+            return Ok(());
+        }
+        let Some(lead) = self.lead_node(cx) else {
+            return Ok(());
+        };
+        if self.repl.listen_node == Some(lead) {
+            return Ok(());
+        }
+        let plan = Plan {
+            phases: vec![plan::phase(Targets::Lead, &[])],
+            voice: Targets::Lead,
+            writes: false,
+        };
+        let mut r = Request::new(Vec::new(), "LISTEN again".into(), plan, lead, lead, cx.now);
+        r.internal = true;
+        log::info!(
+            "{} listens again on node {lead}: {}",
+            self.prefix,
+            self.repl.listening.join(", ")
+        );
+        self.repl.request = Some(Box::new(r));
+        self.advance(cx)
+    }
+
     fn drop_node(&mut self, id: u8, cx: &mut Context) {
+        if self.repl.listen_node == Some(id) {
+            self.repl.listen_node = None;
+        }
         if let Some(pos) = self.nodes.iter().position(|n| n.index == id) {
             let mut n = self.nodes.remove(pos);
             n.terminate();
@@ -1195,6 +1256,20 @@ impl Session {
                 let mut checked = VecDeque::new();
                 let mut extra_replies = 0;
                 let mut pending = VecDeque::with_capacity(phase.segments.len() + 2);
+                if id == r.lead
+                    && repl.listen_node != Some(id)
+                    && !repl.listening.is_empty()
+                    && !repl.tx.view.open
+                {
+                    let sql: Vec<String> = repl
+                        .listening
+                        .iter()
+                        .map(|c| format!("LISTEN {c}"))
+                        .collect();
+                    frontend::query(&mut out, &sql.join("; "));
+                    pending.push_back(Segment::Wrapper("LISTEN"));
+                    repl.listen_node = Some(id);
+                }
                 let tx = &mut repl.tx;
                 if let Some(begin) = tx.begin.as_deref().filter(|_| !tx.begun.contains(&id)) {
                     out.extend_from_slice(begin);
@@ -1374,6 +1449,9 @@ impl Session {
         let Some(mut r) = self.repl.request.take() else {
             return Ok(());
         };
+        if r.internal {
+            return Ok(());
+        }
         if let Some(probe) = r.probe.take() {
             if let Some((code, msg)) = r.error.take() {
                 // The lookup lost a connection (`lose_connection`): the statement does not
@@ -1536,6 +1614,18 @@ impl Session {
                         });
                 }
             }
+        }
+        if r.error.is_none() && !r.lead_failed && !r.listens.is_empty() {
+            let listening = &mut self.repl.listening;
+            for l in std::mem::take(&mut r.listens) {
+                match l {
+                    request::Listen::Add(c) if !listening.contains(&c) => listening.push(c),
+                    request::Listen::Add(_) => {}
+                    request::Listen::Remove(c) => listening.retain(|x| *x != c),
+                    request::Listen::RemoveAll => listening.clear(),
+                }
+            }
+            self.repl.listen_node = Some(r.lead);
         }
         if let Some((code, msg)) = &r.error {
             self.send_error(cx, "ERROR", code, msg, None);
@@ -1819,6 +1909,7 @@ impl Session {
         }
         let text = short(sql);
         let analysed = request::analyse(sql);
+        let listens = request::listens(sql);
         let streaming = cx.shared.config.mode == Mode::Streaming;
         if analysed.copy_among_others && !streaming {
             return self.refuse_statement(
@@ -1954,6 +2045,7 @@ impl Session {
             r.ddl = analysed.ddl;
             r.class = analysed.class;
             r.effects = effects.map(Box::new);
+            r.listens = listens;
             r.fail_commit(lost);
         }
         self.advance(cx)
@@ -2239,6 +2331,7 @@ impl Session {
         r.unnamed_read = batch.unnamed_read;
         r.parses_only = batch.parses_only;
         r.flush_replies = batch.flush_replies;
+        r.listens = batch.listens;
         r.fail_commit(self.lost_commit(batch.class));
         self.repl.request = Some(Box::new(r));
         self.advance(cx)
