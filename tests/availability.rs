@@ -27,6 +27,11 @@ fn nodes() -> &'static [Node; 3] {
 /// pgmulti over the three nodes, with `db` fresh on each (then `on_node1` run on node 1)
 /// and `t (id 1, n 0)` in it.
 fn setup(db: &str, on_node1: &str) -> Pgmulti {
+    setup_with(db, on_node1, &[])
+}
+
+/// As `setup`, with more configuration lines.
+fn setup_with(db: &str, on_node1: &str, lines: &[&str]) -> Pgmulti {
     let [n0, n1, n2] = nodes();
     for n in nodes() {
         n.fresh_db(db, "postgres");
@@ -34,13 +39,15 @@ fn setup(db: &str, on_node1: &str) -> Pgmulti {
     if !on_node1.is_empty() {
         n1.psql("postgres", "postgres", on_node1);
     }
-    let pm = Pgmulti::start(
-        &PgmultiConf::relay(n0)
-            .mode("replication")
-            .backend(n1.host(), n1.port())
-            .backend(n2.host(), n2.port())
-            .line("admin_users = 'postgres'"),
-    );
+    let mut conf = PgmultiConf::relay(n0)
+        .mode("replication")
+        .backend(n1.host(), n1.port())
+        .backend(n2.host(), n2.port())
+        .line("admin_users = 'postgres'");
+    for l in lines {
+        conf = conf.line(l);
+    }
+    let pm = Pgmulti::start(&conf);
     let out = pm.psql(
         "postgres",
         db,
@@ -302,25 +309,8 @@ fn a_replica_behind_an_async_commit_is_canceled_instead_of_waited_for() {
 
 fn late_replica(write_ack: &str, db: &str) {
     let [n0, n1, n2] = nodes();
-    for n in nodes() {
-        n.fresh_db(db, "postgres");
-    }
-    let pm = Pgmulti::start(
-        &PgmultiConf::relay(n0)
-            .mode("replication")
-            .backend(n1.host(), n1.port())
-            .backend(n2.host(), n2.port())
-            .line("admin_users = 'postgres'")
-            .line(&format!("write_ack = {write_ack}"))
-            .line("node_response_timeout = '2s'"),
-    );
-    let out = pm.psql(
-        "postgres",
-        db,
-        None,
-        "CREATE TABLE t (id int PRIMARY KEY, n int); INSERT INTO t VALUES (1, 0)",
-    );
-    assert!(out.success(), "{}", out.stderr);
+    let ack = format!("write_ack = {write_ack}");
+    let pm = setup_with(db, "", &[&ack, "node_response_timeout = '2s'"]);
     let mut dba = connect(&n1.conn_str("postgres", db));
     // Run `f` on a client of pgmulti; its outcome, or a panic if it waits 30 s.
     let within = |f: fn(&mut postgres::Client) -> Result<u64, postgres::Error>| {

@@ -32,6 +32,13 @@ fn streaming(nodes: &[&Node]) -> Pgmulti {
     pm
 }
 
+/// pgbench through `pm` as postgres, database postgres.
+fn pgbench_through(pm: &Pgmulti, args: &[&str]) -> (bool, String, String) {
+    let port = pm.port().to_string();
+    let conn = ["-h", pm.host(), "-p", &port, "-U", "postgres"];
+    pgbench(&[&conn[..], args, &["postgres"]].concat(), &[])
+}
+
 /// What `sql` answers on `node` once it answers `want` (a standby catching up), or after
 /// `secs` seconds whatever it answers then.
 fn answer_within(node: &Node, sql: &str, want: &str, secs: u64) -> String {
@@ -70,24 +77,13 @@ fn pgbench_writes_reach_the_primary_and_reads_the_standbys() {
     let s2 = Node::standby_of(&primary, &[]);
     // The primary is listed second: roles are found, not configured.
     let pm = streaming(&[&s1, &primary, &s2]);
-    let conn = [
-        "-h",
-        pm.host(),
-        "-p",
-        &pm.port().to_string(),
-        "-U",
-        "postgres",
-    ];
-    let (ok, _, err) = pgbench(
-        &[&conn[..], &["-i", "-s", "1", "-q", "postgres"]].concat(),
-        &[],
-    );
+    let (ok, _, err) = pgbench_through(&pm, &["-i", "-s", "1", "-q"]);
     assert!(ok, "pgbench -i: {err}");
     for (args, what) in [
         (&["-c", "4", "-T", "4"][..], "TPC-B"),
         (&["-c", "4", "-T", "4", "-S"][..], "select-only"),
     ] {
-        let (ok, out, err) = pgbench(&[&conn[..], args, &["postgres"]].concat(), &[]);
+        let (ok, out, err) = pgbench_through(&pm, args);
         assert!(ok, "{what}: {err}");
         let summary = parse_pgbench_summary(&out).expect("a pgbench summary");
         assert!(summary.processed > 100, "{what}: {out}");
@@ -240,31 +236,11 @@ fn losing_the_primary_promotes_a_standby_and_the_other_follows() {
         .matches("is a standby")
         .count()
         >= 2));
-    let conn = [
-        "-h",
-        pm.host(),
-        "-p",
-        &pm.port().to_string(),
-        "-U",
-        "postgres",
-    ];
-    let (ok, _, err) = pgbench(
-        &[&conn[..], &["-i", "-s", "1", "-q", "postgres"]].concat(),
-        &[],
-    );
+    let (ok, _, err) = pgbench_through(&pm, &["-i", "-s", "1", "-q"]);
     assert!(ok, "pgbench -i: {err}");
     let started = Instant::now();
     let bench = std::thread::scope(|s| {
-        let run = s.spawn(|| {
-            pgbench(
-                &[
-                    &conn[..],
-                    &["-c", "4", "-T", "15", "--max-tries", "10", "postgres"],
-                ]
-                .concat(),
-                &[],
-            )
-        });
+        let run = s.spawn(|| pgbench_through(&pm, &["-c", "4", "-T", "15", "--max-tries", "10"]));
         std::thread::sleep(Duration::from_secs(4));
         primary.stop_immediate();
         run.join().unwrap()
@@ -388,18 +364,7 @@ fn switchover_loses_no_commit_and_recover_node_rebuilds_the_old_primary_as_a_sta
     }
     let pm = Pgmulti::start(&conf);
     assert_eq!(wait_node(&pm, 2, ("up", "standby"), 10).1, "standby");
-    let conn = [
-        "-h",
-        pm.host(),
-        "-p",
-        &pm.port().to_string(),
-        "-U",
-        "postgres",
-    ];
-    let (ok, _, err) = pgbench(
-        &[&conn[..], &["-i", "-s", "1", "-q", "postgres"]].concat(),
-        &[],
-    );
+    let (ok, _, err) = pgbench_through(&pm, &["-i", "-s", "1", "-q"]);
     assert!(ok, "pgbench -i: {err}");
     let refused = admin(&pm, "PROMOTE NODE 2");
     assert!(
@@ -411,16 +376,7 @@ fn switchover_loses_no_commit_and_recover_node_rebuilds_the_old_primary_as_a_sta
     );
 
     let (bench, switchover, took) = std::thread::scope(|s| {
-        let run = s.spawn(|| {
-            pgbench(
-                &[
-                    &conn[..],
-                    &["-c", "4", "-T", "10", "--max-tries", "10", "postgres"],
-                ]
-                .concat(),
-                &[],
-            )
-        });
+        let run = s.spawn(|| pgbench_through(&pm, &["-c", "4", "-T", "10", "--max-tries", "10"]));
         std::thread::sleep(Duration::from_secs(3));
         let t0 = Instant::now();
         let answer = admin(&pm, "SWITCHOVER 1");

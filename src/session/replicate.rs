@@ -566,21 +566,35 @@ impl Session {
                 // A disagreement may only show at COMMIT.
                 self.repl.tx.late_note = Some(note);
             }
-            for n in self.nodes.iter().filter(|n| late.contains(&n.index)) {
-                if let Some((pid, secret)) = n.backend_key {
-                    cx.shared.backend_cancels.push((n.addr, pid, secret));
-                }
-            }
+            self.cancel_statements(&late, cx);
             return Ok(());
         }
         if waited < 2 * limit {
             return Ok(());
         }
-        for id in late {
-            let why = format!(
-                "no answer within node_response_timeout ({limit_text}) after node {voice} answered, nor to the cancel of its statement"
-            );
-            self.lose_connection(id, &why, cx)?;
+        let why = format!(
+            "no answer within node_response_timeout ({limit_text}) after node {voice} answered, nor to the cancel of its statement"
+        );
+        self.lose_connections(&late, &why, cx)
+    }
+
+    /// Cancel what this session's backends on `nodes` are running (`node_response_timeout`).
+    fn cancel_statements(&self, nodes: &[u8], cx: &mut Context) {
+        for n in self.nodes.iter().filter(|n| nodes.contains(&n.index)) {
+            if let Some((pid, secret)) = n.backend_key {
+                cx.shared.backend_cancels.push((n.addr, pid, secret));
+            }
+        }
+    }
+
+    fn lose_connections(
+        &mut self,
+        nodes: &[u8],
+        why: &str,
+        cx: &mut Context,
+    ) -> Result<(), Transition> {
+        for &id in nodes {
+            self.lose_connection(id, why, cx)?;
         }
         Ok(())
     }
@@ -612,23 +626,16 @@ impl Session {
             log::warn!("{} {text}", self.prefix);
             self.repl.parked_late = Some((since, true));
             self.repl.tx.late_note = Some(text);
-            for n in self.nodes.iter().filter(|n| late.contains(&n.index)) {
-                if let Some((pid, secret)) = n.backend_key {
-                    cx.shared.backend_cancels.push((n.addr, pid, secret));
-                }
-            }
+            self.cancel_statements(&late, cx);
             return Ok(());
         }
         if waited < limit * 2 {
             return Ok(());
         }
-        for id in late {
-            let why = format!(
-                "the transaction's statements did not finish within node_response_timeout ({limit_text}) of the COMMIT, nor after they were canceled"
-            );
-            self.lose_connection(id, &why, cx)?;
-        }
-        Ok(())
+        let why = format!(
+            "the transaction's statements did not finish within node_response_timeout ({limit_text}) of the COMMIT, nor after they were canceled"
+        );
+        self.lose_connections(&late, &why, cx)
     }
 
     /// This session's connection to a node failed. One lost connection is not a lost node
