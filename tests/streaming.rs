@@ -301,6 +301,16 @@ fn losing_the_primary_promotes_a_standby_and_the_other_follows() {
             .fold(0.0, |acc, x| acc * 60.0 + x)
     };
     let recovery = at("was promoted") - at("is lost: promoting");
+    // A slow promotion (once 5.1 s in this test) shows the log, to say why.
+    if recovery > 1.0 {
+        for line in pm
+            .log()
+            .lines()
+            .filter(|l| !l.contains("waits for") && !l.contains("closing"))
+        {
+            eprintln!("{line}");
+        }
+    }
     eprintln!(
         "failover: pgbench {} processed, {} failed; {on_new} rows on the new primary; promoted {recovery:.2} s after the loss; {:?} in all",
         summary.processed,

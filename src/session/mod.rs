@@ -580,7 +580,9 @@ impl Session {
 
     fn on_idle_timer(&mut self, cx: &mut Context) -> Transition {
         self.idle_timer = None;
-        if self.state == State::Replicating && !self.repl.is_idle() {
+        if self.state == State::Replicating
+            && (!self.repl.is_idle() || self.repl.primary_wait.is_some())
+        {
             if let Err(t) = self.check_late_nodes(cx) {
                 return t;
             }

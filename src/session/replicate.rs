@@ -61,6 +61,8 @@ pub struct Replication {
     /// notifications keep coming (only the lead's reach the client).
     listening: Vec<String>,
     listen_node: Option<u8>,
+    /// `mode = streaming`: since when the next request waits for a standby's promotion.
+    pub(super) primary_wait: Option<Instant>,
     /// `mode = streaming`: where the primary's WAL ended after this session's last commit;
     /// its reads go to a standby that has replayed that far.
     wal_lsn: u64,
@@ -805,6 +807,27 @@ impl Session {
                 cx.shared.cluster.streaming && self.nodes.iter().any(|n| n.index == *id)
             });
         primary.or_else(|| self.nodes.first().map(|n| n.index))
+    }
+
+    /// `mode = streaming`, between transactions: while a standby is being promoted after the
+    /// primary's loss, the next request waits (at most `health_check_timeout`) instead of
+    /// failing with 40001; reads wait too, for the short time a promotion takes. The
+    /// promotion wakes every session (a cluster change); the 1 s sweep ends the wait.
+    fn waits_for_primary(&mut self, cx: &mut Context) -> bool {
+        let cluster = &cx.shared.cluster;
+        let promoting = cluster.promoting.is_some() || cluster.promote_ask.is_some();
+        let connected = cluster
+            .lead()
+            .is_some_and(|p| self.nodes.iter().any(|n| n.index == p));
+        if !cluster.streaming || connected || !promoting {
+            self.repl.primary_wait = None;
+            return false;
+        }
+        if self.repl.primary_wait.is_none() {
+            log::info!("{} waits for a standby's promotion", self.prefix);
+        }
+        let since = *self.repl.primary_wait.get_or_insert(cx.now);
+        cx.now.saturating_duration_since(since) < cx.shared.config.health_check_timeout
     }
 
     /// Between requests, outside a transaction: when the session listens on channels, it
@@ -1663,7 +1686,7 @@ impl Session {
             if !copying
                 && !self.repl.busy()
                 && !matches!(self.client.rx.data().first(), None | Some(b'X'))
-                && (!self.gate_open(cx) || !self.join_attached(cx)?)
+                && (!self.gate_open(cx) || !self.join_attached(cx)? || self.waits_for_primary(cx))
             {
                 return Ok(progress);
             }
