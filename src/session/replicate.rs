@@ -853,7 +853,10 @@ impl Session {
         let Some(lead) = self.lead_node(cx) else {
             return Ok(());
         };
-        if self.repl.listen_node == Some(lead) {
+        // Streaming mode without a primary: a standby refuses LISTEN.
+        let streaming_without_primary =
+            cx.shared.cluster.streaming && cx.shared.cluster.lead() != Some(lead);
+        if self.repl.listen_node == Some(lead) || streaming_without_primary {
             return Ok(());
         }
         let plan = Plan {
@@ -1286,10 +1289,12 @@ impl Session {
                 let mut checked = VecDeque::new();
                 let mut extra_replies = 0;
                 let mut pending = VecDeque::with_capacity(phase.segments.len() + 2);
+                // (Never on a standby standing in for a lost primary: it refuses LISTEN.)
                 if id == r.lead
                     && repl.listen_node != Some(id)
                     && !repl.listening.is_empty()
                     && !repl.tx.view.open
+                    && (!cx.shared.cluster.streaming || cx.shared.cluster.lead() == Some(id))
                 {
                     let sql: Vec<String> = repl
                         .listening
