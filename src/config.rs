@@ -235,6 +235,9 @@ pub struct Config {
     /// `mode = streaming`: a standby further behind the primary than this many bytes of WAL
     /// serves no reads.
     pub max_standby_lag: u64,
+    /// Replication and streaming modes: bytes all sessions together may hold for client
+    /// messages larger than a receive buffer (`session::budget`).
+    pub max_message_memory: u64,
     /// `mode = streaming`: a session's reads go only to standbys that have replayed its
     /// last commit (off: to any standby within `max_standby_lag`).
     pub read_your_writes: bool,
@@ -297,6 +300,7 @@ const PARAMETERS: &[&str] = &[
     "max_client_conn",
     "max_pool_size",
     "max_standby_lag",
+    "max_message_memory",
     "read_your_writes",
     "preconnect",
     "min_pool_size",
@@ -566,6 +570,9 @@ impl Parser<'_> {
                 "max_standby_lag" => {
                     config.max_standby_lag = parse_bytes(value).map_err(bad)?;
                 }
+                "max_message_memory" => {
+                    config.max_message_memory = parse_bytes(value).map_err(bad)?;
+                }
                 "read_your_writes" => {
                     config.read_your_writes = parse_bool(value).ok_or_else(|| bad(BOOL_ALLOWED))?;
                 }
@@ -763,6 +770,7 @@ impl Config {
             max_client_conn: 10000,
             max_pool_size: 20,
             max_standby_lag: 16 << 20,
+            max_message_memory: 256 << 20,
             read_your_writes: true,
             preconnect: Vec::new(),
             min_pool_size: 1,
@@ -946,6 +954,7 @@ impl Config {
             ("max_client_conn", self.max_client_conn.to_string()),
             ("max_pool_size", self.max_pool_size.to_string()),
             ("max_standby_lag", self.max_standby_lag.to_string()),
+            ("max_message_memory", self.max_message_memory.to_string()),
             (
                 "read_your_writes",
                 if self.read_your_writes { "on" } else { "off" }.to_string(),
@@ -1694,6 +1703,19 @@ mod tests {
         assert_eq!(c.backends[0].hostname, "127.0.0.1");
         assert_eq!(c.backends[0].port, 5432);
         assert_eq!(c.port, 9999);
+    }
+
+    #[test]
+    fn message_memory_is_a_size() {
+        assert_eq!(
+            parse_ok("backend_hostname0 = h\n").max_message_memory,
+            256 << 20
+        );
+        let c = parse_ok("backend_hostname0 = h\nmax_message_memory = '1GB'\n");
+        assert_eq!(c.max_message_memory, 1 << 30);
+        assert!(
+            parse_err("backend_hostname0 = h\nmax_message_memory = much\n").contains("test.conf:2")
+        );
     }
 
     #[test]

@@ -408,3 +408,45 @@ fn a_listening_session_gets_notifications_after_losing_its_lead_connection() {
     assert_eq!(got, vec!["jobs:after".to_string()], "{}", pm.log());
     all_up_with(&pm, "listen_again", 0);
 }
+
+/// Ten clients each sending an 8 MB statement at once: replication mode keeps each whole
+/// (and a copy per node on its way), so without a bound they held about 10 × 10 MB at once.
+/// Within `max_message_memory` they take turns; every one is answered.
+#[test]
+fn large_statements_from_many_clients_stay_within_max_message_memory() {
+    let pm = setup_with("bigmsg", "", &["max_message_memory = '32MB'"]);
+    let size = 8 << 20;
+    let sql = format!("SELECT length('{}')", "x".repeat(size));
+    let answers: Vec<String> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..10)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut c = connect(&pm.conn_str("postgres", "bigmsg"));
+                    let rows = c.simple_query(&sql).unwrap();
+                    rows.iter()
+                        .find_map(|m| match m {
+                            postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                            _ => None,
+                        })
+                        .unwrap_or_default()
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    assert_eq!(answers, vec![size.to_string(); 10]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pm.pid())).unwrap();
+    let peak_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    // One 8 MB statement at a time is about 8 MB × (1 + 3 nodes) at most.
+    eprintln!("pgmulti's peak memory: {} MB", peak_kb / 1024);
+    assert!(
+        peak_kb < 60 * 1024,
+        "pgmulti's peak memory was {} MB",
+        peak_kb / 1024
+    );
+    all_up_with(&pm, "bigmsg", 0);
+}

@@ -258,3 +258,43 @@ fn a_failing_prepare_rolls_back_everywhere_and_the_client_gets_the_error() {
         "2"
     );
 }
+
+/// A client that goes away during its COMMIT: what the nodes prepared is still committed (or
+/// rolled back) everywhere, not left prepared with its locks until pgmulti restarts.
+#[test]
+fn a_client_gone_during_its_commit_leaves_nothing_prepared() {
+    for n in nodes() {
+        n.fresh_db("prepgone", "postgres");
+    }
+    let pm = Pgmulti::start(&conf(&temp_dir("2pc-gone")));
+    let mut setup = connect(&pm.conn_str("postgres", "prepgone"));
+    setup
+        .batch_execute("CREATE TABLE u (v int UNIQUE DEFERRABLE INITIALLY DEFERRED)")
+        .unwrap();
+    // On node 2 alone, an open transaction holds v = 5: the deferred check there, at
+    // PREPARE, waits for it.
+    let mut blocker = connect(&nodes()[2].conn_str("postgres", "prepgone"));
+    blocker
+        .batch_execute("BEGIN; INSERT INTO u VALUES (5)")
+        .unwrap();
+    let mut client = RawClient::connect(pm.port(), "postgres", "prepgone");
+    client.query("BEGIN");
+    client.query("INSERT INTO u VALUES (5)");
+    client.send(&message(b'Q', b"COMMIT\0"));
+    thread::sleep(Duration::from_millis(500));
+    drop(client);
+    thread::sleep(Duration::from_millis(300));
+    blocker.batch_execute("ROLLBACK").unwrap();
+    wait_nothing_prepared("prepgone", "after the client left during its COMMIT");
+    let rows: Vec<String> = nodes()
+        .iter()
+        .map(|n| {
+            n.psql(
+                "postgres",
+                "prepgone",
+                "SELECT string_agg(v::text, ',') FROM u",
+            )
+        })
+        .collect();
+    assert_eq!(rows, ["5", "5", "5"], "{}", pm.log());
+}

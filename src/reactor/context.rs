@@ -124,6 +124,8 @@ pub struct Shared {
     pub admin_asks: AdminAsks,
     /// `commit_protocol = two_phase`: where commit decisions are written.
     pub two_phase: Option<crate::replication::two_phase::DecisionLog>,
+    /// Memory held for client messages larger than a receive buffer (`max_message_memory`).
+    pub message_memory: crate::session::budget::MessageMemory,
     /// Pool keys that need a connection opened ahead of clients (`preconnect`).
     pub preconnect_asks: Vec<crate::cluster::pool::PoolKey>,
     /// Reused for building messages pgmulti sends itself.

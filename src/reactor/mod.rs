@@ -160,6 +160,11 @@ impl Reactor {
         }
         let signals = SignalPipe::install(poll.registry(), SIGNAL_TOKEN)?;
         let operations = Operations::new(mio::Waker::new(poll.registry(), WAKER_TOKEN)?);
+        let mut shared = shared;
+        if let Some(log) = shared.two_phase.as_mut() {
+            log.start_syncer(operations.waker())
+                .map_err(std::io::Error::other)?;
+        }
         Ok(Reactor {
             poll,
             entries: Slab::with_capacity(1024),
@@ -203,6 +208,7 @@ impl Reactor {
         }
         loop {
             self.next_pass.append(&mut self.shared.pool.woken);
+            self.next_pass.extend(self.shared.message_memory.woken());
             let timeout = if !self.next_pass.is_empty() {
                 Some(Duration::ZERO)
             } else {
@@ -245,6 +251,10 @@ impl Reactor {
                 self.start_promotion(node, now);
             }
             self.wake_sessions_on_cluster_change();
+            if let Some(log) = self.shared.two_phase.as_mut() {
+                // Group commit: one sync for the decisions this pass wrote.
+                self.next_pass.extend(log.flush());
+            }
             self.free_closed();
             if self.log.pressing() {
                 self.log.drain();
@@ -1021,6 +1031,7 @@ impl Shared {
             pool: Default::default(),
             preconnect_asks: Vec::new(),
             two_phase: None,
+            message_memory: Default::default(),
             admin_asks: Default::default(),
             out: Vec::with_capacity(4096),
             node_msg: Vec::with_capacity(4096),

@@ -152,6 +152,11 @@ impl Operations {
         }
     }
 
+    /// The loop's waker, for other threads that report to the loop.
+    pub fn waker(&self) -> Arc<mio::Waker> {
+        Arc::clone(&self.waker)
+    }
+
     /// Whether `advance` must run on every pass: it needs to know if any session is inside
     /// a transaction, or watches a promotion.
     pub fn waits_for_quiet(&self) -> bool {

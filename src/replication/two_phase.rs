@@ -4,9 +4,11 @@
 //! tells the next start which of its prepared transactions (`pgmulti_…` in
 //! `pg_prepared_xacts`) to commit; every other one of them is rolled back.
 //!
-//! The log (`two_phase_log`) is a text file of lines `commit <gid>` (fsynced before the
+//! The log (`two_phase_log`) is a text file of lines `commit <gid>` (on disk before the
 //! first COMMIT PREPARED) and `done <gid>`. It is emptied at start-up once every node's
-//! in-doubt transactions are resolved.
+//! in-doubt transactions are resolved. Decisions are group-committed: the loop writes them
+//! as sessions make them and a thread syncs the file once per pass of the loop, so one
+//! fsync carries every decision of that pass and the loop never waits for the disk.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -14,11 +16,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use std::net::SocketAddr;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
 
 use crate::cluster::direct::Direct;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::net::tls::NodeTls;
+use crate::reactor::token::ConnKey;
 
 /// Prefix of every transaction identifier pgmulti prepares.
 pub const GID_PREFIX: &str = "pgmulti_";
@@ -29,6 +34,33 @@ pub struct DecisionLog {
     /// `pgmulti_<instance tag>_<epoch>_`: identifiers unique to this instance and this run.
     prefix: String,
     next: u64,
+    /// Decisions written (numbered from 1), and how far they are known to be on disk.
+    written: u64,
+    synced: u64,
+    /// The number up to which a sync failed: those decisions never count as made.
+    failed: u64,
+    failure: Option<String>,
+    /// The thread that syncs the file, and whether a sync is running.
+    syncer: Option<Syncer>,
+    syncing: bool,
+    /// Sessions waiting for their decision to reach the disk.
+    waiting: Vec<ConnKey>,
+}
+
+/// Group commit: the loop writes decisions as sessions make them and asks this thread to
+/// sync the file once per pass; every decision written before a sync started is durable
+/// when it ends. The loop never waits for the disk.
+struct Syncer {
+    ask: Sender<u64>,
+    done: Receiver<(u64, Result<(), String>)>,
+}
+
+/// Whether a decision written with `write_commit` is durable yet.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    Waiting,
+    Durable,
+    Failed(String),
 }
 
 impl DecisionLog {
@@ -44,7 +76,43 @@ impl DecisionLog {
             path: path.to_path_buf(),
             prefix: format!("{prefix}{epoch}_"),
             next: 0,
+            written: 0,
+            synced: 0,
+            failed: 0,
+            failure: None,
+            syncer: None,
+            syncing: false,
+            waiting: Vec::new(),
         })
+    }
+
+    /// Sync from a thread of its own from now on; it wakes the loop when a sync ends.
+    /// Without it (unit tests), `flush` syncs in place.
+    pub fn start_syncer(&mut self, waker: Arc<mio::Waker>) -> Result<(), String> {
+        let file = self.file.try_clone().map_err(|e| self.error(e))?;
+        let path = self.path.clone();
+        let (ask, asks) = channel::<u64>();
+        let (report, done) = channel();
+        std::thread::Builder::new()
+            .name("pgmulti-2pc-sync".into())
+            .spawn(move || {
+                for upto in asks {
+                    let result = file
+                        .sync_data()
+                        .map_err(|e| format!("two_phase_log {}: {e}", path.display()));
+                    if report.send((upto, result)).is_err() {
+                        return;
+                    }
+                    let _ = waker.wake();
+                }
+            })
+            .map_err(|e| self.error(e))?;
+        self.syncer = Some(Syncer { ask, done });
+        Ok(())
+    }
+
+    fn error(&self, e: std::io::Error) -> String {
+        format!("two_phase_log {}: {e}", self.path.display())
     }
 
     /// A fresh global transaction identifier.
@@ -53,15 +121,74 @@ impl DecisionLog {
         format!("{}{}", self.prefix, self.next)
     }
 
-    /// Record, durably, that `gid` commits. Called before the first COMMIT PREPARED.
-    pub fn decide_commit(&mut self, gid: &str) -> Result<(), String> {
-        writeln!(self.file, "commit {gid}")
-            .and_then(|_| self.file.sync_data())
-            .map_err(|e| format!("two_phase_log {}: {e}", self.path.display()))
+    /// Write down that `gid` commits; it counts once `decision` says it is durable, before
+    /// the first COMMIT PREPARED. Returns the decision's number.
+    pub fn write_commit(&mut self, gid: &str) -> Result<u64, String> {
+        writeln!(self.file, "commit {gid}").map_err(|e| self.error(e))?;
+        self.written += 1;
+        Ok(self.written)
     }
 
-    /// Every node has committed `gid`: nothing left to resolve (not synced: at worst the next
-    /// start commits an already committed transaction, which finds nothing to do).
+    /// Where decision `number` stands; `session` is woken when that changes.
+    pub fn decision(&mut self, number: u64, session: ConnKey) -> Decision {
+        if number <= self.failed {
+            return Decision::Failed(self.failure.clone().unwrap_or_default());
+        }
+        if number <= self.synced {
+            return Decision::Durable;
+        }
+        if !self.waiting.contains(&session) {
+            self.waiting.push(session);
+        }
+        Decision::Waiting
+    }
+
+    /// Once per pass of the loop: take in the sync that ended and start the next one for
+    /// the decisions written since. Returns the sessions to wake.
+    pub fn flush(&mut self) -> Vec<ConnKey> {
+        let reports: Vec<_> = self
+            .syncer
+            .as_ref()
+            .map(|s| s.done.try_iter().collect())
+            .unwrap_or_default();
+        let mut ended = !reports.is_empty();
+        for (upto, result) in reports {
+            self.syncing = false;
+            self.record(upto, result);
+        }
+        if !self.syncing && self.written > self.synced.max(self.failed) {
+            let upto = self.written;
+            match &self.syncer {
+                Some(s) if s.ask.send(upto).is_ok() => self.syncing = true,
+                Some(_) => self.record(upto, Err("the sync thread is gone".into())),
+                None => {
+                    let result = self.file.sync_data().map_err(|e| self.error(e));
+                    self.record(upto, result);
+                    ended = true;
+                }
+            }
+        }
+        if ended {
+            std::mem::take(&mut self.waiting)
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn record(&mut self, upto: u64, result: Result<(), String>) {
+        match result {
+            Ok(()) => self.synced = self.synced.max(upto),
+            Err(e) => {
+                log::error!("{e}");
+                self.failed = self.failed.max(upto);
+                self.failure = Some(e);
+            }
+        }
+    }
+
+    /// Every node has committed `gid`, or a decision that never became durable was given
+    /// up (its transaction is rolled back): nothing left to resolve (not synced: at worst
+    /// the next start commits an already committed transaction, which finds nothing to do).
     pub fn done(&mut self, gid: &str) {
         let _ = writeln!(self.file, "done {gid}");
     }
@@ -261,14 +388,85 @@ mod tests {
             gid_prefix(&dir.join("other")),
             "instances get their own prefix"
         );
-        log.decide_commit(&a).unwrap();
+        log.write_commit(&a).unwrap();
         log.done(&a);
-        log.decide_commit(&b).unwrap();
+        log.write_commit(&b).unwrap();
+        log.flush();
         let text = std::fs::read_to_string(dir.join("log")).unwrap();
         assert_eq!(
             undone_commits(&text).into_iter().collect::<Vec<_>>(),
             vec![b]
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn key(index: u32) -> ConnKey {
+        ConnKey {
+            index,
+            generation: 1,
+        }
+    }
+
+    /// Group commit: decisions count only after a sync that started after they were
+    /// written; one sync carries all of them; their sessions are woken when it ends.
+    #[test]
+    fn one_sync_carries_every_decision_written_before_it() {
+        let dir = std::env::temp_dir().join(format!("pgmulti-2pc-group-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut log = DecisionLog::open(&dir.join("log"), "pgmulti_x_", 1).unwrap();
+        let mut poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(7)).unwrap());
+        log.start_syncer(waker).unwrap();
+
+        let first = log.write_commit("g1").unwrap();
+        let second = log.write_commit("g2").unwrap();
+        assert_eq!(log.decision(first, key(1)), Decision::Waiting);
+        assert_eq!(log.decision(second, key(2)), Decision::Waiting);
+        assert!(log.flush().is_empty(), "the sync has only been asked for");
+        // Written while that sync runs: it waits for the next one.
+        let third = log.write_commit("g3").unwrap();
+        assert_eq!(log.decision(third, key(3)), Decision::Waiting);
+
+        let mut events = mio::Events::with_capacity(4);
+        let mut woken = Vec::new();
+        let mut syncs = 0;
+        while woken.len() < 3 {
+            poll.poll(&mut events, Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            assert!(!events.is_empty(), "the sync thread wakes the loop");
+            let now = log.flush();
+            syncs += usize::from(!now.is_empty());
+            for k in now {
+                // One still waiting has asked to be woken again.
+                match log.decision(k.index as u64, k) {
+                    Decision::Durable => woken.push(k.index),
+                    Decision::Waiting => {}
+                    Decision::Failed(e) => panic!("decision {}: {e}", k.index),
+                }
+            }
+        }
+        woken.sort();
+        assert_eq!(woken, vec![1, 2, 3]);
+        assert!(syncs <= 2, "{syncs} syncs for 3 decisions");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_sync_fails_its_decisions() {
+        let dir = std::env::temp_dir().join(format!("pgmulti-2pc-fail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut log = DecisionLog::open(&dir.join("log"), "pgmulti_x_", 1).unwrap();
+        let n = log.write_commit("g1").unwrap();
+        log.record(n, Err("disk full".into()));
+        assert_eq!(
+            log.decision(n, key(1)),
+            Decision::Failed("disk full".into())
+        );
+        // A later decision is synced on its own.
+        let m = log.write_commit("g2").unwrap();
+        assert_eq!(log.decision(m, key(2)), Decision::Waiting);
+        assert_eq!(log.flush(), vec![key(2)]);
+        assert_eq!(log.decision(m, key(2)), Decision::Durable);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -8,6 +8,7 @@
 //! login), `relay` (moving messages and tracing them).
 
 mod admin;
+pub mod budget;
 mod client_auth;
 mod join;
 mod login;

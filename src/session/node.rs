@@ -236,6 +236,11 @@ impl NodeConn {
         }
     }
 
+    /// Bytes waiting to be written to the node.
+    pub fn queued(&self) -> usize {
+        self.ep.tx.len() + self.overflow.len() - self.overflow_sent
+    }
+
     /// Write what is queued; Err when the node connection is gone.
     pub fn flush(&mut self) -> Result<usize, Broken> {
         let mut total = 0;

@@ -29,6 +29,7 @@ use crate::replication::large_objects;
 use crate::replication::lexer::split_statements;
 use crate::replication::plan::{self, Plan, Planned, Segment, Targets, TxView};
 use crate::replication::request;
+use crate::replication::two_phase;
 use crate::trace::{trace_message, Peer};
 
 /// Passes over client and nodes per wakeup before yielding to other sessions.
@@ -40,6 +41,11 @@ const HOLD_MAX: usize = 16 * 1024;
 
 /// A node message buffer larger than this (after a big row) is not kept for reuse.
 const NODE_MSG_KEEP: usize = 64 * 1024;
+
+/// `write_ack = async`: a session whose statements wait unsent for a node (one running
+/// behind, or stopped) beyond this many bytes takes no further request until they drain,
+/// so that the backlog of a slow replica stays bounded and the client is pushed back.
+const NODE_BACKLOG_MAX: usize = 4 * 1024 * 1024;
 
 /// The largest client message accepted in replication mode: a statement is kept whole
 /// until every node has run it.
@@ -66,8 +72,10 @@ pub struct Replication {
     /// `mode = streaming`: where the primary's WAL ended after this session's last commit;
     /// its reads go to a standby that has replayed that far.
     wal_lsn: u64,
-    /// A client message larger than the receive buffer, being collected.
+    /// A client message larger than the receive buffer, being collected, and the memory
+    /// held for it (and for its copies to the nodes) until its request ends.
     large: Vec<u8>,
+    large_held: Option<super::budget::Held>,
     /// What the lead's catalog says of the tables this session wrote to, by folded name;
     /// valid while `tables_epoch` equals the cluster-wide DDL epoch.
     tables: HashMap<String, TableInfo>,
@@ -258,6 +266,8 @@ struct Request {
     /// Two-phase commit: the transaction identifier, the nodes that prepared it, the first
     /// PREPARE error, whether the commit was decided, or the rollback chosen instead.
     gid: Option<String>,
+    /// The commit decision's number in the decision log, once written.
+    decision: Option<u64>,
     prepared: Vec<u8>,
     prepare_error: Option<String>,
     committed: bool,
@@ -339,6 +349,7 @@ impl Request {
             parses_only: None,
             flush_replies: None,
             gid: None,
+            decision: None,
             prepared: Vec::new(),
             prepare_error: None,
             committed: false,
@@ -390,14 +401,16 @@ impl Session {
         let mut exhausted = true;
         for _ in 0..PASSES {
             let mut progress = false;
-            match self.client.fill() {
-                Ok(n) => progress |= n > 0,
-                Err(Broken::Closed) => {
-                    return Transition::Close("client closed the connection".into())
+            let gone = match self.client.fill() {
+                Ok(n) => {
+                    progress |= n > 0;
+                    None
                 }
-                Err(Broken::Error(e)) => {
-                    return Transition::Close(format!("client read error: {e}"))
-                }
+                Err(Broken::Closed) => Some("client closed the connection".to_string()),
+                Err(Broken::Error(e)) => Some(format!("client read error: {e}")),
+            };
+            if let Some(why) = gone {
+                return self.finish_two_phase_then_close(why, cx);
             }
             match self.node_io(cx) {
                 Ok(p) => progress |= p,
@@ -438,6 +451,29 @@ impl Session {
                 Some(cx.schedule(super::IDLE_SWEEP, crate::reactor::context::TimerKind::Idle));
         }
         self.close_if_drained(cx)
+    }
+
+    /// The client is gone. A two-phase commit under way is carried to its end first (the
+    /// session stays until the nodes have answered), so that what the nodes prepared is
+    /// committed or rolled back now, not left prepared, holding its locks, until a restart.
+    fn finish_two_phase_then_close(&mut self, why: String, cx: &mut Context) -> Transition {
+        let in_two_phase = |s: &Self| s.repl.request.as_ref().is_some_and(|r| r.gid.is_some());
+        if !in_two_phase(self) {
+            return Transition::Close(why);
+        }
+        // Its answer reaches nobody; the buffer must not fill and hold the nodes' replies up.
+        self.client.tx.consume(self.client.tx.len());
+        for step in [Self::node_io, Self::node_replies, Self::node_io] {
+            if let Err(t) = step(self, cx) {
+                return t;
+            }
+            self.client.tx.consume(self.client.tx.len());
+        }
+        if in_two_phase(self) {
+            Transition::Stay
+        } else {
+            Transition::Close(why)
+        }
     }
 
     /// `write_ack = async`, inside a transaction: the statements replicas run behind stay in
@@ -994,6 +1030,14 @@ impl Session {
                 self.start_request(commit, cx)?;
             }
         }
+        if self.repl.large_held.is_some()
+            && self.repl.is_idle()
+            && self.repl.batch.is_empty()
+            && self.repl.large.is_empty()
+        {
+            // Every node has the large message (and answered): its memory is free again.
+            self.repl.large_held = None;
+        }
         Ok(progress)
     }
 
@@ -1264,7 +1308,14 @@ impl Session {
             }
             let mut only = None;
             if phase.segments.contains(&Segment::CommitPrepared) {
-                only = Some(Self::decide_two_phase(r, cx));
+                match Self::decide_two_phase(r, cx) {
+                    Some(nodes) => only = Some(nodes),
+                    None => {
+                        // This phase starts when the decision is on disk.
+                        r.next_phase -= 1;
+                        return Ok(());
+                    }
+                }
             }
             let targets: Vec<u8> = match phase.targets {
                 Targets::Lead => vec![r.lead],
@@ -1437,46 +1488,74 @@ impl Session {
         }
     }
 
-    /// Before COMMIT PREPARED: if every node prepared, write the decision down (durably) and
-    /// commit everywhere; otherwise roll back what was prepared and fail the request. Returns
-    /// the nodes the last phase goes to.
-    fn decide_two_phase(r: &mut Request, cx: &mut Context) -> Vec<u8> {
+    /// Before COMMIT PREPARED: if every node prepared, write the decision down and, once it
+    /// is on disk (group commit: `two_phase::DecisionLog::flush`), commit everywhere;
+    /// otherwise roll back what was prepared and fail the request. Returns the nodes the
+    /// last phase goes to, or None while the decision is on its way to the disk (the
+    /// session is woken when it is there).
+    fn decide_two_phase(r: &mut Request, cx: &mut Context) -> Option<Vec<u8>> {
         let gid = r.gid.clone().unwrap_or_default();
-        if r.prepare_error.is_none() && !compare::vote(&r.answers, r.lead).differ.is_empty() {
-            r.rolled_back = true;
-            r.prepare_error = Some(format!(
-                "the nodes' results differed ({})",
-                compare::describe(&r.answers)
-            ));
-        }
-        let everyone = r.prepare_error.is_none() && !r.prepared.is_empty();
-        let decided = match (everyone, cx.shared.two_phase.as_mut()) {
-            (true, Some(log)) => log.decide_commit(&gid).map_err(|e| {
-                log::error!("{e}");
-                format!("the commit decision could not be written: {e}")
-            }),
-            (true, None) => Err("two-phase commit is not configured".into()),
-            (false, _) => Err(r
-                .prepare_error
-                .clone()
-                .unwrap_or_else(|| "no node prepared the transaction".into())),
-        };
-        match decided {
-            Ok(()) => r.committed = true,
-            Err(why) => {
-                r.rolling_back = true;
-                if !r.voice_prepare_failed {
-                    r.error.get_or_insert((
-                        "40001",
-                        format!(
-                            "COMMIT failed, the transaction was rolled back on every node: {why}"
-                        ),
+        let number = match r.decision {
+            Some(n) => n,
+            None => {
+                if r.prepare_error.is_none() && !compare::vote(&r.answers, r.lead).differ.is_empty()
+                {
+                    r.rolled_back = true;
+                    r.prepare_error = Some(format!(
+                        "the nodes' results differed ({})",
+                        compare::describe(&r.answers)
                     ));
                 }
-                r.final_status = Some(b'I');
+                let everyone = r.prepare_error.is_none() && !r.prepared.is_empty();
+                let written = match (everyone, cx.shared.two_phase.as_mut()) {
+                    (true, Some(log)) => log.write_commit(&gid).map_err(|e| {
+                        log::error!("{e}");
+                        format!("the commit decision could not be written: {e}")
+                    }),
+                    (true, None) => Err("two-phase commit is not configured".into()),
+                    (false, _) => Err(r
+                        .prepare_error
+                        .clone()
+                        .unwrap_or_else(|| "no node prepared the transaction".into())),
+                };
+                match written {
+                    Ok(n) => *r.decision.insert(n),
+                    Err(why) => {
+                        Self::roll_back_prepared(r, &why);
+                        return Some(r.prepared.clone());
+                    }
+                }
+            }
+        };
+        let Some(log) = cx.shared.two_phase.as_mut() else {
+            // (A decision number comes from the log.)
+            Self::roll_back_prepared(r, "two-phase commit is not configured");
+            return Some(r.prepared.clone());
+        };
+        match log.decision(number, cx.key) {
+            two_phase::Decision::Waiting => return None,
+            two_phase::Decision::Durable => r.committed = true,
+            two_phase::Decision::Failed(e) => {
+                // Never counts as decided, even if the line reached the disk after all.
+                log.done(&gid);
+                Self::roll_back_prepared(
+                    r,
+                    &format!("the commit decision could not be written: {e}"),
+                );
             }
         }
-        r.prepared.clone()
+        Some(r.prepared.clone())
+    }
+
+    fn roll_back_prepared(r: &mut Request, why: &str) {
+        r.rolling_back = true;
+        if !r.voice_prepare_failed {
+            r.error.get_or_insert((
+                "40001",
+                format!("COMMIT failed, the transaction was rolled back on every node: {why}"),
+            ));
+        }
+        r.final_status = Some(b'I');
     }
 
     /// Every phase ran: vote, detach who differs, update the transaction, answer the client.
@@ -1687,6 +1766,9 @@ impl Session {
             if !copying && self.client.tx.is_full() {
                 return Ok(progress);
             }
+            if !copying && self.nodes.iter().any(|n| n.queued() > NODE_BACKLOG_MAX) {
+                return Ok(progress);
+            }
             // Between transactions: wait while paused, and bring in nodes attached since.
             if !copying
                 && !self.repl.busy()
@@ -1695,8 +1777,10 @@ impl Session {
             {
                 return Ok(progress);
             }
+            let unread = self.client.rx.len();
             let Some((tag, len)) = self.peek_client_message(cx)? else {
-                return Ok(progress);
+                // Part of a large message taken in makes room for the next read.
+                return Ok(progress || self.client.rx.len() < unread);
             };
             if copying {
                 if !self.copy_to_nodes(tag, len, cx) {
@@ -1793,6 +1877,15 @@ impl Session {
         match message_header(data, MAX_REPLICATED_MESSAGE) {
             Ok(Some((tag, len))) if data.len() >= len => Ok(Some((tag, len))),
             Ok(Some((_, len))) if len > self.client.rx.capacity() => {
+                let copies = 1 + self.nodes.len() as u64;
+                if !cx.shared.message_memory.reserve(
+                    &mut self.repl.large_held,
+                    len as u64 * copies,
+                    cx.shared.config.max_message_memory,
+                    cx.key,
+                ) {
+                    return Ok(None);
+                }
                 self.repl.large.reserve_exact(len);
                 self.repl.large.extend_from_slice(data);
                 let n = data.len();
