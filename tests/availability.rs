@@ -384,13 +384,20 @@ fn a_listening_session_gets_notifications_after_losing_its_lead_connection() {
     waiter
         .batch_execute("LISTEN Jobs; LISTEN other; UNLISTEN other")
         .unwrap();
+    // A LISTEN counts only once its transaction commits.
+    waiter
+        .batch_execute("BEGIN; LISTEN lost; ROLLBACK; BEGIN; LISTEN kept; COMMIT")
+        .unwrap();
     let mut sender = connect(&pm.conn_str("postgres", "listen_again"));
     assert!(terminate_backends(n0, "listen_again") >= 1);
     std::thread::sleep(Duration::from_millis(500));
     // The sender's own lead connection was lost too: its first statement may fail (40001).
     let notify = |c: &mut postgres::Client, payload: &str| {
         for _ in 0..5 {
-            match c.batch_execute(&format!("NOTIFY jobs, '{payload}'; NOTIFY other, 'no'")) {
+            let sql = format!(
+                "NOTIFY jobs, '{payload}'; NOTIFY other, 'no'; NOTIFY lost, 'no'; NOTIFY kept, 'yes'"
+            );
+            match c.batch_execute(&sql) {
                 Ok(()) => return,
                 Err(e) if is_retryable(&e) => continue,
                 Err(e) => panic!("NOTIFY: {e}"),
@@ -405,7 +412,7 @@ fn a_listening_session_gets_notifications_after_losing_its_lead_connection() {
     while let Some(n) = it.next().unwrap() {
         got.push(format!("{}:{}", n.channel(), n.payload()));
     }
-    assert_eq!(got, vec!["jobs:after".to_string()], "{}", pm.log());
+    assert_eq!(got, ["jobs:after", "kept:yes"], "{}", pm.log());
     all_up_with(&pm, "listen_again", 0);
 }
 
@@ -449,4 +456,49 @@ fn large_statements_from_many_clients_stay_within_max_message_memory() {
         peak_kb / 1024
     );
     all_up_with(&pm, "bigmsg", 0);
+}
+
+/// A session with a temporary table that loses one node's connection cannot be joined to
+/// that node again (the table is gone there): it ends with a clear error, as a direct
+/// client's session ends with its backend, instead of going on with nodes that differ.
+#[test]
+fn a_session_with_temporary_tables_ends_when_a_node_must_rejoin_it() {
+    let pm = setup("tempgone", "");
+    // Raw protocol: a driver may report a FATAL that comes with the close as just "closed".
+    let mut c = RawClient::connect(pm.port(), "postgres", "tempgone");
+    let made = c.query("CREATE TEMP TABLE scratch (v int); INSERT INTO scratch VALUES (1)");
+    assert!(made.iter().all(|(tag, _)| *tag != b'E'), "{made:?}");
+    assert!(terminate_backends(&nodes()[1], "tempgone") >= 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut errors = Vec::new();
+    'requests: for _ in 0..3 {
+        c.send(&message(b'Q', b"INSERT INTO scratch VALUES (2)\0"));
+        loop {
+            let (tag, body) = c.read_message();
+            match tag {
+                b'E' => {
+                    let text = String::from_utf8_lossy(&body).to_string();
+                    errors.push(text.clone());
+                    if text.contains("FATAL") {
+                        break 'requests;
+                    }
+                }
+                b'Z' => break,
+                _ => {}
+            }
+        }
+    }
+    let fatal = errors.last().cloned().unwrap_or_default();
+    assert!(
+        fatal.contains("C08006") && fatal.contains("temporary tables"),
+        "{errors:?}\n{}",
+        pm.log()
+    );
+    let mut rest = Vec::new();
+    let closed = std::io::Read::read_to_end(&mut c.stream, &mut rest);
+    assert!(closed.is_ok() && rest.is_empty(), "the session is closed");
+    // Other sessions and every node go on.
+    let mut other = connect(&pm.conn_str("postgres", "tempgone"));
+    bump(&mut other).unwrap();
+    all_up_with(&pm, "tempgone", 1);
 }

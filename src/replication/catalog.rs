@@ -12,8 +12,11 @@ use super::defaults::{draws_from_sequence, is_volatile, VolatileDefault};
 pub struct TableInfo {
     /// The name resolved to a table (`to_regclass`); false: every other field is empty.
     pub exists: bool,
-    /// A view, or a table with rules: a RETURNING pgmulti adds may be refused there.
-    pub rules: bool,
+    /// pgmulti must not add a RETURNING of its own: a view or a table with rules (it may be
+    /// refused there), a table whose row-level security applies to this session's user
+    /// (its SELECT policies would judge the changed rows, which the user's statement alone
+    /// does not ask for), or one the user may not SELECT from (RETURNING needs it).
+    pub no_returning: bool,
     /// A system catalog (pg_catalog): its OIDs, hence its rows, differ from node to node.
     pub system: bool,
     /// Columns whose default is not deterministic (written into INSERTs).
@@ -59,7 +62,8 @@ pub fn probe_sql(tables: &[&str]) -> String {
     let list = list.join(", ");
     let from = format!("FROM (VALUES {list}) AS t(name)");
     format!(
-        "SELECT t.name, 'table', CASE WHEN c.relhasrules THEN 'rules' ELSE '' END, \
+        "SELECT t.name, 'table', CASE WHEN c.relhasrules OR row_security_active(c.oid) \
+         OR NOT has_table_privilege(c.oid, 'SELECT') THEN 'no returning' ELSE '' END, \
          CASE WHEN c.relnamespace = 'pg_catalog'::regnamespace THEN 'system' ELSE '' END {from} \
          JOIN pg_class c ON c.oid = to_regclass(t.name) \
          UNION ALL \
@@ -98,7 +102,7 @@ pub fn read_probe(table: &str, rows: &[[String; 4]]) -> TableInfo {
         match kind.as_str() {
             "table" => {
                 info.exists = true;
-                info.rules = name == "rules";
+                info.no_returning = name == "no returning";
                 info.system = detail == "system";
             }
             "default" => {
@@ -158,7 +162,7 @@ mod tests {
     fn probe_rows_make_a_table() {
         let rows = vec![
             row("jobs", "table", "", ""),
-            row("v", "table", "rules", ""),
+            row("v", "table", "no returning", ""),
             row("pg_class", "table", "", "system"),
             row("jobs", "column", "id", "integer"),
             row("jobs", "column", "at", "timestamp with time zone"),
@@ -190,8 +194,8 @@ mod tests {
         );
         assert_eq!(info.volatile_trigger('D'), None);
         assert!(!read_probe("missing", &rows).exists);
-        assert!(!info.rules && !info.system);
-        assert!(read_probe("v", &rows).rules && read_probe("pg_class", &rows).system);
+        assert!(!info.no_returning && !info.system);
+        assert!(read_probe("v", &rows).no_returning && read_probe("pg_class", &rows).system);
     }
 
     #[test]

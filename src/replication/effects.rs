@@ -515,11 +515,11 @@ pub fn plan_shape(
             hint: "compute the value in the statement itself (pgmulti gives now(), random() and gen_random_uuid() in a statement one value on every node), or make the trigger deterministic".into(),
         });
     }
-    // A view or a table with rules may refuse the RETURNING pgmulti adds; a system
-    // catalog's rows hold OIDs that differ by node, so no digest of them can agree. Both run
-    // as written, compared by row count.
+    // Where pgmulti may not add a RETURNING (views, rules, row-level security, no SELECT
+    // right), or in a system catalog, whose rows hold OIDs that differ by node so that no
+    // digest of them can agree, the statement runs as written, compared by row count.
     if !info.exists
-        || info.rules
+        || info.no_returning
         || info.system
         || shape.current_of
         || (shape.command == Command::Insert && !shape.selects)
@@ -1053,12 +1053,13 @@ mod tests {
         assert!(plain.replica_sql(&same).contains("CAST(E'0' AS integer)"));
     }
 
-    /// Views, tables with rules and system catalogs run as written; subscripted, repeated
+    /// Views, tables with rules, row-level security or no SELECT right, and system catalogs
+    /// run as written; subscripted, repeated
     /// and DEFAULT assignments are re-run, not replaced by the lead's values.
     #[test]
     fn what_cannot_be_applied_by_value_runs_as_written() {
         let mut t = jobs();
-        t.rules = true;
+        t.no_returning = true;
         assert_eq!(
             plan("UPDATE jobs SET status = 'x' WHERE id = (SELECT 1)", &t),
             Ok(None)

@@ -1,5 +1,5 @@
 //! Statement replication: deciding where a client's SQL must run and checking that the
-//! nodes agree. Pure logic; the session (`session/replicate.rs`) carries it out.
+//! nodes agree. Pure logic; the session (`session/replicate/`) carries it out.
 //!
 //! `lexer` turns SQL text into borrowed tokens and splits a query string into statements;
 //! `classify` says what one statement is (read, write, transaction control, session state,

@@ -1,7 +1,7 @@
 //! How one client request is executed across the nodes: a sequence of phases, each sending
 //! the same statements to a set of nodes at once (one round trip) and ending when all of
 //! them have answered. This file decides the phases from the request's class and the
-//! transaction's state; `session/replicate.rs` carries them out. Pure logic, tested alone.
+//! transaction's state; `session/replicate/` carries them out. Pure logic, tested alone.
 //! The table in docs/replication.md is this file in prose.
 
 /// What a whole request (a simple Query, possibly several statements) is, for routing.

@@ -347,9 +347,13 @@ pub enum Listen {
     Add(String),
     Remove(String),
     RemoveAll,
+    /// A COMMIT or ROLLBACK among them: the ones before it in its transaction count or not.
+    Commit,
+    Rollback,
 }
 
-/// The LISTEN / UNLISTEN statements of `sql`, in order.
+/// The LISTEN / UNLISTEN statements of `sql`, in order, with the transaction ends between
+/// them.
 pub fn listens(sql: &str) -> Vec<Listen> {
     if !sql
         .as_bytes()
@@ -370,9 +374,48 @@ pub fn listens(sql: &str) -> Vec<Listen> {
             ("LISTEN", Some(name)) => Some(Listen::Add(folded(name))),
             ("UNLISTEN", Some(name)) => Some(Listen::Remove(folded(name))),
             ("UNLISTEN", None) => Some(Listen::RemoveAll),
-            _ => None,
+            _ => match c.kind {
+                Kind::Transaction(Tx::Commit) => Some(Listen::Commit),
+                Kind::Transaction(Tx::Rollback) => Some(Listen::Rollback),
+                _ => None,
+            },
         })
         .collect()
+}
+
+/// Whether `sql` makes objects that live only in this session's backends: temporary tables,
+/// views and sequences (`CREATE TEMP …`, `SELECT … INTO TEMP …`) and cursors `WITH HOLD`.
+/// pgmulti cannot copy them to a node that joins the session later (a new connection after
+/// a lost one, an attached node). Cheap unless the text says TEMP or HOLD.
+pub fn keeps_session_objects(sql: &str) -> bool {
+    let says = |word: &[u8]| {
+        sql.as_bytes()
+            .windows(word.len())
+            .any(|w| w.eq_ignore_ascii_case(word))
+    };
+    if !says(b"temp") && !says(b"hold") {
+        return false;
+    }
+    split_statements(sql).any(|statement| {
+        let t: Vec<Token> = Lexer::new(statement).collect();
+        let kw = |i: usize, k: &str| t.get(i).is_some_and(|t| t.is_kw(k));
+        let temp = |i: usize| kw(i, "temp") || kw(i, "temporary");
+        if kw(0, "create") {
+            // CREATE [OR REPLACE] [GLOBAL | LOCAL] TEMP …
+            let mut i = 1;
+            while ["or", "replace", "global", "local"]
+                .iter()
+                .any(|k| kw(i, k))
+            {
+                i += 1;
+            }
+            return temp(i);
+        }
+        if kw(0, "declare") {
+            return (1..t.len()).any(|i| kw(i, "with") && kw(i + 1, "hold"));
+        }
+        kw(0, "select") && (1..t.len()).any(|i| kw(i, "into") && temp(i + 1))
+    })
 }
 
 /// The databases a statement needs without other connections: PostgreSQL refuses
@@ -1116,6 +1159,32 @@ mod tests {
     }
 
     #[test]
+    fn session_objects_are_recognised() {
+        for yes in [
+            "CREATE TEMP TABLE t (a int)",
+            "create temporary table t as select 1",
+            "CREATE GLOBAL TEMPORARY TABLE t (a int)",
+            "CREATE OR REPLACE TEMP VIEW v AS SELECT 1",
+            "CREATE TEMP SEQUENCE s",
+            "SELECT 1; DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "DECLARE c NO SCROLL CURSOR WITH HOLD FOR SELECT 1",
+            "SELECT * INTO TEMP TABLE t FROM x",
+        ] {
+            assert!(keeps_session_objects(yes), "{yes}");
+        }
+        for no in [
+            "CREATE TABLE temperature (a int)",
+            "SELECT 'temp', 'with hold'",
+            "DECLARE c CURSOR WITHOUT HOLD FOR SELECT 1",
+            "CREATE TABLE t (temp int)",
+            "INSERT INTO temp_log VALUES (1)",
+            "SELECT * INTO t FROM temp",
+        ] {
+            assert!(!keeps_session_objects(no), "{no}");
+        }
+    }
+
+    #[test]
     fn a_new_large_object_gets_an_oid_chosen_once_for_every_node() {
         let r = rw("INSERT INTO lotest (loid) SELECT lo_creat(42)")
             .unwrap()
@@ -1166,5 +1235,10 @@ mod tests {
         );
         assert!(listens("NOTIFY jobs; SELECT 'listen'").is_empty());
         assert!(listens("SELECT 1").is_empty());
+        // Transaction ends among them say which count (ROLLBACK TO does not end one).
+        assert_eq!(
+            listens("BEGIN; LISTEN a; ABORT; BEGIN; LISTEN b; SAVEPOINT s; ROLLBACK TO s; END"),
+            vec![Add("a".into()), Rollback, Add("b".into()), Commit]
+        );
     }
 }

@@ -7,8 +7,9 @@
 //!
 //! The loop attaches a node only when no session is inside a transaction (see
 //! `reactor::operations`), so no transaction ever runs on a node that missed part of it.
-//! Not replayed: temporary tables, cursors WITH HOLD; a session that relies on them sees a
-//! difference on the new node. LISTENs follow the lead (`listen_again` in replicate.rs).
+//! Temporary tables and cursors WITH HOLD cannot be replayed: a session that made one is
+//! ended (08006) instead of joined, as a direct client loses its connection with its
+//! backend. LISTENs follow the lead (`listen_again` in replicate/mod.rs).
 
 use super::node::{LoginContext, LoginStep, NodeConn};
 use super::replicate::SESSION_SQL_LIMIT;
@@ -48,6 +49,15 @@ impl Session {
                 .collect();
             if missing.is_empty() {
                 return Ok(true);
+            }
+            if self.repl.session_objects {
+                // The joining node would lack them. A direct client's session ends with the
+                // backend that held them; this one ends with them too.
+                let msg = format!(
+                    "node(s) {missing:?} must join this session, but its temporary tables or WITH HOLD cursors cannot be copied there; reconnect"
+                );
+                self.fatal(cx, "08006", &msg);
+                return Err(Transition::Close(msg));
             }
             if self.repl.session_sql.len() > SESSION_SQL_LIMIT {
                 let msg = "a node was attached and this session set too much session state to copy to it; reconnect";

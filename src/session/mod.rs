@@ -640,6 +640,20 @@ impl Session {
                 .all(|n| n.ep.rx.is_empty() && n.ep.tx.is_empty())
     }
 
+    /// After a handler's passes over client and nodes: if it stopped with work left
+    /// (`exhausted`), it runs again in the next pass of the loop; the activity keeps the idle
+    /// sweep away; a draining session whose work is done closes.
+    fn end_of_passes(&mut self, exhausted: bool, cx: &mut Context) -> Transition {
+        if exhausted {
+            cx.again = true;
+        }
+        self.last_activity = cx.now;
+        if self.idle_timer.is_none() {
+            self.idle_timer = Some(cx.schedule(IDLE_SWEEP, TimerKind::Idle));
+        }
+        self.close_if_drained(cx)
+    }
+
     fn close_if_drained(&mut self, cx: &mut Context) -> Transition {
         // A request waiting at the gate has not started: it is not run during a shutdown.
         if self.draining && (self.is_quiet() || self.at_gate) {

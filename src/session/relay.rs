@@ -458,13 +458,6 @@ impl Session {
                 break;
             }
         }
-        if exhausted {
-            cx.again = true;
-        }
-        self.last_activity = cx.now;
-        if self.idle_timer.is_none() {
-            self.idle_timer = Some(cx.schedule(super::IDLE_SWEEP, TimerKind::Idle));
-        }
-        self.close_if_drained(cx)
+        self.end_of_passes(exhausted, cx)
     }
 }
