@@ -174,6 +174,12 @@ EOF
     if [ -z "$(node_psql -c "SELECT 1 FROM pg_database WHERE datname = '$DEMO_USER'")" ]; then
         node_psql -c "CREATE DATABASE $DEMO_USER OWNER $DEMO_USER"
     fi
+    # pgmulti's own connections (health_check_user, in health_check_database) promote a
+    # standby after a failover; a function's rights are kept per database.
+    if [ "$MODE" = streaming ]; then
+        psql -X -q -At -h "$PGROOT" -p "$port" -U postgres -d "$DEMO_USER" -v ON_ERROR_STOP=1 \
+            -c "GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO $DEMO_USER"
+    fi
 done
 
 # --- pgmulti config -------------------------------------------------------------------------
@@ -201,6 +207,12 @@ chmod 600 "$QS/userlist.txt"
         for stage in 1st 2nd; do
             echo "recovery_${stage}_stage_command = '$REPO/scripts/recovery_${stage}_stage.sh %d $PGROOT %p %D %m $PGROOT %r %R'"
         done
+    fi
+    # Streaming: RECOVER NODE n rebuilds a standby with pg_basebackup (stage 1 alone), and
+    # after a failover the other standbys follow the promoted one.
+    if [ "$mode" = streaming ]; then
+        echo "recovery_1st_stage_command = '$REPO/scripts/recovery_1st_stage.sh %d $PGROOT %p %D %m $PGROOT %r %R'"
+        echo "follow_primary_command = '$REPO/scripts/follow_primary.sh $PGROOT %p $PGROOT %r postgres'"
     fi
     echo "metrics_port = $metrics_port"
     echo "auth_file = '$QS/userlist.txt'"
