@@ -235,6 +235,9 @@ pub struct Config {
     /// `mode = streaming`: a standby further behind the primary than this many bytes of WAL
     /// serves no reads.
     pub max_standby_lag: u64,
+    /// `mode = streaming`: a standby whose replay is further behind than this in time serves
+    /// no reads (zero: no limit).
+    pub max_standby_delay: Duration,
     /// Replication and streaming modes: bytes all sessions together may hold for client
     /// messages larger than a receive buffer (`session::budget`).
     pub max_message_memory: u64,
@@ -300,6 +303,7 @@ const PARAMETERS: &[&str] = &[
     "max_client_conn",
     "max_pool_size",
     "max_standby_lag",
+    "max_standby_delay",
     "max_message_memory",
     "read_your_writes",
     "preconnect",
@@ -570,6 +574,9 @@ impl Parser<'_> {
                 "max_standby_lag" => {
                     config.max_standby_lag = parse_bytes(value).map_err(bad)?;
                 }
+                "max_standby_delay" => {
+                    config.max_standby_delay = parse_duration(value).map_err(bad)?;
+                }
                 "max_message_memory" => {
                     config.max_message_memory = parse_bytes(value).map_err(bad)?;
                 }
@@ -770,6 +777,7 @@ impl Config {
             max_client_conn: 10000,
             max_pool_size: 20,
             max_standby_lag: 16 << 20,
+            max_standby_delay: Duration::ZERO,
             max_message_memory: 256 << 20,
             read_your_writes: true,
             preconnect: Vec::new(),
@@ -954,6 +962,7 @@ impl Config {
             ("max_client_conn", self.max_client_conn.to_string()),
             ("max_pool_size", self.max_pool_size.to_string()),
             ("max_standby_lag", self.max_standby_lag.to_string()),
+            ("max_standby_delay", format_duration(self.max_standby_delay)),
             ("max_message_memory", self.max_message_memory.to_string()),
             (
                 "read_your_writes",
@@ -1723,6 +1732,11 @@ mod tests {
         let c = parse_ok("backend_hostname0 = h\nmode = streaming\nmax_standby_lag = '4MB'\n");
         assert_eq!((c.mode, c.max_standby_lag), (Mode::Streaming, 4 << 20));
         assert!(c.read_your_writes, "on unless switched off");
+        let c = parse_ok("backend_hostname0 = h\nmode = streaming\nmax_standby_delay = '2s'\n");
+        assert_eq!(c.max_standby_delay, Duration::from_secs(2));
+        assert!(parse_ok("backend_hostname0 = h\n")
+            .max_standby_delay
+            .is_zero());
         let c = parse_ok("backend_hostname0 = h\nmode = streaming\nread_your_writes = off\n");
         assert!(!c.read_your_writes);
         assert!(

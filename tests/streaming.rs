@@ -179,8 +179,26 @@ fn a_session_reads_its_own_writes_from_a_delayed_standby() {
         stale > 40,
         "only {stale} of 160 reads were stale without the check: is the standby late?"
     );
-    // A session that wrote nothing reads from the standby.
-    std::thread::sleep(Duration::from_secs(2));
+    // Still without it, but with max_standby_delay below the standby's 3 s: once a health
+    // check has seen it replay that late, it serves no reads while the writes go on.
+    pm.rewrite_conf(
+        &streaming_conf(&[&primary, &late])
+            .line("read_your_writes = off")
+            .line("max_standby_delay = '1s'"),
+    );
+    let out = pm.psql("postgres", "pgmulti", None, "RELOAD");
+    assert!(out.success(), "{}", out.stderr);
+    primary.psql(
+        "postgres",
+        "postgres",
+        "UPDATE ryw SET c = c + 1 WHERE id = -1",
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let stale = stale_reads(2);
+    assert_eq!(stale, 0, "reads from a standby replaying 3 s late");
+    // A session that wrote nothing reads from the standby, once it has caught up (3 s
+    // after the last write) and a health check has seen that.
+    std::thread::sleep(Duration::from_secs(5));
     let mut reader = connect(&pm.conn_str("postgres", "postgres"));
     let ports: Vec<i32> = (0..20)
         .map(|_| {

@@ -13,12 +13,17 @@ use crate::protocol::frontend;
 use crate::reactor::context::Context;
 use crate::session::node::{Credentials, LoginStep};
 
-/// `mode = streaming`: the check also reads the node's role and WAL position.
+/// `mode = streaming`: the check also reads the node's role and WAL position, and how far
+/// a standby's replay is behind in time: 0 when it has replayed all the WAL it received,
+/// else the age of the last transaction it replayed (the usual measure of replay lag).
 const ROLE_AND_POSITION: &str = "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() \
-     THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END";
+     THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, \
+     CASE WHEN pg_is_in_recovery() AND pg_last_wal_receive_lsn() IS DISTINCT FROM pg_last_wal_replay_lsn() \
+     THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp()) ELSE 0 END";
 
-/// (in recovery, WAL position) from the DataRow answering `ROLE_AND_POSITION`.
-fn read_role_and_position(body: &[u8]) -> Option<(bool, u64)> {
+/// (in recovery, WAL position, replay delay in seconds) from the DataRow answering
+/// `ROLE_AND_POSITION`.
+fn read_role_and_position(body: &[u8]) -> Option<(bool, u64, f64)> {
     let fields = crate::protocol::backend::data_row_fields(body).ok()?;
     let text = |i: usize| {
         fields
@@ -28,7 +33,11 @@ fn read_role_and_position(body: &[u8]) -> Option<(bool, u64)> {
     };
     let standby = text(0)? == "t";
     let lsn = text(1).and_then(parse_lsn).unwrap_or(0);
-    Some((standby, lsn))
+    let delay = text(2)
+        .and_then(|t| t.parse::<f64>().ok())
+        .filter(|d| d.is_finite() && *d > 0.0)
+        .unwrap_or(0.0);
+    Some((standby, lsn, delay))
 }
 
 /// A WAL position as PostgreSQL writes it (`16/B374D848`).
@@ -161,11 +170,11 @@ impl HealthCheck {
                         match (tag, reading) {
                             // pg_promote(true, …) answers true once the node left recovery;
                             // a health check may have seen it first.
-                            (b'D', Some((true, _))) if cluster.promoting == Some(self.node) => {
+                            (b'D', Some((true, _, _))) if cluster.promoting == Some(self.node) => {
                                 cluster.promoting = None;
                                 cluster.promoted(self.node);
                             }
-                            (b'D', Some((true, _))) => {}
+                            (b'D', Some((true, _, _))) => {}
                             (b'D', _) => log::error!(
                                 "node {}: pg_promote() did not finish within {PROMOTE_WAIT:?}",
                                 self.node
@@ -199,7 +208,7 @@ impl HealthCheck {
                             return true;
                         }
                         b'D' => {
-                            if let Some((standby, lsn)) = reading {
+                            if let Some((standby, lsn, delay)) = reading {
                                 let cluster = &mut cx.shared.cluster;
                                 // Never two primaries: one that appears beside the primary
                                 // (promoted behind pgmulti's back, or an old primary
@@ -227,6 +236,7 @@ impl HealthCheck {
                                     }
                                     n.standby = Some(standby);
                                     n.wal_lsn = lsn;
+                                    n.replay_delay = Duration::from_secs_f64(delay);
                                     if !standby && cluster.promoting == Some(self.node) {
                                         cluster.promoting = None;
                                         cluster.promoted(self.node);

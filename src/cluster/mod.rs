@@ -12,6 +12,7 @@ pub mod preconnect;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeStatus {
@@ -64,6 +65,9 @@ pub struct Node {
     /// `mode = streaming`: the node's WAL position at the last health check (the primary's
     /// current position, a standby's replay position).
     pub wal_lsn: u64,
+    /// `mode = streaming`: how far a standby's replay was behind in time at the last health
+    /// check (0 when it had replayed everything it received).
+    pub replay_delay: Duration,
 }
 
 impl Node {
@@ -94,6 +98,7 @@ impl Node {
             disagreements: 0,
             standby: None,
             wal_lsn: 0,
+            replay_delay: Duration::ZERO,
         }
     }
 }
@@ -237,17 +242,19 @@ impl Cluster {
     }
 
     /// `mode = streaming`: a node that may serve a read of a session whose last commit
-    /// ended at `lsn`: a standby that has replayed it and lags at most `max_lag` bytes
-    /// behind the primary (by the health checks' readings), chosen as `read_node` chooses
-    /// (`pick` uniform in [0, 1)); None: the primary.
-    pub fn standby_for(&self, lsn: u64, max_lag: u64, pick: f64) -> Option<u8> {
+    /// ended at `lsn`: a standby that has replayed it, lags at most `lag.0` bytes behind the
+    /// primary and at most `lag.1` in time (zero: no limit), by the health checks' readings,
+    /// chosen as `read_node` chooses (`pick` uniform in [0, 1)); None: the primary.
+    pub fn standby_for(&self, lsn: u64, lag: (u64, Duration), pick: f64) -> Option<u8> {
         let primary = self.nodes.iter().find(|n| Some(n.id) == self.lead())?;
+        let (max_bytes, max_delay) = lag;
         let eligible = |n: &&Node| {
             n.status == NodeStatus::Up
                 && n.weight > 0.0
                 && n.standby == Some(true)
                 && n.wal_lsn >= lsn
-                && primary.wal_lsn.saturating_sub(n.wal_lsn) <= max_lag
+                && primary.wal_lsn.saturating_sub(n.wal_lsn) <= max_bytes
+                && (max_delay.is_zero() || n.replay_delay <= max_delay)
         };
         let fastest = self
             .nodes
@@ -570,6 +577,49 @@ mod tests {
         for _ in 0..DISAGREEMENTS_BEFORE_DETACH {
             assert!(two.disagreed(&[0], &[]).is_empty());
         }
+    }
+
+    /// Streaming: a standby behind the session's commit, too many bytes behind the primary,
+    /// or (with a limit) too long behind in time serves no read.
+    #[test]
+    fn standbys_too_far_behind_serve_no_reads() {
+        let mut c = cluster(&[1.0, 1.0, 1.0]);
+        c.streaming = true;
+        for (n, (standby, lsn)) in c
+            .nodes
+            .iter_mut()
+            .zip([(false, 1000), (true, 990), (true, 400)])
+        {
+            n.standby = Some(standby);
+            n.wal_lsn = lsn;
+        }
+        c.nodes[1].replay_delay = Duration::from_secs(5);
+        let pick = |c: &Cluster, lsn, lag| {
+            let mut got: Vec<Option<u8>> = (0..10)
+                .map(|i| c.standby_for(lsn, lag, i as f64 / 10.0))
+                .collect();
+            got.sort();
+            got.dedup();
+            got
+        };
+        let no_time = Duration::ZERO;
+        assert_eq!(pick(&c, 0, (1 << 20, no_time)), vec![Some(1), Some(2)]);
+        assert_eq!(
+            pick(&c, 900, (1 << 20, no_time)),
+            vec![Some(1)],
+            "node 2 lacks the commit"
+        );
+        assert_eq!(
+            pick(&c, 0, (100, no_time)),
+            vec![Some(1)],
+            "node 2 is 600 bytes behind"
+        );
+        assert_eq!(
+            pick(&c, 0, (1 << 20, Duration::from_secs(1))),
+            vec![Some(2)],
+            "node 1 replays 5 s late"
+        );
+        assert_eq!(pick(&c, 900, (1 << 20, Duration::from_secs(1))), vec![None]);
     }
 
     #[test]

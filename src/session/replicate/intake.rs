@@ -728,7 +728,10 @@ impl Session {
     pub(super) fn read_node(&mut self, lead: u8, cx: &mut Context) -> u8 {
         let draw = (random_u64() >> 11) as f64 / (1u64 << 53) as f64;
         if cx.shared.config.mode == Mode::Streaming {
-            let max_lag = cx.shared.config.max_standby_lag;
+            let max_lag = (
+                cx.shared.config.max_standby_lag,
+                cx.shared.config.max_standby_delay,
+            );
             let since = if cx.shared.config.read_your_writes {
                 self.repl.wal_lsn
             } else {
