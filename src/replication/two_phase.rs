@@ -124,7 +124,11 @@ impl DecisionLog {
     /// Write down that `gid` commits; it counts once `decision` says it is durable, before
     /// the first COMMIT PREPARED. Returns the decision's number.
     pub fn write_commit(&mut self, gid: &str) -> Result<u64, String> {
-        writeln!(self.file, "commit {gid}").map_err(|e| self.error(e))?;
+        // One write per line, so that a crash cannot leave half a line naming another gid.
+        let line = format!("commit {gid}\n");
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(|e| self.error(e))?;
         self.written += 1;
         Ok(self.written)
     }
@@ -190,14 +194,18 @@ impl DecisionLog {
     /// up (its transaction is rolled back): nothing left to resolve (not synced: at worst
     /// the next start commits an already committed transaction, which finds nothing to do).
     pub fn done(&mut self, gid: &str) {
-        let _ = writeln!(self.file, "done {gid}");
+        let _ = self.file.write_all(format!("done {gid}\n").as_bytes());
     }
 }
 
-/// The identifiers decided `commit` and not marked `done`.
+/// The identifiers decided `commit` and not marked `done`. A last line without its newline
+/// was cut by a crash and counts for nothing (its decision was never on disk whole).
 pub fn undone_commits(text: &str) -> HashSet<String> {
     let mut decided = HashSet::new();
-    for line in text.lines() {
+    for line in text
+        .split_inclusive('\n')
+        .filter_map(|l| l.strip_suffix('\n'))
+    {
         match line.split_once(' ') {
             Some(("commit", gid)) => {
                 decided.insert(gid.trim().to_string());
@@ -368,9 +376,9 @@ mod tests {
 
     #[test]
     fn decisions_not_done_are_kept() {
-        let log = "commit pgmulti_1_1\ncommit pgmulti_1_2\ndone pgmulti_1_1\ngarbage\ncommit pgmulti_1_3\n";
+        let log = "commit pgmulti_1_1\ncommit pgmulti_1_2\ndone pgmulti_1_1\ngarbage\ncommit pgmulti_1_3\ncommit pgmulti_1_4";
         let d = undone_commits(log);
-        assert_eq!(d.len(), 2);
+        assert_eq!(d.len(), 2, "{d:?}");
         assert!(d.contains("pgmulti_1_2") && d.contains("pgmulti_1_3"));
     }
 
