@@ -388,12 +388,11 @@ pub fn listens(sql: &str) -> Vec<Listen> {
 /// pgmulti cannot copy them to a node that joins the session later (a new connection after
 /// a lost one, an attached node). Cheap unless the text says TEMP or HOLD.
 pub fn keeps_session_objects(sql: &str) -> bool {
-    let says = |word: &[u8]| {
-        sql.as_bytes()
-            .windows(word.len())
-            .any(|w| w.eq_ignore_ascii_case(word))
-    };
-    if !says(b"temp") && !says(b"hold") {
+    let says_temp_or_hold = sql
+        .as_bytes()
+        .windows(4)
+        .any(|w| w.eq_ignore_ascii_case(b"temp") || w.eq_ignore_ascii_case(b"hold"));
+    if !says_temp_or_hold {
         return false;
     }
     split_statements(sql).any(|statement| {

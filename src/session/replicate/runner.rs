@@ -496,7 +496,12 @@ impl Session {
                 }
             }
         }
-        if r.error.is_none() && !r.lead_failed && request::keeps_session_objects(&r.text) {
+        // Once a session is known to hold such objects, its requests are not scanned again.
+        if !self.repl.session_objects
+            && r.error.is_none()
+            && !r.lead_failed
+            && request::keeps_session_objects(&r.text)
+        {
             self.repl.session_objects = true;
         }
         if !listens.is_empty() {
