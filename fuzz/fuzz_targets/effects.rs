@@ -42,6 +42,9 @@ fn table_for(shape: &effects::Shape, flags: u8) -> TableInfo {
     }
     TableInfo {
         exists: flags & 1 == 0,
+        // A view, a table with rules or row-level security: no hidden RETURNING.
+        no_returning: flags & 0x80 != 0,
+        system: false,
         volatile: Vec::new(),
         sequenced: flags & 0x40 != 0,
         // Without types (flag 8) the hidden columns cannot be typed: other plans.

@@ -47,6 +47,9 @@ fn table(flags: u8) -> TableInfo {
     ];
     TableInfo {
         exists: flags & 1 == 0,
+        // A view, a table with rules or row-level security: no hidden RETURNING.
+        no_returning: flags & 0x80 != 0,
+        system: false,
         volatile: if flags & 2 != 0 {
             vec![VolatileDefault {
                 column: "at".into(),
