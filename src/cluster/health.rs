@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::own_connection::OwnConnection;
 use crate::protocol::framing::message_header;
 use crate::protocol::frontend;
-use crate::reactor::context::Context;
+use crate::reactor::context::{Context, TimerKind};
 use crate::session::node::{Credentials, LoginStep};
 
 /// `mode = streaming`: the check also reads the node's role and WAL position, and how far
@@ -46,6 +46,10 @@ pub fn parse_lsn(text: &str) -> Option<u64> {
     Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
 }
 
+/// How many more `health_check_timeout`s a check gets when its node answered during the
+/// last one but the check is not done (see `HealthCheck::timed_out`).
+const MAX_EXTENSIONS: u8 = 3;
+
 /// How long a promotion may take (`pg_promote`'s wait), whether after the primary's loss or
 /// asked for by PROMOTE NODE / SWITCHOVER.
 pub const PROMOTE_WAIT: Duration = Duration::from_secs(60);
@@ -59,6 +63,10 @@ pub struct HealthCheck {
     /// When `SELECT 1` was sent: its round trip is a latency sample, so that a node that
     /// serves no reads is still measured (`Cluster::read_node`).
     asked: Option<std::time::Instant>,
+    /// The node's socket became readable or writable since the last timeout.
+    heard: bool,
+    /// Timeouts survived because the node was heard from (`timed_out`).
+    extensions: u8,
 }
 
 impl HealthCheck {
@@ -95,6 +103,8 @@ impl HealthCheck {
             own,
             promote: false,
             asked: None,
+            heard: false,
+            extensions: 0,
         })
     }
 
@@ -103,6 +113,7 @@ impl HealthCheck {
     }
 
     pub fn set_ready(&mut self, readable: bool, writable: bool, read_closed: bool) {
+        self.heard |= readable || writable;
         self.own.set_ready(readable, writable, read_closed);
     }
 
@@ -291,10 +302,26 @@ impl HealthCheck {
         true
     }
 
-    /// The check ran out of time: the node is detached.
-    pub fn timed_out(&mut self, cx: &mut Context) {
+    /// The check ran out of time: the node is detached — unless it is not the node that was
+    /// slow. A loop kept busy by pgmulti's own work (a flood of huge statements) reaches the
+    /// timer before it reads an answer already here, and gives the check's next step its
+    /// turn late. So the check first reads what has come; if the node answered during this
+    /// period but the check is not done, it gets another period (`MAX_EXTENSIONS` at most).
+    /// A node that answers nothing fails at the first one. Returns true when the check goes
+    /// on (the timer is set again).
+    pub fn timed_out(&mut self, cx: &mut Context) -> bool {
+        self.own.set_ready(true, true, false);
+        if self.drive(cx) {
+            return false;
+        }
         let t = cx.shared.config.health_check_timeout;
+        if std::mem::take(&mut self.heard) && self.extensions < MAX_EXTENSIONS {
+            self.extensions += 1;
+            cx.schedule(t, TimerKind::Connect);
+            return true;
+        }
         self.fail(&format!("no answer within {t:?}"), cx);
+        false
     }
 
     pub fn close(&mut self) {

@@ -710,7 +710,9 @@ impl Reactor {
         if let Some(entry) = entry {
             if let Conn::Health(h) = &mut entry.conn {
                 let mut cx = context!(self, key, now);
-                h.timed_out(&mut cx);
+                if h.timed_out(&mut cx) {
+                    return;
+                }
             }
         }
         self.close_entry(key, now, "timed out");
