@@ -442,12 +442,7 @@ fn large_statements_from_many_clients_stay_within_max_message_memory() {
         workers.into_iter().map(|w| w.join().unwrap()).collect()
     });
     assert_eq!(answers, vec![size.to_string(); 10]);
-    let status = std::fs::read_to_string(format!("/proc/{}/status", pm.pid())).unwrap();
-    let peak_kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
+    let peak_kb = peak_memory_kb(&pm);
     // One 8 MB statement at a time is about 8 MB × (1 + 3 nodes) at most.
     eprintln!("pgmulti's peak memory: {} MB", peak_kb / 1024);
     assert!(
@@ -456,6 +451,115 @@ fn large_statements_from_many_clients_stay_within_max_message_memory() {
         peak_kb / 1024
     );
     all_up_with(&pm, "bigmsg", 0);
+}
+
+/// A flood of huge statements keeps pgmulti's loop busy for seconds (each is lexed and
+/// rewritten whole, slowly in a debug build). Health checks that answered in time but were
+/// read late took that for the nodes' fault and detached every one of them.
+#[test]
+fn a_loop_busy_with_huge_statements_detaches_no_node() {
+    let pm = setup_with(
+        "flood",
+        "",
+        &[
+            "health_check_period = 1",
+            "health_check_timeout = 1",
+            "max_message_memory = '2GB'",
+        ],
+    );
+    let size = 20 << 20;
+    let sql = format!("SELECT length('{}')", "x".repeat(size));
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                let mut c = connect(&pm.conn_str("postgres", "flood"));
+                c.query(&sql, &[]).unwrap();
+            });
+        }
+    });
+    all_up_with(&pm, "flood", 0);
+}
+
+/// pgmulti's peak resident memory so far (VmHWM), in kB.
+fn peak_memory_kb(pm: &Pgmulti) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pm.pid())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// `write_ack = async`: inside a transaction the replicas run the client's writes behind
+/// the lead. A replica that cannot run them (here a DBA's lock holds it) must not make
+/// pgmulti pile them up: past the backlog cap (4 MB per node) the session stops reading
+/// its client, which then waits, as it would on a slow server. Without the cap, all 64
+/// statements of 1 MB were taken in while the replica stood still, and held in memory.
+#[test]
+fn a_stalled_replica_in_an_async_transaction_pushes_back_on_its_client() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let pm = setup_with("backlog", "", &["write_ack = async"]);
+    let out = pm.psql(
+        "postgres",
+        "backlog",
+        None,
+        "CREATE TABLE big (id int PRIMARY KEY, v text)",
+    );
+    assert!(out.success(), "{}", out.stderr);
+    let mut dba = connect(&nodes()[1].conn_str("postgres", "backlog"));
+    dba.batch_execute("BEGIN; LOCK TABLE big IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    const STATEMENTS: usize = 64;
+    let done = AtomicUsize::new(0);
+    let (stalled_at, peak_kb, outcome) = std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let mut c = connect(&pm.conn_str("postgres", "backlog"));
+            let big = "x".repeat(1 << 20);
+            c.batch_execute("BEGIN")?;
+            for i in 0..STATEMENTS {
+                c.batch_execute(&format!("INSERT INTO big VALUES ({i}, '{big}')"))?;
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+            c.batch_execute("COMMIT")
+        });
+        // Wait until the writer is done or has made no progress for 3 s.
+        let (mut last, mut since) = (usize::MAX, std::time::Instant::now());
+        let started = std::time::Instant::now();
+        loop {
+            let now = done.load(Ordering::SeqCst);
+            if now == STATEMENTS || started.elapsed() > Duration::from_secs(25) {
+                break;
+            }
+            if now != last {
+                (last, since) = (now, std::time::Instant::now());
+            } else if since.elapsed() > Duration::from_secs(3) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let stalled_at = done.load(Ordering::SeqCst);
+        let peak_kb = peak_memory_kb(&pm);
+        dba.batch_execute("COMMIT").unwrap();
+        (stalled_at, peak_kb, writer.join().unwrap())
+    });
+    eprintln!(
+        "taken in while the replica was held: {stalled_at} of {STATEMENTS} MB; peak memory {} MB",
+        peak_kb / 1024
+    );
+    assert!(
+        stalled_at < STATEMENTS / 2,
+        "{stalled_at} statements of 1 MB were taken in while a replica ran none\n{}",
+        pm.log()
+    );
+    assert!(peak_kb < 48 * 1024, "peak memory {} MB", peak_kb / 1024);
+    outcome.expect("the transaction commits once the replica runs again");
+    for node in nodes() {
+        assert_eq!(
+            node.psql("postgres", "backlog", "SELECT count(*) FROM big"),
+            STATEMENTS.to_string()
+        );
+    }
+    all_up_with(&pm, "backlog", 0);
 }
 
 /// A session with a temporary table that loses one node's connection cannot be joined to
