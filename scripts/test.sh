@@ -10,4 +10,7 @@ cd "$(dirname "$0")/.."
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+# The fuzz targets (fuzz/, their own workspace, run with nightly) must keep compiling against
+# the crate's API; checking them on stable takes a few seconds.
+cargo check --quiet --manifest-path fuzz/Cargo.toml --bins
 cargo test --all-targets -- --test-threads=2
