@@ -292,10 +292,7 @@ impl Session {
                 };
                 let outcome = compare::outcome(tag, msg, checked.as_ref());
                 if main || (tag == b'E' && !two_phase_step) {
-                    if main && id == r.lead && tag == b'E' {
-                        r.lead_failed = true;
-                    }
-                    record(&mut r.answers, id, outcome);
+                    r.record_answer(id, outcome, main);
                 }
             }
             b'G' if main && voice => r.copy_in = true,

@@ -4,6 +4,110 @@
 
 use super::*;
 
+impl Request {
+    /// The next phase to run, made of what the nodes answered so far (skipped when the
+    /// lead failed, failing alike, ParsesOnly, pgmulti's COMMIT become ROLLBACK after a
+    /// vote); None when every phase has run. Pure: it reads and changes the request only,
+    /// so the unit tests below drive it with injected node answers. `tx_open`: the client's
+    /// transaction was open before this request.
+    pub(super) fn take_phase(&mut self, tx_open: bool, prefix: &str) -> Option<plan::Phase> {
+        while self.next_phase < self.plan.phases.len() {
+            let mut phase = self.plan.phases[self.next_phase].clone();
+            self.next_phase += 1;
+            if phase.skip_if_lead_failed && self.lead_failed {
+                let replicas_main =
+                    phase.targets == Targets::Replicas && phase.segments.contains(&Segment::Main);
+                // A failure that still drew from a sequence (the ordering lock says it
+                // draws) or left an invalid index behind must happen on the replicas too.
+                let fails_alike = replicas_main
+                    && (self.ordering_lock.is_some()
+                        || self.class == plan::Class::NoTransactionBlock);
+                // The replicas must still learn the statements a failed batch prepared.
+                let keeps_parses = replicas_main && self.parses_only.is_some();
+                if fails_alike {
+                    plan::fail_alike(&mut phase.segments);
+                    self.rolled_back |= !tx_open;
+                } else if keeps_parses {
+                    phase.segments = vec![Segment::ParsesOnly];
+                } else {
+                    continue;
+                }
+            }
+            if phase.only_if_lead_failed && !self.lead_failed {
+                continue;
+            }
+            if let Some(why) = self.effects.as_ref().and_then(|fx| fx.unreadable.as_ref()) {
+                if phase.targets == Targets::Replicas && phase.segments.contains(&Segment::Main) {
+                    // The replicas cannot be told what the lead did: the write fails.
+                    log::warn!(
+                        "{} the lead's answer to \"{}\" could not be read: {why}",
+                        prefix,
+                        self.text
+                    );
+                    self.rolled_back = true;
+                    self.error.get_or_insert((
+                        "40001",
+                        format!("the write could not be replicated: the lead's answer could not be read ({why}); it was rolled back"),
+                    ));
+                    continue;
+                }
+            }
+            if phase.after_vote {
+                self.vote_before_commit(&mut phase, prefix);
+            }
+            return Some(phase);
+        }
+        None
+    }
+
+    /// A node's answer to a statement, for the vote; `main`: to the client's statements
+    /// (an error of the lead there fails the request's later phases).
+    pub(super) fn record_answer(&mut self, node: u8, outcome: Outcome, main: bool) {
+        if main && node == self.lead && !matches!(outcome, Outcome::Complete(_)) {
+            self.lead_failed = true;
+        }
+        record(&mut self.answers, node, outcome);
+    }
+
+    /// The vote once every phase ran. Nothing of the write is committed anywhere when
+    /// pgmulti rolled its own transaction back or the client's is still open (it fails
+    /// now): a race between clients looks like this, so the nodes are not at fault yet.
+    pub(super) fn settle(&self, tx_open: bool) -> compare::Settlement {
+        let contained = self.rolled_back || (tx_open && self.class == plan::Class::Write);
+        compare::settle(&self.answers, self.lead, self.voice, contained)
+    }
+
+    /// pgmulti's own COMMIT of an autocommit write (`Phase::after_vote`): it becomes
+    /// ROLLBACK when the nodes' answers so far disagree and nothing is committed yet.
+    fn vote_before_commit(&mut self, phase: &mut plan::Phase, prefix: &str) {
+        let replicas_commit_later = self
+            .plan
+            .phases
+            .iter()
+            .any(|p| p.after_vote && p.targets == Targets::Replicas);
+        let roll_back = self.rolled_back
+            || compare::before_commit(&self.answers, self.lead, !replicas_commit_later)
+                == compare::BeforeCommit::RollBack;
+        if !roll_back {
+            return;
+        }
+        if !self.rolled_back {
+            self.rolled_back = true;
+            log::info!(
+                "{prefix} nodes disagree on \"{}\": {}; rolled back on every node",
+                self.text,
+                compare::describe(&self.answers)
+            );
+            self.error.get_or_insert(("40001", self.race_message()));
+        }
+        for seg in &mut phase.segments {
+            if *seg == Segment::Wrapper("COMMIT") {
+                *seg = Segment::Wrapper("ROLLBACK");
+            }
+        }
+    }
+}
+
 impl Session {
     /// Start the next phase when the running one is done; finish the request at the end.
     pub(super) fn advance(&mut self, cx: &mut Context) -> Result<(), Transition> {
@@ -17,52 +121,9 @@ impl Session {
                 return Ok(());
             }
             r.running.clear();
-            if r.next_phase == r.plan.phases.len() {
+            let Some(phase) = r.take_phase(repl.tx.view.open, &self.prefix) else {
                 return self.finish_request(cx);
-            }
-            let phase = r.plan.phases[r.next_phase].clone();
-            r.next_phase += 1;
-            let mut phase = phase;
-            if phase.skip_if_lead_failed && r.lead_failed {
-                let replicas_main =
-                    phase.targets == Targets::Replicas && phase.segments.contains(&Segment::Main);
-                // A failure that still drew from a sequence (the ordering lock says it
-                // draws) or left an invalid index behind must happen on the replicas too.
-                let fails_alike = replicas_main
-                    && (r.ordering_lock.is_some() || r.class == plan::Class::NoTransactionBlock);
-                // The replicas must still learn the statements a failed batch prepared.
-                let keeps_parses = replicas_main && r.parses_only.is_some();
-                if fails_alike {
-                    plan::fail_alike(&mut phase.segments);
-                    r.rolled_back |= !repl.tx.view.open;
-                } else if keeps_parses {
-                    phase.segments = vec![Segment::ParsesOnly];
-                } else {
-                    continue;
-                }
-            }
-            if phase.only_if_lead_failed && !r.lead_failed {
-                continue;
-            }
-            if let Some(why) = r.effects.as_ref().and_then(|fx| fx.unreadable.as_ref()) {
-                if phase.targets == Targets::Replicas && phase.segments.contains(&Segment::Main) {
-                    // The replicas cannot be told what the lead did: the write fails.
-                    log::warn!(
-                        "{} the lead's answer to \"{}\" could not be read: {why}",
-                        self.prefix,
-                        r.text
-                    );
-                    r.rolled_back = true;
-                    r.error.get_or_insert((
-                        "40001",
-                        format!("the write could not be replicated: the lead's answer could not be read ({why}); it was rolled back"),
-                    ));
-                    continue;
-                }
-            }
-            if phase.after_vote {
-                Self::vote_before_commit(r, &mut phase, &self.prefix);
-            }
+            };
             let mut only = None;
             if phase.segments.contains(&Segment::CommitPrepared) {
                 match Self::decide_two_phase(r, cx) {
@@ -203,36 +264,6 @@ impl Session {
         }
     }
 
-    /// pgmulti's own COMMIT of an autocommit write (`Phase::after_vote`): it becomes
-    /// ROLLBACK when the nodes' answers so far disagree and nothing is committed yet.
-    pub(super) fn vote_before_commit(r: &mut Request, phase: &mut plan::Phase, prefix: &str) {
-        let replicas_commit_later = r
-            .plan
-            .phases
-            .iter()
-            .any(|p| p.after_vote && p.targets == Targets::Replicas);
-        let roll_back = r.rolled_back
-            || compare::before_commit(&r.answers, r.lead, !replicas_commit_later)
-                == compare::BeforeCommit::RollBack;
-        if !roll_back {
-            return;
-        }
-        if !r.rolled_back {
-            r.rolled_back = true;
-            log::info!(
-                "{prefix} nodes disagree on \"{}\": {}; rolled back on every node",
-                r.text,
-                compare::describe(&r.answers)
-            );
-            r.error.get_or_insert(("40001", r.race_message()));
-        }
-        for seg in &mut phase.segments {
-            if *seg == Segment::Wrapper("COMMIT") {
-                *seg = Segment::Wrapper("ROLLBACK");
-            }
-        }
-    }
-
     /// Before COMMIT PREPARED: if every node prepared, write the decision down and, once it
     /// is on disk (group commit: `two_phase::DecisionLog::flush`), commit everywhere;
     /// otherwise roll back what was prepared and fail the request. Returns the nodes the
@@ -347,12 +378,7 @@ impl Session {
         // Streaming mode: the standbys only ever run session state and reads; PostgreSQL's
         // own replication keeps their data, so their answers are not voted on.
         if r.answers.len() > 1 && !cx.shared.cluster.streaming {
-            // Nothing of the write is committed anywhere when pgmulti rolled its own
-            // transaction back or the client's is still open (it fails now): a race between
-            // clients looks like this, so the nodes are not at fault yet.
-            let contained =
-                r.rolled_back || (self.repl.tx.view.open && r.class == plan::Class::Write);
-            match compare::settle(&r.answers, r.lead, r.voice, contained) {
+            match r.settle(self.repl.tx.view.open) {
                 // Only agreeing on data ends a run of disagreements (not SET or ROLLBACK).
                 compare::Settlement::Agreed(verdict) => {
                     if matches!(r.class, plan::Class::Write | plan::Class::CopyIn) {
@@ -526,5 +552,246 @@ impl Session {
         }
         self.ready_for_query(status, cx);
         Ok(())
+    }
+}
+
+/// The runner driven by injected node answers: node 0 is the lead, 1 and 2 the replicas.
+/// Each test chooses what every node answers to the client's statement in each phase —
+/// the outcomes the races of docs/replication.md produce — and checks the phases that
+/// follow and the vote at the end.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use compare::Settlement;
+    use plan::Class;
+    use Segment::{Main, Wrapper};
+
+    const LEAD: u8 = 0;
+    const NODES: [u8; 3] = [0, 1, 2];
+
+    fn request(class: Class, tx: TxView) -> Request {
+        let Planned::Run(plan) = plan::plan(class, tx, false) else {
+            panic!("no plan");
+        };
+        let mut r = Request::new(
+            Vec::new(),
+            "UPDATE jobs …".into(),
+            plan,
+            LEAD,
+            LEAD,
+            Instant::now(),
+        );
+        r.class = class;
+        r
+    }
+
+    /// Runs every phase; in each, a node that runs the client's statement answers
+    /// `answer(node)`. Returns the phases as they went out: (nodes, segments).
+    fn run(
+        r: &mut Request,
+        tx_open: bool,
+        answer: impl Fn(u8) -> Outcome,
+    ) -> Vec<(Vec<u8>, Vec<Segment>)> {
+        let mut sent = Vec::new();
+        while let Some(phase) = r.take_phase(tx_open, "test") {
+            let nodes: Vec<u8> = match phase.targets {
+                Targets::Lead | Targets::ReadNode => vec![LEAD],
+                Targets::All => NODES.to_vec(),
+                Targets::Replicas => NODES[1..].to_vec(),
+            };
+            for &n in &nodes {
+                if phase.segments.contains(&Main) {
+                    r.record_answer(n, answer(n), true);
+                }
+            }
+            sent.push((nodes, phase.segments));
+        }
+        sent
+    }
+
+    fn ok(n: u64) -> Outcome {
+        Outcome::Complete(Some(n))
+    }
+
+    #[test]
+    fn an_autocommit_write_all_agree_on_commits_on_the_lead_last() {
+        let mut r = request(Class::Write, TxView::default());
+        let sent = run(&mut r, false, |_| ok(1));
+        assert_eq!(
+            sent,
+            vec![
+                (vec![0], vec![Wrapper("BEGIN"), Main]),
+                (vec![1, 2], vec![Wrapper("BEGIN"), Main, Wrapper("COMMIT")]),
+                (vec![0], vec![Wrapper("COMMIT")]),
+            ]
+        );
+        assert!(matches!(r.settle(false), Settlement::Agreed(_)));
+        assert_eq!(r.error, None);
+    }
+
+    /// A re-run statement (INSERT … SELECT, a table with triggers) whose replica saw a row
+    /// the lead did not: nobody has committed, so it is a race, rolled back everywhere,
+    /// and the client gets 40001; no node is at fault.
+    #[test]
+    fn a_rerun_write_a_replica_does_differently_is_rolled_back_everywhere_as_a_race() {
+        let mut r = request(Class::Write, TxView::default());
+        plan::replicas_commit_after_vote(&mut r.plan);
+        let sent = run(&mut r, false, |n| if n == 2 { ok(2) } else { ok(1) });
+        assert_eq!(
+            sent,
+            vec![
+                (vec![0], vec![Wrapper("BEGIN"), Main]),
+                (vec![1, 2], vec![Wrapper("BEGIN"), Main]),
+                (vec![1, 2], vec![Wrapper("ROLLBACK")]),
+                (vec![0], vec![Wrapper("ROLLBACK")]),
+            ]
+        );
+        assert_eq!(r.error.as_ref().map(|e| e.0), Some("40001"));
+        match r.settle(false) {
+            Settlement::Race(v) => assert_eq!(v.differ, vec![2]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A write the lead decided (applied by key, checked by the replica) that one replica
+    /// still does differently: the other replica has committed it, so the lead commits
+    /// too and the replica that differs lacks it — a fault, detached.
+    #[test]
+    fn a_decided_write_a_replica_applies_differently_is_a_fault_of_that_replica() {
+        let mut r = request(Class::Write, TxView::default());
+        let sent = run(&mut r, false, |n| {
+            if n == 2 {
+                Outcome::Differs(0)
+            } else {
+                ok(1)
+            }
+        });
+        assert_eq!(sent.last(), Some(&(vec![0], vec![Wrapper("COMMIT")])));
+        assert_eq!(r.error, None);
+        match r.settle(false) {
+            Settlement::Diverged {
+                verdict,
+                voice_differs,
+            } => {
+                assert_eq!(verdict.differ, vec![2]);
+                assert!(!voice_differs);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The lead fails the statement (a deadlock, a unique violation against a concurrent
+    /// insert): the replicas never run it, and pgmulti's transaction ends on the lead.
+    #[test]
+    fn a_write_the_lead_fails_never_reaches_the_replicas() {
+        let mut r = request(Class::Write, TxView::default());
+        let sent = run(&mut r, false, |_| Outcome::Error("40P01".into()));
+        assert_eq!(
+            sent,
+            vec![
+                (vec![0], vec![Wrapper("BEGIN"), Main]),
+                (vec![0], vec![Wrapper("COMMIT")]),
+            ]
+        );
+        assert!(r.lead_failed);
+        assert!(matches!(r.settle(false), Settlement::Agreed(_)));
+    }
+
+    /// …unless the failure still drew from a sequence (the ordering lock is taken for such
+    /// statements): the replicas run it too, to fail alike, and roll their part back.
+    #[test]
+    fn a_failed_write_that_drew_from_a_sequence_fails_alike_on_the_replicas() {
+        let mut r = request(Class::Write, TxView::default());
+        r.ordering_lock = Some("SELECT pg_advisory_xact_lock(1)".into());
+        let sent = run(&mut r, false, |_| Outcome::Error("23505".into()));
+        assert_eq!(
+            sent[1],
+            (
+                vec![1, 2],
+                vec![Wrapper("BEGIN"), Main, Wrapper("ROLLBACK")]
+            )
+        );
+        assert!(r.rolled_back);
+        assert!(matches!(r.settle(false), Settlement::Agreed(_)));
+    }
+
+    /// Inside the client's transaction (SKIP LOCKED claiming another row on a replica):
+    /// nothing is committed, the transaction fails with 40001, nobody is detached.
+    #[test]
+    fn a_write_in_a_transaction_that_differs_is_a_race_the_client_retries() {
+        let open = TxView {
+            open: true,
+            ..TxView::default()
+        };
+        let mut r = request(Class::Write, open);
+        let sent = run(&mut r, true, |n| {
+            if n == 1 {
+                Outcome::Differs(1)
+            } else {
+                ok(1)
+            }
+        });
+        assert_eq!(sent, vec![(vec![0], vec![Main]), (vec![1, 2], vec![Main])]);
+        match r.settle(true) {
+            Settlement::Race(v) => assert_eq!(v.differ, vec![1]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Every node failed, each its own way (a lock timeout here, a deadlock there): none
+    /// committed anything, nobody is at fault.
+    #[test]
+    fn every_node_failing_differently_is_nobodys_fault() {
+        let open = TxView {
+            open: true,
+            ..TxView::default()
+        };
+        let mut r = request(Class::Write, open);
+        r.plan.phases[1].skip_if_lead_failed = false;
+        run(&mut r, true, |n| {
+            Outcome::Error(if n == 0 { "55P03" } else { "40P01" }.into())
+        });
+        assert!(matches!(r.settle(true), Settlement::AllFailed));
+    }
+
+    /// The client's COMMIT: the replicas commit first, then the lead. A replica whose
+    /// COMMIT failed lacks a transaction the others committed: detached.
+    #[test]
+    fn a_replica_that_fails_the_clients_commit_is_a_fault() {
+        let open = TxView {
+            open: true,
+            wrote: true,
+            ..TxView::default()
+        };
+        let mut r = request(Class::Commit, open);
+        let sent = run(&mut r, true, |n| {
+            if n == 1 {
+                Outcome::Error("40001".into())
+            } else {
+                Outcome::Complete(None)
+            }
+        });
+        assert_eq!(sent, vec![(vec![1, 2], vec![Main]), (vec![0], vec![Main])]);
+        match r.settle(true) {
+            Settlement::Diverged { verdict, .. } => assert_eq!(verdict.differ, vec![1]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The same number of rows but other ones (the queue claim taking another job on a
+    /// replica): the replica's own check reports it, and the vote sees it.
+    #[test]
+    fn other_rows_with_the_same_count_are_a_difference() {
+        let mut r = request(Class::Write, TxView::default());
+        plan::replicas_commit_after_vote(&mut r.plan);
+        run(&mut r, false, |n| {
+            if n == 1 {
+                Outcome::Differs(1)
+            } else {
+                ok(1)
+            }
+        });
+        assert_eq!(r.error.as_ref().map(|e| e.0), Some("40001"));
+        assert!(r.rolled_back);
     }
 }
