@@ -74,6 +74,19 @@ pub fn all_failed(answers: &[(u8, Vec<Outcome>)]) -> bool {
             .all(|(_, o)| o.iter().any(|x| matches!(x, Outcome::Error(_))))
 }
 
+/// Some node lost a race with another client: an error PostgreSQL raises when concurrent
+/// transactions collide (class 40: serialization failure, deadlock; 55P03: lock not
+/// available). Under REPEATABLE READ or SERIALIZABLE a node may raise one where the others
+/// do not, because their transactions met in another order there. Such a disagreement is
+/// retried like any race, but is no sign that a node is at fault: it does not count
+/// towards detaching one.
+pub fn lost_a_race(answers: &[(u8, Vec<Outcome>)]) -> bool {
+    answers
+        .iter()
+        .flat_map(|(_, o)| o)
+        .any(|x| matches!(x, Outcome::Error(code) if code.starts_with("40") || code == "55P03"))
+}
+
 /// Vote over `answers` (node id, outcomes). `lead` breaks ties.
 pub fn vote(answers: &[(u8, Vec<Outcome>)], lead: u8) -> Verdict {
     // Group equal answers; answers are few (one per node), so a quadratic scan is fine.
@@ -236,6 +249,24 @@ pub fn describe(answers: &[(u8, Vec<Outcome>)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serialization_failures_and_deadlocks_are_races_other_errors_are_not() {
+        let ok = || vec![Outcome::Complete(Some(1))];
+        let err = |c: &str| vec![Outcome::Error(c.into())];
+        for code in ["40001", "40P01", "55P03"] {
+            assert!(
+                lost_a_race(&[(0, ok()), (1, ok()), (2, err(code))]),
+                "{code}"
+            );
+        }
+        assert!(!lost_a_race(&[(0, ok()), (1, ok()), (2, err("23505"))]));
+        assert!(!lost_a_race(&[
+            (0, ok()),
+            (1, ok()),
+            (2, vec![Outcome::Differs(2)])
+        ]));
+    }
     use Outcome::*;
 
     fn a(id: u8, o: &[Outcome]) -> (u8, Vec<Outcome>) {

@@ -396,7 +396,12 @@ impl Session {
                         );
                     }
                     r.error.get_or_insert(("40001", r.race_message()));
-                    let faulty = cx.shared.cluster.disagreed(&verdict.differ, &verdict.agree);
+                    let differ: &[u8] = if compare::lost_a_race(&r.answers) {
+                        &[]
+                    } else {
+                        &verdict.differ
+                    };
+                    let faulty = cx.shared.cluster.disagreed(differ, &verdict.agree);
                     self.detach_disagreeing(&faulty, cx);
                 }
                 compare::Settlement::Diverged {
@@ -736,6 +741,27 @@ mod tests {
             Settlement::Race(v) => assert_eq!(v.differ, vec![1]),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// REPEATABLE READ: one replica fails the statement with a serialization error the
+    /// others did not raise (their transactions met in another order there). A race: the
+    /// client retries, and it does not count towards detaching that replica.
+    #[test]
+    fn a_serialization_failure_on_one_node_is_a_race_that_counts_against_nobody() {
+        let open = TxView {
+            open: true,
+            ..TxView::default()
+        };
+        let mut r = request(Class::Write, open);
+        run(&mut r, true, |n| {
+            if n == 2 {
+                Outcome::Error("40001".into())
+            } else {
+                ok(1)
+            }
+        });
+        assert!(matches!(r.settle(true), Settlement::Race(_)));
+        assert!(compare::lost_a_race(&r.answers));
     }
 
     /// Every node failed, each its own way (a lock timeout here, a deadlock there): none
