@@ -480,6 +480,54 @@ fn a_loop_busy_with_huge_statements_detaches_no_node() {
     all_up_with(&pm, "flood", 0);
 }
 
+/// A single CopyData message of 80 MB (rust-postgres sends what one `write` is given as
+/// one; PostgreSQL takes up to 1 GB): streamed to the nodes as it arrives instead of held
+/// whole. Before, replication mode refused any message over 64 MB as a protocol violation,
+/// and held a smaller one whole plus a copy per node.
+#[test]
+fn a_copy_data_message_larger_than_any_buffer_streams_to_the_nodes() {
+    use std::io::Write;
+    let pm = setup_with("bigcopy", "", &["max_message_memory = '16MB'"]);
+    let out = pm.psql(
+        "postgres",
+        "bigcopy",
+        None,
+        "CREATE TABLE blob (id int PRIMARY KEY, v text)",
+    );
+    assert!(out.success(), "{}", out.stderr);
+    let size = 80 << 20;
+    let mut row = b"1\t".to_vec();
+    row.resize(2 + size, b'x');
+    row.push(b'\n');
+    let mut c = connect(&pm.conn_str("postgres", "bigcopy"));
+    let mut w = c.copy_in("COPY blob FROM STDIN").unwrap();
+    w.write_all(&row).unwrap();
+    assert_eq!(w.finish().unwrap(), 1, "{}", pm.log());
+    // One that fails on the nodes (a column too many) fails for the client; the session
+    // goes on.
+    row[0] = b'2';
+    row.splice(size..size, b"\textra".iter().copied());
+    let mut w = c.copy_in("COPY blob FROM STDIN").unwrap();
+    let failed = w.write_all(&row).map_err(|e| e.to_string()).and_then(|_| {
+        w.finish().map_err(|e| {
+            e.as_db_error()
+                .map_or(e.to_string(), |d| d.code().code().to_string())
+        })
+    });
+    assert_eq!(failed, Err("22P04".to_string()), "{}", pm.log());
+    assert_eq!(c.execute("SELECT 1", &[]).unwrap(), 1);
+    for node in nodes() {
+        assert_eq!(
+            node.psql("postgres", "bigcopy", "SELECT length(v) FROM blob"),
+            size.to_string()
+        );
+    }
+    let peak_kb = peak_memory_kb(&pm);
+    eprintln!("pgmulti's peak memory: {} MB", peak_kb / 1024);
+    assert!(peak_kb < 48 * 1024, "peak memory {} MB", peak_kb / 1024);
+    all_up_with(&pm, "bigcopy", 0);
+}
+
 /// pgmulti's peak resident memory so far (VmHWM), in kB.
 fn peak_memory_kb(pm: &Pgmulti) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", pm.pid())).unwrap();

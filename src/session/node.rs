@@ -215,6 +215,15 @@ impl NodeConn {
         }
     }
 
+    /// How many bytes `send` can take now within the send buffer.
+    pub fn room(&self) -> usize {
+        if self.overflow.is_empty() {
+            self.ep.tx.free()
+        } else {
+            0
+        }
+    }
+
     /// Whether `send` of `len` bytes would stay within the send buffer.
     pub fn has_room(&self, len: usize) -> bool {
         self.overflow.is_empty() && self.ep.tx.free() >= len

@@ -10,6 +10,16 @@ impl Session {
         let mut progress = false;
         loop {
             let copying = self.repl.request.as_ref().is_some_and(|r| r.copy_in);
+            if copying || self.repl.copy_rest > 0 {
+                match self.stream_copy_data(copying) {
+                    Some(true) => {
+                        progress = true;
+                        continue;
+                    }
+                    Some(false) => return Ok(progress),
+                    None => {}
+                }
+            }
             if (self.repl.request.is_some() || self.repl.parked.is_some()) && !copying {
                 return Ok(progress);
             }
@@ -186,6 +196,43 @@ impl Session {
         let msg = self.client.rx.data()[..len].to_vec();
         self.client.rx.consume(len);
         msg
+    }
+
+    /// COPY: a CopyData message larger than the receive buffer goes to the running nodes
+    /// piece by piece, as it arrives and as far as every node has room: never held whole,
+    /// so it may be as large as PostgreSQL takes (`MAX_COPY_DATA`), and costs no
+    /// `max_message_memory`. Some(progress) while such a message is under way (the rest of
+    /// one whose COPY ended meanwhile is dropped), None otherwise.
+    pub(super) fn stream_copy_data(&mut self, copying: bool) -> Option<bool> {
+        if self.repl.copy_rest == 0 {
+            let data = self.client.rx.data();
+            if !self.repl.large.is_empty() || data.first() != Some(&b'd') {
+                return None;
+            }
+            match message_header(data, MAX_COPY_DATA) {
+                Ok(Some((_, len))) if len > self.client.rx.capacity() => {
+                    self.repl.copy_rest = len;
+                }
+                _ => return None,
+            }
+        }
+        let targets: Vec<u8> = match self.repl.request.as_ref().filter(|_| copying) {
+            Some(r) => r.running.iter().map(|run| run.node).collect(),
+            None => Vec::new(),
+        };
+        let nodes = self.nodes.iter().filter(|n| targets.contains(&n.index));
+        let room = nodes.map(NodeConn::room).min().unwrap_or(usize::MAX);
+        let n = self.client.rx.len().min(self.repl.copy_rest).min(room);
+        if n == 0 {
+            return Some(false);
+        }
+        let piece = &self.client.rx.data()[..n];
+        for node in self.nodes.iter_mut().filter(|c| targets.contains(&c.index)) {
+            node.send(piece);
+        }
+        self.client.rx.consume(n);
+        self.repl.copy_rest -= n;
+        Some(true)
     }
 
     /// Pass one COPY message to every running node when all have room; false to wait.

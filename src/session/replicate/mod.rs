@@ -63,6 +63,10 @@ const NODE_BACKLOG_MAX: usize = 4 * 1024 * 1024;
 /// until every node has run it.
 pub const MAX_REPLICATED_MESSAGE: usize = 64 * 1024 * 1024;
 
+/// The largest CopyData message, as in PostgreSQL (`PQ_LARGE_MESSAGE_LIMIT`). One larger
+/// than the receive buffer is streamed to the nodes as it arrives, never held whole.
+pub const MAX_COPY_DATA: usize = (1 << 30) - 1;
+
 /// Per-session replication state.
 #[derive(Default)]
 pub struct Replication {
@@ -91,6 +95,9 @@ pub struct Replication {
     /// held for it (and for its copies to the nodes) until its request ends.
     large: Vec<u8>,
     large_held: Option<super::budget::Held>,
+    /// COPY: bytes of a CopyData message larger than the receive buffer still to pass on
+    /// to the nodes (`Session::stream_copy_data`).
+    copy_rest: usize,
     /// What the lead's catalog says of the tables this session wrote to, by folded name;
     /// valid while `tables_epoch` equals the cluster-wide DDL epoch.
     tables: HashMap<String, TableInfo>,
