@@ -215,6 +215,20 @@ fn an_error_larger_than_a_buffer_reaches_the_client() {
             .execute("UPDATE t SET n = repeat('y', 100000)::int", &[])
             .expect_err("not an integer");
         assert_eq!(e.code(), Some(&SqlState::INVALID_TEXT_REPRESENTATION));
+        // A short message with a huge detail: the message arrives whole, the detail cut.
+        let e = c
+            .simple_query(
+                "DO $$ BEGIN RAISE EXCEPTION 'short' USING ERRCODE = '22023', DETAIL = repeat('d', 100000); END $$",
+            )
+            .expect_err("raised");
+        let db = e.as_db_error().expect("an error from the server side");
+        assert_eq!(db.code(), &SqlState::INVALID_PARAMETER_VALUE, "{db:?}");
+        assert_eq!(db.message(), "short");
+        let detail = db.detail().unwrap_or_default();
+        assert!(
+            detail.starts_with("ddd") && detail.contains("cut by pgmulti"),
+            "{db:?}"
+        );
     }
     bump(&mut c).unwrap();
     all_up_with(&pm, "bigerr", 1);

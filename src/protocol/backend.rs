@@ -358,41 +358,78 @@ pub fn parse_error_fields(body: &[u8]) -> Result<ErrorFields<'_>, ProtocolError>
 }
 
 /// An ErrorResponse too large to hold whole, rebuilt from the start of its body that did
-/// arrive (`prefix`; `len` is the whole message's length): its severity, SQLSTATE and as
-/// much of its message as arrived, marked as cut. The rest of the original is skipped.
+/// arrive (`prefix`; `len` is the whole message's length). Every field that arrived whole
+/// is kept as it was — a short message with a huge CONTEXT (a stack of 10,000 function
+/// calls) keeps its message intact — and the field the cut fell in keeps its start, marked
+/// as cut. Fields after it are lost. A SQLSTATE that did not arrive whole is XX000.
 pub fn shortened_error(prefix: &[u8], len: usize, out: &mut Vec<u8>) {
-    let (mut severity, mut code, mut message) = (None, None, String::new());
+    let mark = format!(" … (an error of {len} bytes, cut by pgmulti)");
+    let mut fields: Vec<(u8, &[u8])> = Vec::new();
+    let mut cut = None;
     let mut rest = prefix;
     while let Some((&field, tail)) = rest.split_first() {
         if field == 0 {
             break;
         }
-        let (value, complete) = match tail.iter().position(|&b| b == 0) {
-            Some(n) => (&tail[..n], Some(n + 1)),
-            None => (tail, None),
-        };
-        let text = String::from_utf8_lossy(value);
-        match field {
-            b'V' => severity = Some(text.into_owned()),
-            b'S' if severity.is_none() => severity = Some(text.into_owned()),
-            b'C' if complete.is_some() => code = Some(text.into_owned()),
-            b'M' => message = text.into_owned(),
-            _ => {}
+        match tail.iter().position(|&b| b == 0) {
+            Some(n) => {
+                fields.push((field, &tail[..n]));
+                rest = &tail[n + 1..];
+            }
+            None => {
+                // Cut inside a character: keep the characters that are whole.
+                let whole = match std::str::from_utf8(tail) {
+                    Ok(_) => tail.len(),
+                    Err(e) => e.valid_up_to(),
+                };
+                // A severity or SQLSTATE is worth nothing in part.
+                if !matches!(field, b'S' | b'V' | b'C') {
+                    cut = Some((field, &tail[..whole]));
+                }
+                break;
+            }
         }
-        let Some(n) = complete else {
-            break;
-        };
-        rest = &tail[n..];
     }
-    message.push_str(&format!(" … (an error of {len} bytes, cut by pgmulti)"));
-    error_response(
-        out,
-        severity.as_deref().unwrap_or("ERROR"),
-        code.as_deref().unwrap_or("XX000"),
-        &message,
-        None,
-        None,
-    );
+    let has = |f: u8| fields.iter().any(|(x, _)| *x == f);
+    let start = begin_message(out, b'E');
+    let severity = fields
+        .iter()
+        .find(|(f, _)| matches!(f, b'V' | b'S'))
+        .map_or(&b"ERROR"[..], |(_, v)| v);
+    if !has(b'S') {
+        put_field_bytes(out, b'S', severity);
+    }
+    if !has(b'V') && !has(b'S') {
+        put_field_bytes(out, b'V', severity);
+    }
+    if !has(b'C') {
+        put_field(out, b'C', "XX000");
+    }
+    for (f, v) in &fields {
+        put_field_bytes(out, *f, v);
+    }
+    match cut {
+        Some((f, v)) => {
+            out.push(f);
+            out.extend_from_slice(v);
+            out.extend_from_slice(mark.as_bytes());
+            out.push(0);
+        }
+        // Only whole fields after the message are lost.
+        None if has(b'M') => put_field(out, b'W', mark.trim_start()),
+        None => {}
+    }
+    if !has(b'M') && cut.is_none_or(|(f, _)| f != b'M') {
+        put_field(out, b'M', mark.trim_start());
+    }
+    out.push(0);
+    finish_message(out, start);
+}
+
+fn put_field_bytes(out: &mut Vec<u8>, field: u8, value: &[u8]) {
+    out.push(field);
+    out.extend_from_slice(value);
+    out.push(0);
 }
 
 /// One field of a DataRow: its value (None for NULL) and the offset just past it.
@@ -496,7 +533,42 @@ mod tests {
         // Cut inside the code: the code is not trusted.
         let mut out = Vec::new();
         shortened_error(&whole[5..20], whole.len(), &mut out);
-        assert_eq!(parse_error_fields(frame(&out).1).unwrap().code, "XX000");
+        let f = parse_error_fields(frame(&out).1).unwrap();
+        assert_eq!((f.severity, f.code), ("ERROR", "XX000"));
+        assert!(f.message.contains("cut by pgmulti"), "{}", f.message);
+    }
+
+    /// `stack depth limit exceeded` with a CONTEXT of 160 kB: the message stays whole,
+    /// the context is cut, as psql's `\echo :LAST_ERROR_MESSAGE` shows.
+    #[test]
+    fn a_cut_context_leaves_the_message_whole() {
+        let mut whole = Vec::new();
+        let start = begin_message(&mut whole, b'E');
+        for (f, v) in [(b'S', "ERROR"), (b'V', "ERROR"), (b'C', "54001")] {
+            put_field(&mut whole, f, v);
+        }
+        put_field(&mut whole, b'M', "stack depth limit exceeded");
+        put_field(&mut whole, b'H', "Increase the configuration parameter");
+        put_field(
+            &mut whole,
+            b'W',
+            &"SQL function \"f\" statement 1\n".repeat(5000),
+        );
+        whole.push(0);
+        finish_message(&mut whole, start);
+        let mut out = Vec::new();
+        // A cut inside a character (é is 2 bytes) keeps the whole ones.
+        let mut prefix = whole[5..2000].to_vec();
+        prefix.extend_from_slice("é".as_bytes());
+        prefix.pop();
+        shortened_error(&prefix, whole.len(), &mut out);
+        let f = parse_error_fields(frame(&out).1).unwrap();
+        assert_eq!((f.severity, f.code), ("ERROR", "54001"));
+        assert_eq!(f.message, "stack depth limit exceeded");
+        assert_eq!(f.hint, Some("Increase the configuration parameter"));
+        let body = String::from_utf8(frame(&out).1.to_vec()).unwrap();
+        assert!(body.contains("SQL function \"f\" statement 1"), "{body}");
+        assert!(body.contains("cut by pgmulti"));
     }
 
     #[test]
