@@ -485,6 +485,43 @@ fn an_error_in_a_prepared_transaction_rolls_back_everywhere() {
     );
 }
 
+/// A deferred constraint fails at COMMIT, on every node alike: an autocommit write that
+/// breaks one gets the constraint's error, as directly — simple and extended protocol, and
+/// a re-run INSERT … SELECT too. Before, it got a 40001 "retry", which never succeeds.
+#[test]
+fn a_deferred_constraint_fails_an_autocommit_write_with_its_own_error() {
+    fresh_db("deferred");
+    let pm = Pgmulti::start(&replication_conf().line("admin_users = 'postgres'"));
+    let mut c = connect(&pm.conn_str("postgres", "deferred"));
+    c.batch_execute(
+        "CREATE TABLE parent (id int PRIMARY KEY); INSERT INTO parent VALUES (1);
+         CREATE TABLE child (id int PRIMARY KEY,
+             p int REFERENCES parent DEFERRABLE INITIALLY DEFERRED)",
+    )
+    .unwrap();
+    let code =
+        |r: Result<u64, postgres::Error>| r.map_err(|e| e.code().map(|c| c.code().to_string()));
+    let simple = c
+        .batch_execute("INSERT INTO child VALUES (1, 42)")
+        .map(|_| 0);
+    assert_eq!(code(simple), Err(Some("23503".into())), "{}", pm.log());
+    let extended = c.execute("INSERT INTO child VALUES ($1, 43)", &[&2i32]);
+    assert_eq!(code(extended), Err(Some("23503".into())), "{}", pm.log());
+    let rerun = c.execute("INSERT INTO child SELECT 3, max(id) + 50 FROM parent", &[]);
+    assert_eq!(code(rerun), Err(Some("23503".into())), "{}", pm.log());
+    assert_eq!(
+        c.execute("INSERT INTO child VALUES (4, 1)", &[]).unwrap(),
+        1
+    );
+    assert_identical("deferred", &[0, 1, 2]);
+    let show = sql(&pm, "pgmulti", "SHOW NODES");
+    assert_eq!(
+        show.lines().filter(|l| l.contains("|up|")).count(),
+        3,
+        "{show}"
+    );
+}
+
 /// A TCP relay that delays every chunk by `delay`: a slow network path to one node.
 fn slow_path_to(port: u16, delay: Duration) -> u16 {
     use std::io::{Read, Write};

@@ -87,6 +87,24 @@ pub fn lost_a_race(answers: &[(u8, Vec<Outcome>)]) -> bool {
         .any(|x| matches!(x, Outcome::Error(code) if code.starts_with("40") || code == "55P03"))
 }
 
+/// Every replica did the lead's statements and then failed its COMMIT with the same error
+/// (a deferred constraint, checked at COMMIT): the lead's COMMIT, still to come, meets the
+/// same data and fails the same way, so it is sent as COMMIT, not turned into ROLLBACK
+/// and a 40001 that retrying would never cure. A race error (class 40) is not one of these.
+pub fn replicas_failed_commit(answers: &[(u8, Vec<Outcome>)], lead: u8) -> bool {
+    let Some((_, lead_did)) = answers.iter().find(|(n, _)| *n == lead) else {
+        return false;
+    };
+    let mut replicas = answers.iter().filter(|(n, _)| *n != lead).peekable();
+    let Some((_, first)) = replicas.peek() else {
+        return false;
+    };
+    let Some((Outcome::Error(code), before)) = first.split_last() else {
+        return false;
+    };
+    !code.starts_with("40") && before == lead_did.as_slice() && replicas.all(|(_, o)| o == first)
+}
+
 /// Vote over `answers` (node id, outcomes). `lead` breaks ties.
 pub fn vote(answers: &[(u8, Vec<Outcome>)], lead: u8) -> Verdict {
     // Group equal answers; answers are few (one per node), so a quadratic scan is fine.
@@ -249,6 +267,34 @@ pub fn describe(answers: &[(u8, Vec<Outcome>)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_commit_every_replica_failed_alike_after_doing_what_the_lead_did() {
+        let ok = Outcome::Complete(Some(1));
+        let fk = Outcome::Error("23503".into());
+        let failed = vec![ok.clone(), fk.clone()];
+        let lead = (0, vec![ok.clone()]);
+        assert!(replicas_failed_commit(
+            &[lead.clone(), (1, failed.clone()), (2, failed.clone())],
+            0
+        ));
+        // One replica committed: not alike.
+        assert!(!replicas_failed_commit(
+            &[lead.clone(), (1, failed.clone()), (2, vec![ok.clone()])],
+            0
+        ));
+        // The statement itself failed on the replicas, not their COMMIT.
+        assert!(!replicas_failed_commit(
+            &[lead.clone(), (1, vec![fk.clone()]), (2, vec![fk])],
+            0
+        ));
+        // A serialization failure at COMMIT is a race.
+        let ser = vec![ok.clone(), Outcome::Error("40001".into())];
+        assert!(!replicas_failed_commit(
+            &[lead, (1, ser.clone()), (2, ser)],
+            0
+        ));
+    }
 
     #[test]
     fn serialization_failures_and_deadlocks_are_races_other_errors_are_not() {

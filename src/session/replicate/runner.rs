@@ -86,8 +86,9 @@ impl Request {
             .iter()
             .any(|p| p.after_vote && p.targets == Targets::Replicas);
         let roll_back = self.rolled_back
-            || compare::before_commit(&self.answers, self.lead, !replicas_commit_later)
-                == compare::BeforeCommit::RollBack;
+            || (compare::before_commit(&self.answers, self.lead, !replicas_commit_later)
+                == compare::BeforeCommit::RollBack
+                && !compare::replicas_failed_commit(&self.answers, self.lead));
         if !roll_back {
             return;
         }
@@ -741,6 +742,33 @@ mod tests {
             Settlement::Race(v) => assert_eq!(v.differ, vec![1]),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A deferred constraint (a DEFERRABLE foreign key) fails at COMMIT: on the replicas
+    /// first. The lead then commits too, and fails the same way; the client gets the
+    /// constraint's error, as directly, not a 40001 to retry forever.
+    #[test]
+    fn a_deferred_constraint_failing_every_replicas_commit_fails_the_leads_too() {
+        let mut r = request(Class::Write, TxView::default());
+        let mut sent = Vec::new();
+        while let Some(phase) = r.take_phase(false, "test") {
+            let nodes: Vec<u8> = match phase.targets {
+                Targets::Lead => vec![LEAD],
+                _ => NODES[1..].to_vec(),
+            };
+            for &n in &nodes {
+                if phase.segments.contains(&Main) {
+                    r.record_answer(n, ok(1), true);
+                }
+                if phase.segments.contains(&Wrapper("COMMIT")) {
+                    r.record_answer(n, Outcome::Error("23503".into()), false);
+                }
+            }
+            sent.push((nodes, phase.segments));
+        }
+        assert_eq!(sent.last(), Some(&(vec![0], vec![Wrapper("COMMIT")])));
+        assert_eq!(r.error, None);
+        assert!(matches!(r.settle(false), Settlement::Agreed(_)));
     }
 
     /// REPEATABLE READ: one replica fails the statement with a serialization error the
