@@ -92,7 +92,7 @@ pub enum Kind {
     Ddl,
     /// Cannot run inside a transaction block: every node, never wrapped.
     NoTransactionBlock,
-    /// LISTEN / UNLISTEN / NOTIFY / `pg_notify()`: the lead only.
+    /// LISTEN / UNLISTEN / NOTIFY / `pg_notify()` / `pg_listening_channels()`: the lead only.
     LeadOnly,
     /// Only whitespace, comments and semicolons.
     Empty,
@@ -1010,7 +1010,8 @@ fn effect(name: &str) -> Effect {
         "lo_creat" | "lo_create" | "lo_from_bytea" | "lo_import" => {
             Effect::Writes(Flag::LargeObject)
         }
-        "pg_notify" => Effect::Notify,
+        // The session's LISTENs run on the lead only: so must the question which they are.
+        "pg_notify" | "pg_listening_channels" => Effect::Notify,
         "now"
         | "transaction_timestamp"
         | "statement_timestamp"
@@ -1348,6 +1349,7 @@ mod tests {
         ("UNLISTEN *", LeadOnly, ""),
         ("NOTIFY ch, 'payload'", LeadOnly, ""),
         ("SELECT pg_notify('ch', 'x')", LeadOnly, ""),
+        ("SELECT * FROM pg_listening_channels()", LeadOnly, ""),
         ("EXPLAIN ANALYZE SELECT pg_notify('ch', 'x')", LeadOnly, ""),
         ("SELECT pg_notify('ch', 'x'), nextval('s')", Write, "seq"),
         // Transactions.

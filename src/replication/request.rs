@@ -667,9 +667,13 @@ pub fn fold(classes: &[Class]) -> Class {
     }
 }
 
-/// An ALTER that computes values for existing rows (ADD COLUMN … DEFAULT, TYPE … USING).
+/// An ALTER that computes values for existing rows: `ALTER TABLE … ADD [COLUMN] … DEFAULT f()` or `… TYPE … USING f()`: computed for every
+/// existing row. Other ALTERs with ADD keep their expressions as definitions (`ALTER
+/// PUBLICATION … ADD TABLE t WHERE (…)`, which PostgreSQL judges itself).
 fn fills_rows(statement: &str) -> bool {
-    Lexer::new(statement).any(|t| t.is_kw("ADD") || t.is_kw("USING"))
+    let mut tokens = Lexer::new(statement);
+    tokens.nth(1).is_some_and(|t| t.is_kw("TABLE"))
+        && tokens.any(|t| t.is_kw("ADD") || t.is_kw("USING"))
 }
 
 /// `CREATE [TEMP] TABLE … AS query` / `CREATE MATERIALIZED VIEW … AS query`: data, not a
@@ -1132,6 +1136,26 @@ mod tests {
         }
         // Another schema's now() is not the built-in: not replaced, and refused as unsure.
         assert!(rw("insert into t values (myschema.now())").is_err());
+    }
+
+    /// ALTER TABLE fills existing rows with a new column's default or a USING expression:
+    /// each node would compute its own. ALTER PUBLICATION … ADD TABLE … WHERE keeps its
+    /// expression as a definition (pg_regress publication: PostgreSQL refuses random()
+    /// there itself, with its own message).
+    #[test]
+    fn only_alter_table_fills_rows() {
+        for sql in [
+            "ALTER TABLE t ADD COLUMN c float DEFAULT random()",
+            "alter table only t alter column c type float using random()",
+        ] {
+            assert!(rw(sql).is_err(), "{sql} accepted");
+        }
+        for sql in [
+            "ALTER PUBLICATION p ADD TABLE t WHERE (a < random())",
+            "ALTER TABLE t ALTER COLUMN c SET DEFAULT random()",
+        ] {
+            assert!(rw(sql).is_ok(), "{sql} refused");
+        }
     }
 
     #[test]
