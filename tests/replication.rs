@@ -522,6 +522,35 @@ fn a_deferred_constraint_fails_an_autocommit_write_with_its_own_error() {
     );
 }
 
+/// The nodes may run another text than the client sent (a column default written into
+/// the INSERT, now() replaced by a value, hidden RETURNING columns); the position of an
+/// error (psql's `LINE 1:` caret) is still the one in the client's text, as directly.
+#[test]
+fn error_positions_point_into_the_clients_own_text() {
+    fresh_db("errpos");
+    let pm = Pgmulti::start(&replication_conf());
+    let mut c = connect(&pm.conn_str("postgres", "errpos"));
+    c.batch_execute("CREATE TABLE g (id int PRIMARY KEY, u uuid, t text DEFAULT now())")
+        .unwrap();
+    c.batch_execute("INSERT INTO g (id) VALUES (1)").unwrap();
+    let mut direct = connect(&nodes()[0].conn_str("postgres", "errpos"));
+    let position = |c: &mut postgres::Client, sql: &str| match c.batch_execute(sql) {
+        Ok(()) => panic!("{sql}: no error"),
+        Err(e) => match e.as_db_error().and_then(|d| d.position()) {
+            Some(postgres::error::ErrorPosition::Original(p)) => *p,
+            other => panic!("{sql}: {e} at {other:?}"),
+        },
+    };
+    for sql in [
+        "INSERT INTO g(id, u) VALUES (2, '1111-bad')",
+        "UPDATE g SET t = now()::text, u = 'é-bad' WHERE id = 1",
+        "DELETE FROM g WHERE u = 'bad' AND t < now()::text",
+    ] {
+        assert_eq!(position(&mut c, sql), position(&mut direct, sql), "{sql}");
+    }
+    assert_identical("errpos", &[0, 1, 2]);
+}
+
 /// A TCP relay that delays every chunk by `delay`: a slow network path to one node.
 fn slow_path_to(port: u16, delay: Duration) -> u16 {
     use std::io::{Read, Write};

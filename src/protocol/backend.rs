@@ -426,6 +426,42 @@ pub fn shortened_error(prefix: &[u8], len: usize, out: &mut Vec<u8>) {
     finish_message(out, start);
 }
 
+/// The value of field `field` of an ErrorResponse or NoticeResponse body (`P`: the
+/// position), if present and well formed.
+pub fn error_field(body: &[u8], field: u8) -> Option<&[u8]> {
+    let mut rest = body;
+    while let Some((&f, tail)) = rest.split_first() {
+        if f == 0 {
+            return None;
+        }
+        let n = tail.iter().position(|&b| b == 0)?;
+        if f == field {
+            return Some(&tail[..n]);
+        }
+        rest = &tail[n + 1..];
+    }
+    None
+}
+
+/// The ErrorResponse or NoticeResponse `msg` (whole, tag included) with field `field` set
+/// to `value` (added at the end when it has none), into `out`.
+pub fn with_error_field(msg: &[u8], field: u8, value: &str, out: &mut Vec<u8>) {
+    let start = begin_message(out, msg.first().copied().unwrap_or(b'E'));
+    let mut rest = msg.get(5..).unwrap_or_default();
+    while let Some((&f, tail)) = rest.split_first() {
+        let Some(n) = tail.iter().position(|&b| b == 0).filter(|_| f != 0) else {
+            break;
+        };
+        if f != field {
+            put_field_bytes(out, f, &tail[..n]);
+        }
+        rest = &tail[n + 1..];
+    }
+    put_field(out, field, value);
+    out.push(0);
+    finish_message(out, start);
+}
+
 fn put_field_bytes(out: &mut Vec<u8>, field: u8, value: &[u8]) {
     out.push(field);
     out.extend_from_slice(value);
@@ -569,6 +605,23 @@ mod tests {
         let body = String::from_utf8(frame(&out).1.to_vec()).unwrap();
         assert!(body.contains("SQL function \"f\" statement 1"), "{body}");
         assert!(body.contains("cut by pgmulti"));
+    }
+
+    #[test]
+    fn an_error_field_is_read_and_replaced() {
+        let mut e = Vec::new();
+        error_response(&mut e, "ERROR", "22P02", "bad", None, Some("h"));
+        assert_eq!(error_field(&e[5..], b'C'), Some(&b"22P02"[..]));
+        assert_eq!(error_field(&e[5..], b'P'), None);
+        let mut with = Vec::new();
+        with_error_field(&e, b'P', "17", &mut with);
+        let mut again = Vec::new();
+        with_error_field(&with, b'P', "5", &mut again);
+        let (tag, body) = frame(&again);
+        assert_eq!(tag, b'E');
+        assert_eq!(error_field(body, b'P'), Some(&b"5"[..]));
+        let f = parse_error_fields(body).unwrap();
+        assert_eq!((f.code, f.message, f.hint), ("22P02", "bad", Some("h")));
     }
 
     #[test]

@@ -22,5 +22,6 @@ pub mod extended;
 pub mod large_objects;
 pub mod lexer;
 pub mod plan;
+pub mod position;
 pub mod request;
 pub mod two_phase;

@@ -310,6 +310,16 @@ impl Session {
                         return Ok(());
                     }
                 }
+                b'E' if main => {
+                    if let Some(fixed) = r
+                        .client_sql
+                        .as_deref()
+                        .and_then(|sql| client_position(msg, sql, &r.main, &mut cx.shared.out))
+                    {
+                        self.client.tx.extend_always(fixed);
+                        return Ok(());
+                    }
+                }
                 b'T' | b'n' => {
                     let hidden = r.describes.pop_front().map_or(0, |d| d.hidden);
                     if tag == b'T' && hidden > 0 {
@@ -360,4 +370,24 @@ impl Session {
             "COMMIT failed: {why}; it was rolled back on every node and can be retried"
         ))
     }
+}
+
+/// The node's ErrorResponse `msg` to `main` (the Query the node ran) with its position
+/// moved back into the client's own text `sql` (`replication::position`), built in `out`;
+/// None when it has no position or it cannot be told.
+fn client_position<'o>(
+    msg: &[u8],
+    sql: &str,
+    main: &[u8],
+    out: &'o mut Vec<u8>,
+) -> Option<&'o [u8]> {
+    let at: usize = std::str::from_utf8(backend::error_field(msg.get(5..)?, b'P')?)
+        .ok()?
+        .parse()
+        .ok()?;
+    let ran = std::str::from_utf8(main.get(5..main.len().checked_sub(1)?)?).ok()?;
+    let moved = crate::replication::position::original_position(sql, ran, at)?;
+    out.clear();
+    backend::with_error_field(msg, b'P', &moved.to_string(), out);
+    Some(out)
 }

@@ -414,6 +414,7 @@ impl Session {
             }
         }
         let mut effects = None;
+        let mut client_sql = None;
         let main = if replicated {
             let rewritten = match self.replicated_text(sql, &analysed) {
                 Ok(r) => r,
@@ -430,7 +431,7 @@ impl Session {
                 Ok(e) => effects = e,
                 Err(refusal) => return self.refuse_statement(&refusal.message, &refusal.hint, cx),
             }
-            match (&effects, &rewritten) {
+            let m = match (&effects, &rewritten) {
                 (Some(e), _) => {
                     if e.reruns() && !self.repl.tx.view.open {
                         plan::replicas_commit_after_vote(&mut plan);
@@ -446,7 +447,11 @@ impl Session {
                     m
                 }
                 (None, None) => msg.clone(),
+            };
+            if m != msg {
+                client_sql = Some(sql.to_string());
             }
+            m
         } else {
             msg
         };
@@ -466,6 +471,7 @@ impl Session {
         )));
         let lost = self.lost_commit(analysed.class);
         if let Some(r) = self.repl.request.as_mut() {
+            r.client_sql = client_sql;
             r.ordering_lock = ordering_lock;
             r.ddl = analysed.ddl;
             r.class = analysed.class;

@@ -299,6 +299,9 @@ struct Request {
     voice_prepare_failed: bool,
     /// Writes replicated by their effect (see `replication::effects`).
     effects: Option<Box<EffectRuns>>,
+    /// A simple Query the nodes run in another text than the client's (`main`): the
+    /// client's, so that an error's position is moved back into it.
+    client_sql: Option<String>,
     /// The nodes disagreed and pgmulti's own transaction was rolled back on every node.
     rolled_back: bool,
 }
@@ -380,6 +383,7 @@ impl Request {
             rolling_back: false,
             voice_prepare_failed: false,
             effects: None,
+            client_sql: None,
             rolled_back: false,
         }
     }
