@@ -522,6 +522,32 @@ fn a_deferred_constraint_fails_an_autocommit_write_with_its_own_error() {
     );
 }
 
+/// A Query that commits part of itself and then fails (pg_regress transactions): what it
+/// committed is on every node. Before, the lead alone had it: the replicas skipped the
+/// Query because the lead failed it, and reads from a replica missed the row.
+#[test]
+fn a_query_that_commits_then_fails_leaves_the_same_on_every_node() {
+    fresh_db("partcommit");
+    let pm = Pgmulti::start(&replication_conf());
+    let mut c = connect(&pm.conn_str("postgres", "partcommit"));
+    c.batch_execute("CREATE TABLE i (f int)").unwrap();
+    let e = c
+        .batch_execute("insert into i values (7); commit; insert into i values (8); select 1/0")
+        .unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("22012"), "{e}");
+    for n in nodes() {
+        assert_eq!(
+            n.psql(
+                "postgres",
+                "partcommit",
+                "SELECT string_agg(f::text, ',') FROM i"
+            ),
+            "7"
+        );
+    }
+    assert_identical("partcommit", &[0, 1, 2]);
+}
+
 /// The nodes may run another text than the client sent (a column default written into
 /// the INSERT, now() replaced by a value, hidden RETURNING columns); the position of an
 /// error (psql's `LINE 1:` caret) is still the one in the client's text, as directly.

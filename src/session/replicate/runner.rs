@@ -24,6 +24,12 @@ impl Request {
                         || self.class == plan::Class::NoTransactionBlock);
                 // The replicas must still learn the statements a failed batch prepared.
                 let keeps_parses = replicas_main && self.parses_only.is_some();
+                // A Query whose COMMIT the lead ran before the failing statement: what
+                // came before is committed there, so the replicas run it too, and fail at
+                // the same statement (`insert …; commit; insert …; select 1/0`).
+                if replicas_main && self.lead_committed_part() {
+                    return Some(phase);
+                }
                 if fails_alike {
                     plan::fail_alike(&mut phase.segments);
                     self.rolled_back |= !tx_open;
@@ -58,6 +64,32 @@ impl Request {
             return Some(phase);
         }
         None
+    }
+
+    /// A multi-statement Query (`Class::Mixed`) the lead failed after a COMMIT among the
+    /// statements it completed.
+    fn lead_committed_part(&self) -> bool {
+        if self.class != plan::Class::Mixed || self.main.first() != Some(&b'Q') {
+            return false;
+        }
+        let Some((_, lead)) = self.answers.iter().find(|(n, _)| *n == self.lead) else {
+            return false;
+        };
+        let done = lead
+            .iter()
+            .take_while(|o| matches!(o, Outcome::Complete(_)))
+            .count();
+        let Some(sql) = frontend::parse_query(&self.main[5..]).ok() else {
+            return false;
+        };
+        split_statements(sql).take(done).any(|st| {
+            matches!(
+                crate::replication::classify::classify(st).kind,
+                crate::replication::classify::Kind::Transaction(
+                    crate::replication::classify::Tx::Commit
+                )
+            )
+        })
     }
 
     /// A node's answer to a statement, for the vote; `main`: to the client's statements
@@ -769,6 +801,41 @@ mod tests {
         assert_eq!(sent.last(), Some(&(vec![0], vec![Wrapper("COMMIT")])));
         assert_eq!(r.error, None);
         assert!(matches!(r.settle(false), Settlement::Agreed(_)));
+    }
+
+    /// `insert …; commit; insert …; select 1/0` as one Query: the lead committed the first
+    /// insert before it failed. The replicas must run it too (and fail alike), or they
+    /// lack what the lead committed. Failing before any COMMIT, nothing is left anywhere
+    /// and the replicas need not run it.
+    #[test]
+    fn a_query_the_lead_failed_after_its_commit_still_runs_on_the_replicas() {
+        for (sql, replicas_run) in [
+            (
+                "insert into t values (7); commit; insert into t values (8); select 1/0",
+                true,
+            ),
+            ("begin; insert into t values (7); select 1/0; commit", false),
+        ] {
+            let mut r = request(Class::Mixed, TxView::default());
+            frontend::query(&mut r.main, sql);
+            let first = r.take_phase(false, "test").unwrap();
+            assert_eq!((first.targets, first.segments), (Targets::Lead, vec![Main]));
+            let lead = if replicas_run {
+                vec![ok(1), Outcome::Complete(None), ok(1)]
+            } else {
+                vec![Outcome::Complete(None), ok(1)]
+            };
+            for o in lead {
+                r.record_answer(LEAD, o, true);
+            }
+            r.record_answer(LEAD, Outcome::Error("22012".into()), true);
+            let second = r.take_phase(false, "test");
+            assert_eq!(
+                second.map(|p| (p.targets, p.segments)),
+                replicas_run.then_some((Targets::Replicas, vec![Main])),
+                "{sql}"
+            );
+        }
     }
 
     /// REPEATABLE READ: one replica fails the statement with a serialization error the
