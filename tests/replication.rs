@@ -548,6 +548,48 @@ fn a_query_that_commits_then_fails_leaves_the_same_on_every_node() {
     assert_identical("partcommit", &[0, 1, 2]);
 }
 
+/// A write replicated by its effect returns the lead's new values to pgmulti (hidden
+/// columns). A row of them larger than a receive buffer (an UPDATE setting a 1.2 MB value,
+/// pg_regress rowtypes and indirect_toast) is read whole; before, the write failed with
+/// "the lead's answer could not be read".
+#[test]
+fn a_decided_write_with_values_larger_than_a_buffer_replicates() {
+    fresh_db("bigrow");
+    let pm = Pgmulti::start(&replication_conf());
+    let mut c = connect(&pm.conn_str("postgres", "bigrow"));
+    c.batch_execute(
+        "CREATE TABLE doc (id int PRIMARY KEY, kind text, body text);
+         INSERT INTO doc VALUES (1, 'a', 'x'), (2, 'a', 'y'), (3, 'b', 'z')",
+    )
+    .unwrap();
+    let n = c
+        .execute(
+            "UPDATE doc SET body = body || repeat('w', 1200000) WHERE kind = (SELECT min(kind) FROM doc)",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(n, 2);
+    let rows = c
+        .query(
+            "UPDATE doc SET body = repeat('v', 700000) WHERE id IN (SELECT id FROM doc WHERE kind = 'b') RETURNING id, length(body)",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        (rows[0].get::<_, i32>(0), rows[0].get::<_, i32>(1)),
+        (3, 700000)
+    );
+    assert_identical("bigrow", &[0, 1, 2]);
+    assert_eq!(
+        nodes()[2].psql(
+            "postgres",
+            "bigrow",
+            "SELECT string_agg(length(body)::text, ',' ORDER BY id) FROM doc"
+        ),
+        "1200001,1200001,700000"
+    );
+}
+
 /// The nodes may run another text than the client sent (a column default written into
 /// the INSERT, now() replaced by a value, hidden RETURNING columns); the position of an
 /// error (psql's `LINE 1:` caret) is still the one in the client's text, as directly.

@@ -112,12 +112,15 @@ impl EffectRuns {
             .filter(|r| r.exec.effects.hidden > 0)
     }
 
+    /// Whether this message of the lead (a DataRow, or a Query's RowDescription) carries
+    /// hidden columns: then it must be read whole (`lead_row`).
+    pub fn hides(&mut self, tag: u8) -> bool {
+        !(tag == b'T' && self.batch) && self.hiding().is_some()
+    }
+
     /// A row (or a Query's RowDescription) of the lead too large to be read whole.
     pub fn lead_row_streams(&mut self, tag: u8, len: usize) -> bool {
-        if tag == b'T' && self.batch {
-            return false;
-        }
-        let hides = self.hiding().is_some();
+        let hides = self.hides(tag);
         if hides {
             self.unreadable
                 .get_or_insert_with(|| format!("a row of {len} bytes"));

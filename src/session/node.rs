@@ -113,6 +113,9 @@ pub struct NodeConn {
     /// streamed to the client when this node is the voice, else dropped.
     pub passing: usize,
     pub passing_to_client: bool,
+    /// A message too large for the receive buffer that must be read whole (the lead's row
+    /// of a write replicated by its effect: its hidden columns), being collected.
+    pub collecting: Vec<u8>,
     /// The node's ParameterStatus values (login and SETs since), replayed to the client.
     pub server_params: ServerParams,
     /// The client's startup parameters have been applied (see `configure`).
@@ -201,6 +204,7 @@ impl NodeConn {
             overflow_sent: 0,
             passing: 0,
             passing_to_client: false,
+            collecting: Vec::new(),
             server_params: ServerParams::default(),
             configured: false,
             from_pool: false,

@@ -17,6 +17,24 @@ impl Session {
             loop {
                 let node = &mut self.nodes[i];
                 let id = node.index;
+                if !node.collecting.is_empty() {
+                    let want = message_len(&node.collecting);
+                    let n = (want - node.collecting.len()).min(node.ep.rx.len());
+                    if n == 0 {
+                        break;
+                    }
+                    node.collecting.extend_from_slice(&node.ep.rx.data()[..n]);
+                    node.ep.rx.consume(n);
+                    progress = true;
+                    if node.collecting.len() == want {
+                        let msg = std::mem::take(&mut node.collecting);
+                        self.on_node_message(id, msg[0], &msg, cx)?;
+                        if self.nodes.get(i).is_none_or(|n| n.index != id) {
+                            break; // the node was dropped
+                        }
+                    }
+                    continue;
+                }
                 if node.passing > 0 {
                     let room = if node.passing_to_client {
                         self.client.tx.free()
@@ -71,7 +89,17 @@ impl Session {
                             .filter(|r| r.lead == id && matches!(tag, b'D' | b'T'))
                             .and_then(|r| r.effects.as_mut())
                         {
-                            // Hidden columns cannot be read from a streamed row.
+                            // Hidden columns are read from the whole row: collected, up to
+                            // the size of a statement pgmulti takes; beyond it the write
+                            // fails (`EffectRuns::unreadable`).
+                            if len <= MAX_REPLICATED_MESSAGE && fx.hides(tag) {
+                                node.passing = 0;
+                                node.collecting.reserve_exact(len);
+                                node.collecting.extend_from_slice(data);
+                                let n = data.len();
+                                node.ep.rx.consume(n);
+                                continue;
+                            }
                             if fx.lead_row_streams(tag, len) {
                                 node.passing_to_client = false;
                             }
