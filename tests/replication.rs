@@ -590,6 +590,42 @@ fn a_decided_write_with_values_larger_than_a_buffer_replicates() {
     );
 }
 
+/// A procedure (or DO block) that commits inside cannot run in pgmulti's own transaction
+/// ("invalid transaction termination"): it is run again outside it, on every node, and the
+/// client sees it succeed, as directly. Inside the client's own transaction it fails as
+/// directly.
+#[test]
+fn procedures_that_commit_inside_run_on_every_node() {
+    fresh_db("proccommit");
+    let pm = Pgmulti::start(&replication_conf());
+    let mut c = connect(&pm.conn_str("postgres", "proccommit"));
+    c.batch_execute(
+        "CREATE TABLE pc (v int);
+         CREATE PROCEDURE batches() LANGUAGE plpgsql AS $$
+         BEGIN INSERT INTO pc VALUES (1); COMMIT; INSERT INTO pc VALUES (2); END $$",
+    )
+    .unwrap();
+    c.batch_execute("CALL batches()").unwrap();
+    c.batch_execute(
+        "DO $$ BEGIN INSERT INTO pc VALUES (3); COMMIT; INSERT INTO pc VALUES (4); END $$",
+    )
+    .unwrap();
+    let e = c.batch_execute("BEGIN; CALL batches()").unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("2D000"), "{e}");
+    c.batch_execute("ROLLBACK").unwrap();
+    for n in nodes() {
+        assert_eq!(
+            n.psql(
+                "postgres",
+                "proccommit",
+                "SELECT string_agg(v::text, ',' ORDER BY v) FROM pc"
+            ),
+            "1,2,3,4"
+        );
+    }
+    assert_identical("proccommit", &[0, 1, 2]);
+}
+
 /// The nodes may run another text than the client sent (a column default written into
 /// the INSERT, now() replaced by a value, hidden RETURNING columns); the position of an
 /// error (psql's `LINE 1:` caret) is still the one in the client's text, as directly.

@@ -181,6 +181,13 @@ fn is_insert_values(statement: &str) -> bool {
     saw_values
 }
 
+/// A Query of one `CALL` or `DO` statement: a procedure may end transactions itself.
+pub fn calls_procedure(sql: &str) -> bool {
+    let mut statements = split_statements(sql).filter(|s| !s.trim().is_empty());
+    let first = statements.next().and_then(|s| Lexer::new(s).next());
+    statements.next().is_none() && first.is_some_and(|t| t.is_kw("call") || t.is_kw("do"))
+}
+
 /// `COMMIT AND CHAIN` / `ROLLBACK AND CHAIN` (not `AND NO CHAIN`).
 pub fn chains(sql: &str) -> bool {
     let tokens: Vec<Token> = Lexer::new(sql).filter(|t| !t.is_punct(b';')).collect();
@@ -1156,6 +1163,15 @@ mod tests {
         ] {
             assert!(rw(sql).is_ok(), "{sql} refused");
         }
+    }
+
+    #[test]
+    fn a_call_or_do_alone_may_end_transactions() {
+        assert!(calls_procedure("CALL p()"));
+        assert!(calls_procedure("  call s.p(1);  "));
+        assert!(calls_procedure("DO $$ BEGIN COMMIT; END $$"));
+        assert!(!calls_procedure("CALL p(); SELECT 1"));
+        assert!(!calls_procedure("SELECT do_it()"));
     }
 
     #[test]

@@ -326,6 +326,13 @@ impl Session {
             b'G' if main && voice => r.copy_in = true,
             _ => {}
         }
+        if tag == b'E' && main && id == r.lead && r.retry.is_some() {
+            let code = backend::error_field(msg.get(5..).unwrap_or_default(), b'C');
+            if code == Some(&b"2D000"[..]) {
+                r.retry_now = true;
+                return Ok(());
+            }
+        }
         let silent = segment == Segment::CommitPrepared && r.rolling_back;
         if voice && !silent && (main || matches!(tag, b'E' | b'A' | b'N' | b'S')) {
             // Room was checked before the message was taken.

@@ -333,9 +333,20 @@ impl Session {
             return self.signal_session(sql, &signals, lead, cx);
         }
         let text = short(sql);
-        let analysed = request::analyse(sql);
+        let mut analysed = request::analyse(sql);
         let listens = request::listens(sql);
         let streaming = cx.shared.config.mode == Mode::Streaming;
+        // A procedure (or DO block) that commits inside cannot run in pgmulti's own
+        // transaction: it is tried as usual, and on "invalid transaction termination" run
+        // again unwrapped (see `Request::retry`).
+        let retry = (analysed.class == plan::Class::Write
+            && !self.repl.tx.view.open
+            && !streaming
+            && request::calls_procedure(sql))
+        .then(|| msg.clone());
+        if std::mem::take(&mut self.repl.unwrapped_retry) {
+            analysed.class = plan::Class::NoTransactionBlock;
+        }
         if analysed.copy_among_others && !streaming {
             return self.refuse_statement(
                 "COPY … FROM STDIN cannot be replicated together with other statements in one query",
@@ -472,6 +483,7 @@ impl Session {
         let lost = self.lost_commit(analysed.class);
         if let Some(r) = self.repl.request.as_mut() {
             r.client_sql = client_sql;
+            r.retry = retry.filter(|_| r.class != plan::Class::NoTransactionBlock);
             r.ordering_lock = ordering_lock;
             r.ddl = analysed.ddl;
             r.class = analysed.class;

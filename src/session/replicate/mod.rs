@@ -126,6 +126,8 @@ pub struct Replication {
     pub(super) reconnect: bool,
     /// The FATAL error a node sent before closing a connection (it explains the loss).
     node_fatal: Option<(u8, String)>,
+    /// The next request is a procedure call run again unwrapped (`Request::retry`).
+    unwrapped_retry: bool,
 }
 
 /// A relay session never uses its `Replication`: it is made on first use, so that idle relay
@@ -302,6 +304,12 @@ struct Request {
     /// A simple Query the nodes run in another text than the client's (`main`): the
     /// client's, so that an error's position is moved back into it.
     client_sql: Option<String>,
+    /// An autocommit CALL or DO: the client's message, to run it again outside pgmulti's
+    /// own transaction if the lead says "invalid transaction termination" (2D000: the
+    /// procedure commits inside, which PostgreSQL refuses in a transaction block), and
+    /// whether that happened. The client never sees that first error.
+    retry: Option<Vec<u8>>,
+    retry_now: bool,
     /// The nodes disagreed and pgmulti's own transaction was rolled back on every node.
     rolled_back: bool,
 }
@@ -384,6 +392,8 @@ impl Request {
             voice_prepare_failed: false,
             effects: None,
             client_sql: None,
+            retry: None,
+            retry_now: false,
             rolled_back: false,
         }
     }

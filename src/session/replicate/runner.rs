@@ -375,6 +375,17 @@ impl Session {
         if r.internal {
             return Ok(());
         }
+        if let Some(msg) = r.retry.take().filter(|_| r.retry_now) {
+            // The procedure commits inside: nothing of it stayed (pgmulti's transaction
+            // was rolled back); run it again unwrapped, lead then replicas, failing alike.
+            log::info!(
+                "{} \"{}\" ends transactions itself: run again outside pgmulti's transaction",
+                self.prefix,
+                r.text
+            );
+            self.repl.unwrapped_retry = true;
+            return self.start_request(msg, cx);
+        }
         if let Some(probe) = r.probe.take() {
             if let Some((code, msg)) = r.error.take() {
                 // The lookup lost a connection (`lose_connection`): the statement does not
