@@ -42,6 +42,9 @@ pub struct CancelAsk {
     /// What the client's CancelRequest carried; `None`: pgmulti's own ask, after a node
     /// allowed `pg_cancel_backend()` of that session.
     pub secret_key: Option<u32>,
+    /// A node not to ask: the lead, whose `pg_cancel_backend()` already signaled that
+    /// backend. A second signal could reach the client's next statement there.
+    pub except: Option<u8>,
 }
 
 /// Requests from the admin console that the loop carries out (it owns reload and exit).

@@ -544,7 +544,7 @@ impl Reactor {
             };
             let targets = match self.live_entry(key).map(|e| &e.conn) {
                 Some(Conn::Session(s)) if ask.secret_key.is_none_or(|k| k == s.cancel_key.1) => {
-                    s.node_cancel_targets()
+                    s.node_cancel_targets(ask.except)
                 }
                 _ => {
                     log::info!(

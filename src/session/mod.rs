@@ -215,10 +215,12 @@ impl Session {
         self.joining_mut(id)
     }
 
-    /// Where a CancelRequest for this session must go: each node's address and its own key.
-    pub fn node_cancel_targets(&self) -> Vec<(std::net::SocketAddr, u32, u32)> {
+    /// Where a CancelRequest for this session must go: each node's address and its own key,
+    /// but not to `except`.
+    pub fn node_cancel_targets(&self, except: Option<u8>) -> Vec<(std::net::SocketAddr, u32, u32)> {
         self.nodes
             .iter()
+            .filter(|n| Some(n.index) != except)
             .filter_map(|n| n.backend_key.map(|(pid, secret)| (n.addr, pid, secret)))
             .collect()
     }

@@ -78,6 +78,7 @@ impl Session {
                     cx.shared.cancel_asks.push(CancelAsk {
                         process_id,
                         secret_key: Some(secret_key),
+                        except: None,
                     });
                     return Transition::Close(format!("cancel request for process {process_id}"));
                 }

@@ -567,6 +567,7 @@ impl Session {
                         .push(crate::reactor::context::CancelAsk {
                             process_id,
                             secret_key: None,
+                            except: Some(r.lead),
                         });
                 }
             }
