@@ -66,5 +66,17 @@ fuzz_target!(|data: &[u8]| {
         .expect("shortened_error builds a whole frame");
     assert_eq!((tag, total), (b'E', out.len()));
     let fields = parse_error_fields(&out[5..]).expect("shortened_error builds a valid error");
-    assert!(fields.message.ends_with("cut by pgmulti)"));
+    // The mark is in the field the cut fell in (or a CONTEXT of its own), never lost.
+    let mark = b"cut by pgmulti)";
+    assert!(out.windows(mark.len()).any(|w| w == mark), "{fields:?}");
+    // Setting a field (an error position moved back) keeps a valid error with that value.
+    let mut moved = Vec::new();
+    with_error_field(&out, b'P', "7", &mut moved);
+    let (tag, total) = message_header(&moved, MAX_MESSAGE_LEN)
+        .expect("with_error_field builds a valid frame")
+        .expect("with_error_field builds a whole frame");
+    assert_eq!((tag, total), (b'E', moved.len()));
+    assert_eq!(error_field(&moved[5..], b'P'), Some(&b"7"[..]));
+    let again = parse_error_fields(&moved[5..]).expect("still a valid error");
+    assert_eq!((again.code, again.message), (fields.code, fields.message));
 });

@@ -95,6 +95,13 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(Some(new)) = &literal {
         assert_ne!(new, text, "a rewrite that changes nothing");
         let _ = analyse(new);
+        // An error position in the rewritten text moves back inside the client's.
+        let chars = text.chars().count();
+        for at in [1, new.chars().count() / 2 + 1, new.chars().count()] {
+            if let Some(p) = pgmulti::replication::position::original_position(text, new, at) {
+                assert!((1..=chars + 1).contains(&p), "{at} -> {p}");
+            }
+        }
     }
     let mut params = Parameters {
         first: 1,
