@@ -163,6 +163,7 @@ impl HealthCheck {
             return self.fail("connection lost", cx);
         }
         let filled = conn.ep.fill();
+        self.heard |= matches!(filled, Ok(n) if n > 0);
         loop {
             let data = conn.ep.rx.data();
             match message_header(data, conn.ep.rx.capacity()) {
@@ -311,11 +312,14 @@ impl HealthCheck {
     /// on (the timer is set again).
     pub fn timed_out(&mut self, cx: &mut Context) -> bool {
         self.own.set_ready(true, true, false);
+        let logged_in = self.asked.is_some();
         if self.drive(cx) {
             return false;
         }
+        // What came just now counts too (it arrived after this pass's events were read).
+        let heard = std::mem::take(&mut self.heard) || self.asked.is_some() != logged_in;
         let t = cx.shared.config.health_check_timeout;
-        if std::mem::take(&mut self.heard) && self.extensions < MAX_EXTENSIONS {
+        if heard && self.extensions < MAX_EXTENSIONS {
             self.extensions += 1;
             cx.schedule(t, TimerKind::Connect);
             return true;
