@@ -47,8 +47,10 @@ pub fn parse_lsn(text: &str) -> Option<u64> {
 }
 
 /// How many more `health_check_timeout`s a check gets when its node answered during the
-/// last one but the check is not done (see `HealthCheck::timed_out`).
-const MAX_EXTENSIONS: u8 = 3;
+/// last one but the check is not done (see `HealthCheck::timed_out`). A loop busy for
+/// seconds per pass gives a check one step per period; its login and `SELECT 1` take four
+/// or five. A node that answers nothing in a period still fails at its end.
+const MAX_EXTENSIONS: u8 = 10;
 
 /// How long a promotion may take (`pg_promote`'s wait), whether after the primary's loss or
 /// asked for by PROMOTE NODE / SWITCHOVER.

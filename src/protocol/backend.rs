@@ -396,6 +396,8 @@ pub fn shortened_error(prefix: &[u8], len: usize, out: &mut Vec<u8>) {
         .iter()
         .find(|(f, _)| matches!(f, b'V' | b'S'))
         .map_or(&b"ERROR"[..], |(_, v)| v);
+    let severity = String::from_utf8_lossy(severity);
+    let severity = severity.as_bytes();
     if !has(b'S') {
         put_field_bytes(out, b'S', severity);
     }
@@ -405,8 +407,9 @@ pub fn shortened_error(prefix: &[u8], len: usize, out: &mut Vec<u8>) {
     if !has(b'C') {
         put_field(out, b'C', "XX000");
     }
+    // (A field that is not UTF-8 is made so: the rebuilt error must parse.)
     for (f, v) in &fields {
-        put_field_bytes(out, *f, v);
+        put_field_bytes(out, *f, String::from_utf8_lossy(v).as_bytes());
     }
     match cut {
         Some((f, v)) => {
@@ -572,6 +575,18 @@ mod tests {
         let f = parse_error_fields(frame(&out).1).unwrap();
         assert_eq!((f.severity, f.code), ("ERROR", "XX000"));
         assert!(f.message.contains("cut by pgmulti"), "{}", f.message);
+    }
+
+    /// Found by fuzz/ (backend, finding 6): a whole field that is not UTF-8 was copied as
+    /// it was, and the rebuilt error did not parse.
+    #[test]
+    fn a_cut_error_with_a_field_that_is_not_utf8_still_parses() {
+        let prefix = b"SERROR\0C22P02\0Mbad \xff\xfe value\0Wcontext cut he";
+        let mut out = Vec::new();
+        shortened_error(prefix, 100_000, &mut out);
+        let f = parse_error_fields(frame(&out).1).unwrap();
+        assert_eq!(f.code, "22P02");
+        assert!(f.message.starts_with("bad "), "{}", f.message);
     }
 
     /// `stack depth limit exceeded` with a CONTEXT of 160 kB: the message stays whole,
