@@ -95,9 +95,14 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(Some(new)) = &literal {
         assert_ne!(new, text, "a rewrite that changes nothing");
         let _ = analyse(new);
-        // An error position in the rewritten text moves back inside the client's.
+        // An error position in the rewritten text moves back inside the client's. (The
+        // matching is quadratic: short texts only, or the target runs 20 times slower.)
         let chars = text.chars().count();
-        for at in [1, new.chars().count() / 2 + 1, new.chars().count()] {
+        let short = text.len() <= 256;
+        for at in [1, new.chars().count() / 2 + 1, new.chars().count()]
+            .into_iter()
+            .filter(|_| short)
+        {
             if let Some(p) = pgmulti::replication::position::original_position(text, new, at) {
                 assert!((1..=chars + 1).contains(&p), "{at} -> {p}");
             }
